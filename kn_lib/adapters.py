@@ -1,0 +1,210 @@
+"""One adapter per architecture family: where the FFN neurons are, and where the answer is predicted.
+
+A *knowledge neuron* (Dai et al. 2022, section 3.1) is one unit of the FFN intermediate activation, the
+vector that the FFN's output projection reads: in ``FFN(x) = f(x K^T) V`` it is ``f(x K^T)``. The adapter
+names, for each layer, the module whose *input* is that activation (BERT: ``output.dense``; LLaMA:
+``mlp.down_proj``; GPT-2: ``mlp.c_proj``); the columns of that module's weight are the neurons' value slots.
+
+Two families differ in where the answer is read:
+
+* masked LM: the template's ``[Y]`` becomes the mask token; the answer position is the mask;
+* causal LM: the prompt is cut just before ``[Y]``; the answer is the next token after the last prompt
+  token, so templates where ``[Y]`` precedes ``[X]`` cannot be used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from .data import fill
+
+
+class UnusablePrompt(ValueError):
+    """A template this model family cannot ask (the reason is the message)."""
+
+
+class MultiTokenObject(ValueError):
+    """The answer is not a single token of the model's vocabulary (the paper keeps single-token answers)."""
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """A prompt ready for the model: token ids, the position whose neurons we study, the answer token."""
+
+    input_ids: torch.Tensor  # [seq] int64
+    answer_pos: int  # position of the FFN activation studied and of the logits read
+    target_id: int  # the answer's token id
+    text: str  # the text given to the model
+
+
+# (path to the list of blocks, path inside a block to the FFN output projection)
+_FFN_LAYOUTS = (
+    ("model.layers", "mlp.down_proj"),  # LLaMA, Mistral, Qwen, Gemma, SmolLM
+    ("transformer.h", "mlp.c_proj"),  # GPT-2, GPT-J style
+    ("gpt_neox.layers", "mlp.dense_4h_to_h"),  # GPT-NeoX, Pythia
+    ("bert.encoder.layer", "output.dense"),  # BERT
+    ("roberta.encoder.layer", "output.dense"),  # RoBERTa
+    ("encoder.layer", "output.dense"),  # bare encoders
+)
+
+
+def _get(obj: object, path: str) -> object:
+    for name in path.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def find_ffn_projections(model: nn.Module) -> list[nn.Module]:
+    """The FFN output projection of every layer, whose input is the intermediate activation."""
+    for blocks_path, proj_path in _FFN_LAYOUTS:
+        try:
+            blocks = _get(model, blocks_path)
+        except AttributeError:
+            continue
+        return [_get(block, proj_path) for block in blocks]  # type: ignore[union-attr]
+    raise ValueError(f"{type(model).__name__}: unknown architecture, no FFN layout of {[b for b, _ in _FFN_LAYOUTS]}")
+
+
+class ModelAdapter:
+    """Common machinery: encoding, reading activations, patching the answer position's neurons."""
+
+    family: str = ""
+
+    def __init__(self, model: nn.Module, tokenizer, name: str = "") -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name or getattr(model.config, "_name_or_path", type(model).__name__)
+        self.projections = find_ffn_projections(model)
+        for p in model.parameters():  # we differentiate w.r.t. activations only
+            p.requires_grad_(False)
+
+    # -- shape ---------------------------------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return len(self.projections)
+
+    @property
+    def n_neurons(self) -> int:
+        proj = self.projections[0]
+        return proj.in_features if isinstance(proj, nn.Linear) else proj.weight.shape[0]  # GPT-2 Conv1D: [in, out]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # -- prompts -------------------------------------------------------------------------------
+    def encode(self, template: str, subject: str, obj: str) -> EncodedPrompt:
+        raise NotImplementedError
+
+    def answer_token(self, obj: str, template: str = "[X] [Y]") -> int:
+        """The answer's single token id, or ``MultiTokenObject``."""
+        raise NotImplementedError
+
+    # -- forward passes ------------------------------------------------------------------------
+    def logits_at(self, input_ids: torch.Tensor, pos: int, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [batch, vocab] at one position."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, pos]
+
+    @contextlib.contextmanager
+    def patch(self, layer: int, pos: int, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+        """Replace layer ``layer``'s FFN activation at position ``pos`` by ``fn(activation)``.
+
+        ``fn`` gets and returns a [batch, n_neurons] tensor; the replacement is out of place so that
+        gradients flow to whatever ``fn`` builds it from.
+        """
+
+        def hook(module: nn.Module, args: tuple) -> tuple:
+            hidden = args[0]
+            patched = hidden.clone()
+            patched[:, pos] = fn(hidden[:, pos])
+            return (patched, *args[1:])
+
+        handle = self.projections[layer].register_forward_pre_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    @torch.no_grad()
+    def activations(self, prompt: EncodedPrompt) -> torch.Tensor:
+        """FFN intermediate activations at the answer position, all layers: [n_layers, n_neurons]."""
+        captured: list[torch.Tensor] = [None] * self.n_layers  # type: ignore[list-item]
+        handles = []
+        for layer, proj in enumerate(self.projections):
+
+            def hook(module, args, layer=layer):
+                captured[layer] = args[0][0, prompt.answer_pos].detach().clone()
+
+            handles.append(proj.register_forward_pre_hook(hook))
+        try:
+            self.logits_at(prompt.input_ids[None].to(self.device), prompt.answer_pos)
+        finally:
+            for h in handles:
+                h.remove()
+        return torch.stack(captured)
+
+    @torch.no_grad()
+    def answer_probability(self, prompt: EncodedPrompt) -> float:
+        """p(answer | prompt) with the model as it is (hooks included)."""
+        logits = self.logits_at(prompt.input_ids[None].to(self.device), prompt.answer_pos)
+        return logits.float().softmax(-1)[0, prompt.target_id].item()
+
+
+class MaskedLMAdapter(ModelAdapter):
+    """BERT-style masked LMs: ``[Y]`` becomes the mask token, the answer position is the mask."""
+
+    family = "masked"
+
+    def answer_token(self, obj: str, template: str = "[X] [Y]") -> int:
+        pieces = self.tokenizer.tokenize(obj)
+        if len(pieces) != 1:
+            raise MultiTokenObject(f"{obj!r} is {len(pieces)} tokens for {self.name}: {pieces}")
+        return self.tokenizer.convert_tokens_to_ids(pieces[0])
+
+    def encode(self, template: str, subject: str, obj: str) -> EncodedPrompt:
+        target = self.answer_token(obj, template)
+        text = fill(template, subject).replace("[Y]", self.tokenizer.mask_token)
+        ids = self.tokenizer(text, return_tensors="pt").input_ids[0]
+        mask_positions = (ids == self.tokenizer.mask_token_id).nonzero().flatten()
+        if len(mask_positions) != 1:
+            raise UnusablePrompt(f"{text!r}: expected one mask token, found {len(mask_positions)}")
+        return EncodedPrompt(ids, int(mask_positions[0]), target, text)
+
+
+class CausalLMAdapter(ModelAdapter):
+    """LLaMA / GPT-style causal LMs: the prompt is the template cut just before ``[Y]``."""
+
+    family = "causal"
+
+    @property
+    def cache_argument(self) -> str:
+        """Name of the key/value cache argument (transformers 5 renamed ``past_key_values`` to ``cache``)."""
+        return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+
+    def answer_token(self, obj: str, template: str = "[X] [Y]") -> int:
+        before = template[: template.index("[Y]")]
+        # The answer follows a space in almost every template; BPE vocabularies then hold " Paris".
+        text = (" " + obj) if (before == "" or before[-1].isspace()) else obj
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        if len(ids) != 1:
+            raise MultiTokenObject(f"{text!r} is {len(ids)} tokens for {self.name}")
+        return ids[0]
+
+    def encode(self, template: str, subject: str, obj: str) -> EncodedPrompt:
+        if template.index("[Y]") < template.index("[X]"):
+            raise UnusablePrompt(f"{template!r}: [Y] precedes [X], a causal model cannot predict it")
+        target = self.answer_token(obj, template)
+        text = fill(template[: template.index("[Y]")], subject).rstrip()
+        ids = self.tokenizer(text, return_tensors="pt").input_ids[0]
+        return EncodedPrompt(ids, len(ids) - 1, target, text)
+
+    def logits_at(self, input_ids: torch.Tensor, pos: int, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if pos in (-1, input_ids.shape[1] - 1):  # the usual case: skip the vocabulary projection elsewhere
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1).logits[:, -1]
+        return super().logits_at(input_ids, pos, attention_mask)

@@ -1,0 +1,174 @@
+"""Find knowledge neurons for a set of facts: encode -> attribute -> coarse sets -> refined sets.
+
+Everything comes back as tidy pandas tables (one row per observation) that carry the model name and
+the settings, ready for Parquet:
+
+* ``prompts``: one row per usable prompt: the text asked, p(answer), whether the answer is top-1;
+* ``coarse``: one row per (fact, prompt, layer, neuron) above the coarse threshold, with its score;
+* ``refined``: one row per (fact, layer, neuron) knowledge neuron, with its share of prompts;
+* ``thresholds``: the p chosen for each relation and how the search ended;
+* ``skipped``: every fact or prompt that could not be used, with the reason (never silently dropped).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Literal, Mapping
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .adapters import EncodedPrompt, ModelAdapter, MultiTokenObject, UnusablePrompt
+from .attribution import IGConfig, activation_attribution, integrated_gradients
+from .data import Relation
+from .refine import adaptive_share_threshold, coarse_neurons, neuron_shares, refine_fact
+
+Method = Literal["ig", "activation"]
+
+
+@dataclass(frozen=True)
+class KNConfig:
+    """Settings of the whole search; the defaults are the paper's (section 4.1)."""
+
+    method: Method = "ig"  # "ig": integrated gradients; "activation": the paper's baseline
+    ig: IGConfig = field(default_factory=IGConfig)
+    threshold: float = 0.2  # t: coarse neurons score > t * the prompt's maximum
+    p_start: float = 0.7  # initial share threshold p
+    p_step: float = 0.05
+    kn_low: float = 2.0  # p moves until the relation's mean KN count lies in [kn_low, kn_high]
+    kn_high: float = 5.0
+
+    def as_row(self) -> dict:
+        """Flat settings for a results table."""
+        row = {k: v for k, v in asdict(self).items() if k != "ig"}
+        row.update({f"ig_{k}": v for k, v in asdict(self.ig).items()})
+        return row
+
+
+@dataclass
+class KNResult:
+    prompts: pd.DataFrame
+    coarse: pd.DataFrame
+    refined: pd.DataFrame
+    thresholds: pd.DataFrame
+    skipped: pd.DataFrame
+
+
+def encode_fact(
+    adapter: ModelAdapter, fact: Mapping, templates: Iterable[str]
+) -> tuple[list[tuple[int, EncodedPrompt]], list[dict]]:
+    """The fact's usable prompts as (template index, encoding), and a reason for every unusable one."""
+    usable, skipped = [], []
+    for t, template in enumerate(templates):
+        try:
+            usable.append((t, adapter.encode(template, fact["subject"], fact["object"])))
+        except MultiTokenObject as err:  # the same for every template: report once, for the fact
+            return [], [_skip(fact, None, f"multi-token object: {err}")]
+        except UnusablePrompt as err:
+            skipped.append(_skip(fact, t, str(err)))
+    return usable, skipped
+
+
+def _skip(fact: Mapping, template_id: int | None, reason: str) -> dict:
+    return {"fact_id": fact["fact_id"], "relation": fact["relation"], "template_id": template_id, "reason": reason}
+
+
+@torch.no_grad()
+def predict(adapter: ModelAdapter, prompt: EncodedPrompt) -> tuple[float, int]:
+    """p(answer) and the model's top-1 token at the answer position."""
+    probs = adapter.logits_at(prompt.input_ids[None].to(adapter.device), prompt.answer_pos).float().softmax(-1)[0]
+    return probs[prompt.target_id].item(), int(probs.argmax())
+
+
+def attribute(adapter: ModelAdapter, prompt: EncodedPrompt, config: KNConfig) -> torch.Tensor:
+    """Scores [n_layers, n_neurons] by the configured method."""
+    if config.method == "ig":
+        return integrated_gradients(adapter, prompt, config=config.ig)
+    if config.method == "activation":
+        return activation_attribution(adapter, prompt)
+    raise ValueError(f"unknown method {config.method!r} (use 'ig' or 'activation')")
+
+
+def find_knowledge_neurons(
+    adapter: ModelAdapter,
+    facts: Iterable[Mapping],
+    relations: Mapping[str, Relation],
+    config: KNConfig = KNConfig(),
+    progress: bool = True,
+) -> KNResult:
+    """Run the paper's pipeline on ``facts`` (rows with fact_id, relation, subject, object)."""
+    facts = list(facts)
+    prompt_rows, coarse_rows, skipped = [], [], []
+    coarse_sets: dict[str, dict[str, list[set]]] = {}
+    for fact in tqdm(facts, desc=f"{config.method} attribution", unit="fact", disable=not progress):
+        if fact["relation"] not in relations:
+            raise ValueError(f"fact {fact['fact_id']}: relation {fact['relation']} not in the given relations")
+        usable, why = encode_fact(adapter, fact, relations[fact["relation"]].templates)
+        skipped += why
+        if not usable:
+            if not why:
+                skipped.append(_skip(fact, None, "no usable prompt"))
+            continue
+        sets = coarse_sets.setdefault(fact["relation"], {}).setdefault(fact["fact_id"], [])
+        for t, prompt in usable:
+            p_answer, top1 = predict(adapter, prompt)
+            prompt_rows.append(
+                {"fact_id": fact["fact_id"], "relation": fact["relation"], "template_id": t, "text": prompt.text,
+                 "p_answer": p_answer, "correct": top1 == prompt.target_id,
+                 "predicted": adapter.tokenizer.decode([top1])}
+            )
+            scores = attribute(adapter, prompt, config)
+            coarse = coarse_neurons(scores, config.threshold)
+            sets.append(coarse)
+            coarse_rows += [
+                {"fact_id": fact["fact_id"], "relation": fact["relation"], "template_id": t, "layer": layer,
+                 "neuron": neuron, "score": float(scores[layer, neuron])}
+                for layer, neuron in sorted(coarse)
+            ]
+    refined_rows, threshold_rows = [], []
+    for relation, by_fact in coarse_sets.items():
+        search = adaptive_share_threshold(by_fact, config.p_start, config.p_step, config.kn_low, config.kn_high)
+        threshold_rows.append(
+            {"relation": relation, "p": search.p, "mean_count": search.mean_count, "converged": search.converged,
+             "reason": search.reason, "n_facts": len(by_fact)}
+        )
+        for fact_id, sets in by_fact.items():
+            shares = neuron_shares(sets)
+            refined_rows += [
+                {"fact_id": fact_id, "relation": relation, "layer": layer, "neuron": neuron, "share": shares[(layer, neuron)],
+                 "p": search.p}
+                for layer, neuron in sorted(refine_fact(sets, search.p))
+            ]
+    tag = {"model": adapter.name, "method": config.method}
+    return KNResult(
+        prompts=_table(prompt_rows, tag, ["fact_id", "relation", "template_id", "text", "p_answer", "correct", "predicted"]),
+        coarse=_table(coarse_rows, tag, ["fact_id", "relation", "template_id", "layer", "neuron", "score"]),
+        refined=_table(refined_rows, tag, ["fact_id", "relation", "layer", "neuron", "share", "p"]),
+        thresholds=_table(threshold_rows, tag | config.as_row(), ["relation", "p", "mean_count", "converged", "reason", "n_facts"]),
+        skipped=_table(skipped, tag, ["fact_id", "relation", "template_id", "reason"]),
+    )
+
+
+def _table(rows: list[dict], tag: dict, columns: list[str]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=columns)
+    for key, value in tag.items():
+        frame[key] = value
+    return frame
+
+
+def target_coverage(adapter: ModelAdapter, facts: Iterable[Mapping]) -> pd.DataFrame:
+    """Per relation: how many facts have a single-token answer for this model (the paper's filter)."""
+    rows = []
+    for fact in facts:
+        try:
+            adapter.answer_token(fact["object"])
+            ok = True
+        except MultiTokenObject:
+            ok = False
+        rows.append({"relation": fact["relation"], "single_token": ok})
+    frame = pd.DataFrame(rows, columns=["relation", "single_token"])
+    out = frame.groupby("relation")["single_token"].agg(facts="size", single_token="sum").reset_index()
+    out["coverage"] = out["single_token"] / out["facts"]
+    out["model"] = adapter.name
+    return out

@@ -1,0 +1,110 @@
+"""Refinement on hand-made coarse sets with known answers, including the adaptive p edge cases."""
+
+import torch
+
+from kn_lib.refine import (
+    adaptive_share_threshold,
+    coarse_neurons,
+    neuron_shares,
+    refine_fact,
+    refine_relation,
+)
+
+
+def test_coarse_threshold_is_relative_to_the_prompt_maximum():
+    scores = torch.tensor([[1.0, 0.2, 0.21], [0.0, -3.0, 0.5]])
+    assert coarse_neurons(scores, 0.2) == {(0, 0), (0, 2), (1, 2)}  # 0.2 is not > 0.2 * 1.0
+    assert coarse_neurons(scores, 0.6) == {(0, 0)}
+
+
+def test_coarse_uses_given_layer_names():
+    scores = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    assert coarse_neurons(scores, 0.2, layers=[7, 9]) == {(7, 1), (9, 0)}
+
+
+def test_coarse_is_empty_when_no_score_is_positive():
+    assert coarse_neurons(torch.tensor([[-1.0, 0.0]])) == set()
+    assert coarse_neurons(torch.zeros(2, 3)) == set()
+
+
+def test_refine_is_strictly_more_than_p():
+    a, b, c = (0, 1), (1, 2), (2, 3)
+    sets = [{a, b}] * 7 + [{a}] * 3  # a in 10/10, b in 7/10
+    assert refine_fact(sets, 0.7) == {a}  # 7/10 is not more than 70%
+    assert refine_fact(sets, 0.65) == {a, b}
+    assert refine_fact(sets + [{c}], 0.0) == {a, b, c}  # p = 0: any coarse neuron
+    assert refine_fact(sets, 1.0) == set()  # nothing is shared by more than 100%
+    assert neuron_shares(sets) == {a: 1.0, b: 0.7}
+
+
+def _facts(n_facts, shares):
+    """Facts with 20 prompts each; neuron j appears in round(shares[j] * 20) of them."""
+    facts = {}
+    for f in range(n_facts):
+        sets = [set() for _ in range(20)]
+        for j, share in enumerate(shares):
+            for i in range(round(share * 20)):
+                sets[i].add((0, j))
+        facts[f"P0/{f}"] = sets
+    return facts
+
+
+def test_adaptive_p_stays_at_start_when_in_range():
+    res = adaptive_share_threshold(_facts(3, [0.9, 0.8, 0.75]))
+    assert (res.p, res.mean_count, res.converged, res.reason) == (0.7, 3.0, True, "in range")
+
+
+def test_adaptive_p_rises_when_too_many():
+    shares = [1.0, 0.95, 0.9, 0.85, 0.8, 0.8, 0.8, 0.8]  # 8 neurons above 0.7 and 0.75, 4 above 0.8
+    res = adaptive_share_threshold(_facts(2, shares))
+    assert res.converged and res.p == 0.8 and res.mean_count == 4.0
+    assert [p for p, _ in res.trace] == [0.7, 0.75, 0.8]
+
+
+def test_adaptive_p_falls_when_too_few():
+    res = adaptive_share_threshold(_facts(2, [1.0, 0.6, 0.55]))
+    assert res.converged and res.p == 0.55 and res.mean_count == 2.0
+    assert [p for p, _ in res.trace] == [0.7, 0.65, 0.6, 0.55]
+
+
+def test_adaptive_p_overshoot_keeps_the_nearer_side():
+    # at 0.7: 6 neurons (> 5); at 0.75: 1 neuron (< 2): the interval is jumped over
+    res = adaptive_share_threshold(_facts(1, [1.0, 0.75, 0.75, 0.75, 0.75, 0.75]))
+    assert not res.converged and res.reason == "overshoot"
+    assert (res.p, res.mean_count) == (0.7, 6.0)  # |6-5| = 1 beats |1-2| = 1 on the tie: first one
+
+
+def test_adaptive_p_reaches_one():
+    res = adaptive_share_threshold(_facts(1, [1.0] * 8), start=0.9)
+    # at p = 1.0 nothing is shared by more than all prompts: 0 < 2, overshoot from 8 to 0
+    assert res.reason == "overshoot" and res.p == 1.0 and res.mean_count == 0.0
+
+
+def test_adaptive_p_reaches_zero():
+    res = adaptive_share_threshold(_facts(2, [0.05]))  # one neuron only: never 2
+    assert not res.converged and res.reason == "p reached 0" and res.p == 0.0 and res.mean_count == 1.0
+
+
+def test_adaptive_p_reaches_one_with_too_many():
+    # the mean is 0 at p = 1, so with the paper's interval an upward search always stops by overshoot;
+    # the bound is reached only when the interval lies below every reachable mean
+    facts = {"P0/0": [{(0, j) for j in range(9)}] * 4, "P0/1": [set()] * 4}
+    res = adaptive_share_threshold(facts, low=-1.0, high=-0.5)
+    assert res.reason == "p reached 1" and res.p == 1.0
+
+
+def test_no_usable_fact():
+    res = adaptive_share_threshold({"P0/0": []})
+    assert res.reason == "no facts" and not res.converged
+
+
+def test_refine_relation_applies_the_chosen_p():
+    facts = _facts(2, [1.0, 0.9, 0.8, 0.3])
+    refined, chosen = refine_relation(facts)
+    assert chosen.p == 0.7 and refined == {f: {(0, 0), (0, 1), (0, 2)} for f in facts}
+
+
+def test_mean_excludes_facts_without_prompts():
+    facts = _facts(2, [1.0, 0.9, 0.8])
+    facts["P0/empty"] = []
+    assert adaptive_share_threshold(facts).mean_count == 3.0

@@ -74,3 +74,11 @@ def mirror() -> Path:
     if not (MIRROR / "knowledge-neurons" / "BingDistantTREx" / "query_pairs.json").is_file():
         pytest.fail(f"data mirror not found at {MIRROR}; set KN_DATA_MIRROR")
     return MIRROR
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real offline default model (SmolLM2-135M-Instruct, Q4_1 GGUF from PyPI), loaded once per run."""
+    from kn_lib.models import load_model
+
+    return load_model("smollm2-135m")

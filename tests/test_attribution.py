@@ -1,0 +1,108 @@
+"""Integrated gradients over FFN neurons: completeness, an independent implementation (captum), and the
+fast path against the reference, on tiny random models of both families."""
+
+import pytest
+import torch
+
+from kn_lib.adapters import EncodedPrompt
+from kn_lib.attribution import (
+    IGConfig,
+    activation_attribution,
+    integrated_gradients,
+    riemann_alphas,
+    scaled_probability,
+)
+
+TEMPLATE, SUBJECT, OBJECT = "[X] was born in [Y] .", "alice", "paris"
+
+
+@pytest.fixture
+def prompt(tiny):
+    return tiny.encode(TEMPLATE, SUBJECT, OBJECT)
+
+
+def test_riemann_alphas_paper_and_official_rules():
+    assert riemann_alphas(4, "right").tolist() == [0.25, 0.5, 0.75, 1.0]  # paper: k/m, k = 1..m
+    assert riemann_alphas(4, "left").tolist() == [0.0, 0.25, 0.5, 0.75]  # official scripts: k = 0..m-1
+
+
+@pytest.mark.parametrize("bad", [dict(steps=0), dict(rule="middle"), dict(method="magic"), dict(batch_rows=0)])
+def test_bad_config(bad):
+    with pytest.raises(ValueError):
+        IGConfig(**bad)
+
+
+def _completeness_gaps(adapter, prompt, steps):
+    ig = integrated_gradients(adapter, prompt, config=IGConfig(steps=steps))
+    gaps, deltas = [], []
+    for layer in range(adapter.n_layers):
+        delta = scaled_probability(adapter, prompt, layer, 1.0) - scaled_probability(adapter, prompt, layer, 0.0)
+        gaps.append(abs(ig[layer].double().sum().item() - delta))
+        deltas.append(abs(delta))
+    return torch.tensor(gaps), torch.tensor(deltas)
+
+
+def test_completeness_within_a_riemann_error_that_shrinks_with_m(tiny, prompt):
+    """Per layer: sum_i Attr_i = p(full) - p(layer zeroed at the answer position), up to the Riemann error."""
+    gaps20, deltas = _completeness_gaps(tiny, prompt, 20)
+    gaps200, _ = _completeness_gaps(tiny, prompt, 200)
+    assert (deltas > 0).all()  # the check is not vacuous: every layer moves the probability
+    assert (gaps20 <= 0.05 * deltas + 1e-9).all()
+    assert gaps200.sum() < gaps20.sum()
+
+
+def test_captum_integrated_gradients_agrees(tiny, prompt):
+    """The same function handed to captum's IntegratedGradients (riemann_right = the paper's sum)."""
+    from captum.attr import IntegratedGradients
+
+    layer = 1
+    ids = prompt.input_ids[None]
+    acts = tiny.activations(prompt)
+
+    def p_answer(w):  # w: [batch, n_neurons] -> p(answer) [batch]
+        with tiny.patch(layer, prompt.answer_pos, lambda _: w):
+            logits = tiny.logits_at(ids.expand(len(w), -1), prompt.answer_pos)
+        return logits.softmax(-1)[:, prompt.target_id]
+
+    for rule, captum_method in (("right", "riemann_right"), ("left", "riemann_left")):
+        theirs = IntegratedGradients(p_answer).attribute(
+            acts[layer][None].double().float(), baselines=0.0, n_steps=20, method=captum_method
+        )[0]
+        ours = integrated_gradients(tiny, prompt, layers=[layer], config=IGConfig(rule=rule))[0]
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("batch_rows", [1, 7, 20, 60, 1000])
+def test_fast_path_matches_reference(tiny, prompt, batch_rows):
+    ref = integrated_gradients(tiny, prompt, config=IGConfig(method="reference", batch_rows=20))
+    fast = integrated_gradients(tiny, prompt, config=IGConfig(method="fast", batch_rows=batch_rows))
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("length", [1, 2, 5, 17])
+def test_fast_path_matches_reference_across_prompt_lengths(tiny_llama, length):
+    """Length 1 has no prefix to cache; longer prompts reuse the prefix's key/value cache."""
+    ids = torch.randint(5, 30, (length,), generator=torch.Generator().manual_seed(length))
+    prompt = EncodedPrompt(ids, length - 1, tiny_llama.answer_token("paris"), "")
+    ref = integrated_gradients(tiny_llama, prompt, layers=[2, 0], config=IGConfig(method="reference"))
+    fast = integrated_gradients(tiny_llama, prompt, layers=[2, 0], config=IGConfig(method="fast", batch_rows=30))
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+def test_layer_subset_and_order(tiny, prompt):
+    full = integrated_gradients(tiny, prompt)
+    part = integrated_gradients(tiny, prompt, layers=[2, 0])
+    torch.testing.assert_close(part, full[[2, 0]])
+
+
+def test_baseline_is_the_raw_activation(tiny, prompt):
+    acts = activation_attribution(tiny, prompt)
+    assert acts.shape == (tiny.n_layers, tiny.n_neurons)
+    torch.testing.assert_close(activation_attribution(tiny, prompt, layers=[1])[0], acts[1])
+
+
+def test_attribution_does_not_leave_hooks_or_change_the_model(tiny, prompt):
+    before = tiny.answer_probability(prompt)
+    integrated_gradients(tiny, prompt)
+    assert all(not p._forward_pre_hooks for p in tiny.projections)
+    assert tiny.answer_probability(prompt) == before

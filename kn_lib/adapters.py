@@ -60,15 +60,20 @@ def _get(obj: object, path: str) -> object:
     return obj
 
 
-def find_ffn_projections(model: nn.Module) -> list[nn.Module]:
-    """The FFN output projection of every layer, whose input is the intermediate activation."""
+def find_blocks(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
+    """The Transformer blocks, and in each the FFN output projection whose input is the activation."""
     for blocks_path, proj_path in _FFN_LAYOUTS:
         try:
-            blocks = _get(model, blocks_path)
+            blocks = list(_get(model, blocks_path))  # type: ignore[call-overload]
         except AttributeError:
             continue
-        return [_get(block, proj_path) for block in blocks]  # type: ignore[union-attr]
+        return blocks, [_get(block, proj_path) for block in blocks]  # type: ignore[misc]
     raise ValueError(f"{type(model).__name__}: unknown architecture, no FFN layout of {[b for b, _ in _FFN_LAYOUTS]}")
+
+
+def find_ffn_projections(model: nn.Module) -> list[nn.Module]:
+    """The FFN output projection of every layer, whose input is the intermediate activation."""
+    return find_blocks(model)[1]
 
 
 class ModelAdapter:
@@ -80,7 +85,7 @@ class ModelAdapter:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name or getattr(model.config, "_name_or_path", type(model).__name__)
-        self.projections = find_ffn_projections(model)
+        self.blocks, self.projections = find_blocks(model)
         for p in model.parameters():  # we differentiate w.r.t. activations only
             p.requires_grad_(False)
 
@@ -130,6 +135,49 @@ class ModelAdapter:
             yield
         finally:
             handle.remove()
+
+    @torch.no_grad()
+    def block_inputs(self, **forward_kwargs) -> tuple[list[torch.Tensor], bool]:
+        """One forward pass recording the hidden state entering every block, and whether blocks
+        return tuples (older transformers) or tensors; ``start_at`` replays from these."""
+        inputs: list[torch.Tensor] = [None] * len(self.blocks)  # type: ignore[list-item]
+        returns_tuple = []
+
+        def pre(i):
+            return lambda m, args, kwargs: inputs.__setitem__(i, (args[0] if args else kwargs["hidden_states"]).detach())
+
+        handles = [b.register_forward_pre_hook(pre(i), with_kwargs=True) for i, b in enumerate(self.blocks)]
+        handles.append(self.blocks[0].register_forward_hook(lambda m, a, out: returns_tuple.append(isinstance(out, tuple))))
+        try:
+            self.model(**forward_kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+        return inputs, returns_tuple[0]
+
+    @contextlib.contextmanager
+    def start_at(self, layer: int, hidden: torch.Tensor, returns_tuple: bool) -> Iterator[None]:
+        """Run the model from block ``layer`` upward: blocks below pass their input through untouched
+        (no compute) and block ``layer`` receives ``hidden`` (e.g. its recorded input, one row per batch
+        item) instead. Exact whenever ``hidden`` is what the skipped blocks would have produced."""
+
+        def skip(hidden_states, *args, **kwargs):
+            return (hidden_states,) if returns_tuple else hidden_states
+
+        def replace(module, args, kwargs):
+            if args:
+                return (hidden, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": hidden}
+
+        for block in self.blocks[:layer]:
+            block.forward = skip  # instance attribute shadows the class's forward
+        handle = self.blocks[layer].register_forward_pre_hook(replace, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+            for block in self.blocks[:layer]:
+                del block.forward
 
     @torch.no_grad()
     def activations(self, prompt: EncodedPrompt) -> torch.Tensor:

@@ -106,3 +106,28 @@ def test_attribution_does_not_leave_hooks_or_change_the_model(tiny, prompt):
     integrated_gradients(tiny, prompt)
     assert all(not p._forward_pre_hooks for p in tiny.projections)
     assert tiny.answer_probability(prompt) == before
+
+
+def test_quadrature_weights_and_exactness():
+    from kn_lib.attribution import quadrature
+
+    for rule in ("right", "left", "gauss-legendre"):
+        nodes, weights = quadrature(7, rule)
+        assert len(nodes) == 7 and abs(weights.sum().item() - 1) < 1e-12 and ((nodes >= 0) & (nodes <= 1)).all()
+    nodes, weights = quadrature(3, "gauss-legendre")  # exact for polynomials of degree <= 5
+    assert abs((weights * nodes**5).sum().item() - 1 / 6) < 1e-12
+
+
+def test_gauss_legendre_with_few_nodes_beats_the_riemann_sum(tiny, prompt):
+    exact = integrated_gradients(tiny, prompt, config=IGConfig(steps=400, rule="gauss-legendre")).double()
+    riemann20 = integrated_gradients(tiny, prompt, config=IGConfig(steps=20)).double()
+    gauss6 = integrated_gradients(tiny, prompt, config=IGConfig(steps=6, rule="gauss-legendre")).double()
+    assert (gauss6 - exact).abs().max() < (riemann20 - exact).abs().max()
+
+
+def test_bfloat16_option_is_close_and_same_for_both_paths(tiny, prompt):
+    fp32 = integrated_gradients(tiny, prompt)
+    for method in ("fast", "reference"):
+        bf16 = integrated_gradients(tiny, prompt, config=IGConfig(precision="bfloat16", method=method))
+        assert bf16.dtype == torch.float32
+        assert (bf16 - fp32).abs().max() < 0.05 * fp32.abs().max()

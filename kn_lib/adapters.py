@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from .data import fill
+from .data import causal_usable, fill
 
 
 class UnusablePrompt(ValueError):
@@ -245,7 +245,7 @@ class CausalLMAdapter(ModelAdapter):
         return ids[0]
 
     def encode(self, template: str, subject: str, obj: str) -> EncodedPrompt:
-        if template.index("[Y]") < template.index("[X]"):
+        if not causal_usable(template):
             raise UnusablePrompt(f"{template!r}: [Y] precedes [X], a causal model cannot predict it")
         target = self.answer_token(obj, template)
         text = fill(template[: template.index("[Y]")], subject).rstrip()

@@ -232,6 +232,11 @@ def fill(template: str, subject: str) -> str:
     return template.replace("[X]", subject)
 
 
+def causal_usable(template: str) -> bool:
+    """Whether a left-to-right model can be asked this template: [X] must come before [Y]."""
+    return template.index("[X]") < template.index("[Y]")
+
+
 def load_prompts(relations: Iterable[str] | None = None, source: DataSource | None = None):
     """Every (fact, template) prompt as a ``datasets.Dataset`` (253,448 rows for the 34 relations)."""
     import datasets
@@ -251,3 +256,20 @@ def load_prompts(relations: Iterable[str] | None = None, source: DataSource | No
                 cols["subject"].append(head)
                 cols["object"].append(tail)
     return datasets.Dataset.from_dict(cols)
+
+
+def relation_summary(source: DataSource | None = None):
+    """One row per relation: label, type, templates, facts, prompts, and templates a causal LM can use."""
+    import pandas as pd
+
+    source = source or DataSource()
+    pairs = _query_pairs(source)
+    rows = []
+    for rid, rel in load_relations(source=source).items():
+        n_facts = len(pairs[rid])
+        rows.append(
+            {"relation": rid, "label": rel.label, "type": rel.type, "templates": len(rel.templates),
+             "causal_templates": sum(causal_usable(t) for t in rel.templates), "facts": n_facts,
+             "prompts": n_facts * len(rel.templates)}
+        )
+    return pd.DataFrame(rows)

@@ -123,3 +123,11 @@ def test_unknown_file_and_failed_download(tmp_path):
         offline.path("pararel/patterns/P19.jsonl")
     assert "P19.jsonl" in _one_line(err.value) and "download" in str(err.value)
     assert not list(tmp_path.rglob("*.part"))
+
+
+def test_relation_summary(source):
+    summary = data.relation_summary(source).set_index("relation")
+    assert summary["facts"].sum() == 27_738 and summary["prompts"].sum() == 253_448
+    assert (summary["causal_templates"] <= summary["templates"]).all()
+    assert summary.loc["P19", "templates"] == 13 and summary.loc["P19", "type"] == "N-1"
+    assert data.causal_usable("[X] was born in [Y].") and not data.causal_usable("[Y] is the birthplace of [X].")

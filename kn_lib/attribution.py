@@ -86,13 +86,23 @@ def integrated_gradients(
     time. ``config.rule="left"`` uses k = 0..m-1 instead, as the official scripts do; in general the
     sum is \bar w_i \sum_k c_k \partial P_x(\alpha_k \bar w) / \partial w_i over ``quadrature``'s nodes.
     """
+    return integrated_gradients_many(adapter, [prompt], layers, config)[0]
+
+
+def integrated_gradients_many(
+    adapter: ModelAdapter, prompts: list[EncodedPrompt], layers: list[int] | None = None, config: IGConfig = IGConfig()
+) -> list[torch.Tensor]:
+    """``integrated_gradients`` of several prompts (e.g. a fact's paraphrases); the fast path puts
+    them in one batch (padded, with an attention mask) for bigger matrix products."""
     layers = list(range(adapter.n_layers)) if layers is None else list(layers)
-    acts = adapter.activations(prompt).double()  # [L, N]
+    acts = [adapter.activations(p).double() for p in prompts]  # each [L, N]
     alphas, weights = quadrature(config.steps, config.rule)
-    gradient_sums = _gradient_sums_reference if config.method == "reference" else _gradient_sums_fast
     with torch.autocast(adapter.device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
-        grads = gradient_sums(adapter, prompt, layers, acts, alphas, weights, config.batch_rows)
-    return (acts[layers] * grads).float()
+        if config.method == "reference":
+            grads = [_gradient_sums_reference(adapter, p, layers, a, alphas, weights, config.batch_rows) for p, a in zip(prompts, acts)]
+        else:
+            grads = _gradient_sums_fast(adapter, prompts, layers, acts, alphas, weights, config.batch_rows)
+    return [(a[layers] * g).float() for a, g in zip(acts, grads)]
 
 
 def activation_attribution(adapter: ModelAdapter, prompt: EncodedPrompt, layers: list[int] | None = None) -> torch.Tensor:
@@ -120,86 +130,130 @@ def _gradient_sums_reference(adapter, prompt, layers, acts, alphas, weights, ste
     return out
 
 
-def _gradient_sums_fast(adapter, prompt, layers, acts, alphas, weights, rows_per_pass) -> torch.Tensor:
-    """Same sums as the reference, with three exact savings:
+def _gradient_sums_fast(adapter, prompts, layers, acts, alphas, weights, rows_per_pass) -> list[torch.Tensor]:
+    """Same sums as the reference, with four exact savings:
 
-    * causal LMs: scaling the answer position changes nothing at earlier positions, so the prefix runs
-      once and its key/value cache serves every step; only the last token is recomputed;
+    * causal LMs: scaling the answer position changes nothing at earlier positions, so each prefix
+      runs once and its key/value cache serves every step; only the last token is recomputed;
     * scaling layer l changes nothing below l, so a pass starts at its lowest scaled layer from the
       recorded hidden state (``ModelAdapter.start_at``);
-    * (layer, step) rows of several layers share one batch, for bigger matrix products.
+    * (prompt, layer, step) rows of several prompts and layers share one batch, for bigger matrix
+      products; prompts of different lengths are padded and masked;
+    * gradients are taken w.r.t. the scaled activations only (no weight gradients).
     """
-    device, dtype = adapter.device, next(adapter.model.parameters()).dtype
-    ids = prompt.input_ids.to(device)
-    causal = isinstance(adapter, CausalLMAdapter) and prompt.answer_pos == len(ids) - 1
-    cache = None
-    if causal:
-        run_ids, pos = ids[-1:], 0  # the last token only, on top of the prefix cache
-        if len(ids) > 1:
-            with torch.no_grad():
-                prefix = adapter.model(input_ids=ids[None, :-1], use_cache=True)
-            cache = getattr(prefix, "cache", None) or prefix.past_key_values
-    else:
-        run_ids, pos = ids, prompt.answer_pos
-
-    def forward_kwargs(batch: int) -> dict:
-        kwargs = {"input_ids": run_ids.expand(batch, -1)}
-        if causal:
-            past = None
-            if cache is not None:
-                past = copy.deepcopy(cache)
-                past.batch_repeat_interleave(batch)
-            kwargs.update({adapter.cache_argument: past, "use_cache": past is not None, "logits_to_keep": 1})
-        return kwargs
-
-    hidden_in, returns_tuple = adapter.block_inputs(**forward_kwargs(1))
-    out = torch.zeros(len(layers), acts.shape[1], dtype=torch.float64)
-    for units in _passes(layers, len(alphas), rows_per_pass):
-        rows = sum(len(steps) for _, steps in units)
-        scaled = torch.cat([alphas[steps, None] * acts[layers[i]] for i, steps in units]).to(device, dtype)
-        scaled.requires_grad_(True)  # [rows, N]
-        lowest = min(layers[i] for i, _ in units)
-        hooks, start = [], 0
-        for i, steps in units:
-            hooks.append(_patch_rows(adapter, layers[i], pos, slice(start, start + len(steps)), scaled))
-            start += len(steps)
+    batch = _Batch(adapter, prompts)
+    n_steps = len(alphas)
+    hidden_in, returns_tuple = adapter.block_inputs(**batch.forward_kwargs(torch.arange(len(prompts))))
+    out = [torch.zeros(len(layers), a.shape[1], dtype=torch.float64) for a in acts]
+    for units in _passes(len(prompts), layers, n_steps, rows_per_pass):
+        row_prompt = torch.cat([torch.full((len(steps),), p) for p, _, steps in units])
+        scaled = torch.cat([alphas[steps, None] * acts[p][layers[i]] for p, i, steps in units])
+        scaled = scaled.to(batch.device, batch.dtype).requires_grad_(True)  # [rows, N]
+        lowest = min(layers[i] for _, i, _ in units)
+        row_layer = torch.cat([torch.full((len(steps),), i) for _, i, steps in units])
+        hooks = []
+        for i in row_layer.unique().tolist():
+            rows = (row_layer == i).nonzero().flatten()
+            hooks.append(_patch_rows(adapter, layers[i], rows, batch.pos[row_prompt[rows]], scaled))
         try:
-            start_hidden = hidden_in[lowest].expand(rows, *hidden_in[lowest].shape[1:]).contiguous()
-            with adapter.start_at(lowest, start_hidden, returns_tuple):
-                logits = adapter.model(**forward_kwargs(rows)).logits[:, -1 if causal else pos]
+            with adapter.start_at(lowest, hidden_in[lowest][row_prompt].contiguous(), returns_tuple):
+                logits = batch.logits(adapter.model(**batch.forward_kwargs(row_prompt)), row_prompt)
         finally:
             for h in hooks:
                 h.remove()
-        (grad,) = torch.autograd.grad(_probabilities(logits, prompt.target_id).sum(), scaled)
+        p_answer = logits.float().softmax(-1).gather(1, batch.targets[row_prompt, None])
+        (grad,) = torch.autograd.grad(p_answer.sum(), scaled)
         start = 0
-        for i, steps in units:
-            out[i] += (grad[start : start + len(steps)].double().cpu() * weights[steps, None]).sum(0)
+        for p, i, steps in units:
+            out[p][i] += (grad[start : start + len(steps)].double().cpu() * weights[steps, None]).sum(0)
             start += len(steps)
     return out
 
 
-def _passes(layers: list[int], n_steps: int, rows_per_pass: int) -> list[list[tuple[int, torch.Tensor]]]:
-    """Pack (layer index, step indices) units into passes of at most ``rows_per_pass`` rows, layers in
-    ascending order so that each pass starts as high in the model as it can."""
+class _Batch:
+    """Several prompts as one padded batch. Causal LMs: left-padded prefixes run once into a key/value
+    cache, then each row is one last token on top of its prompt's cache. Masked LMs: right-padded
+    whole prompts."""
+
+    def __init__(self, adapter: ModelAdapter, prompts: list[EncodedPrompt]) -> None:
+        self.adapter, self.device = adapter, adapter.device
+        self.dtype = next(adapter.model.parameters()).dtype
+        self.targets = torch.tensor([p.target_id for p in prompts], device=self.device)
+        self.causal = isinstance(adapter, CausalLMAdapter) and all(p.answer_pos == len(p.input_ids) - 1 for p in prompts)
+        pad = adapter.tokenizer.pad_token_id or 0
+        if self.causal:
+            self.last = torch.stack([p.input_ids[-1:] for p in prompts]).to(self.device)  # [P, 1]
+            self.pos = torch.zeros(len(prompts), dtype=torch.long)  # the one token each row runs
+            width = max(len(p.input_ids) - 1 for p in prompts)
+            self.prefix_mask = torch.zeros(len(prompts), width, dtype=torch.long, device=self.device)
+            self.position = torch.tensor([[len(p.input_ids) - 1] for p in prompts], device=self.device)
+            self.cache = None
+            if width > 0:
+                ids = torch.full((len(prompts), width), pad, dtype=torch.long, device=self.device)
+                for i, p in enumerate(prompts):  # left padding keeps every prompt's last token last
+                    n = len(p.input_ids) - 1
+                    if n:
+                        ids[i, width - n :] = p.input_ids[:-1]
+                        self.prefix_mask[i, width - n :] = 1
+                positions = (self.prefix_mask.cumsum(-1) - 1).clamp(min=0)
+                with torch.no_grad():
+                    out = adapter.model(input_ids=ids, attention_mask=self.prefix_mask, position_ids=positions, use_cache=True)
+                self.cache = getattr(out, "cache", None) or out.past_key_values
+        else:
+            width = max(len(p.input_ids) for p in prompts)
+            self.ids = torch.full((len(prompts), width), pad, dtype=torch.long, device=self.device)
+            self.mask = torch.zeros(len(prompts), width, dtype=torch.long, device=self.device)
+            for i, p in enumerate(prompts):
+                self.ids[i, : len(p.input_ids)] = p.input_ids
+                self.mask[i, : len(p.input_ids)] = 1
+            self.pos = torch.tensor([p.answer_pos for p in prompts])
+
+    def forward_kwargs(self, rows: torch.Tensor) -> dict:
+        """Model inputs for batch rows that belong to the given prompts."""
+        if not self.causal:
+            return {"input_ids": self.ids[rows], "attention_mask": self.mask[rows]}
+        past = None
+        if self.cache is not None:
+            past = copy.deepcopy(self.cache)
+            past.batch_select_indices(rows.to(self.device))
+        ones = torch.ones(len(rows), 1, dtype=torch.long, device=self.device)
+        return {
+            "input_ids": self.last[rows], "attention_mask": torch.cat([self.prefix_mask[rows], ones], 1),
+            "position_ids": self.position[rows], self.adapter.cache_argument: past, "use_cache": past is not None,
+            "logits_to_keep": 1,
+        }
+
+    def logits(self, output, rows: torch.Tensor) -> torch.Tensor:
+        """Logits [rows, vocab] at each row's answer position."""
+        if self.causal:
+            return output.logits[:, -1]
+        return output.logits[torch.arange(len(rows)), self.pos[rows]]
+
+
+def _passes(n_prompts: int, layers: list[int], n_steps: int, rows_per_pass: int) -> list[list[tuple[int, int, torch.Tensor]]]:
+    """Pack (prompt, layer index, step indices) units into passes of at most ``rows_per_pass`` rows,
+    layers in ascending order so that each pass starts as high in the model as it can."""
     units = [
-        (i, steps)
+        (p, i, steps)
         for i in sorted(range(len(layers)), key=lambda i: layers[i])
+        for p in range(n_prompts)
         for steps in torch.arange(n_steps).split(rows_per_pass)
     ]
-    passes: list[list[tuple[int, torch.Tensor]]] = [[]]
+    passes: list[list[tuple[int, int, torch.Tensor]]] = [[]]
     for unit in units:
-        if passes[-1] and sum(len(s) for _, s in passes[-1]) + len(unit[1]) > rows_per_pass:
+        if passes[-1] and sum(len(s) for _, _, s in passes[-1]) + len(unit[2]) > rows_per_pass:
             passes.append([])
         passes[-1].append(unit)
     return passes
 
 
-def _patch_rows(adapter: ModelAdapter, layer: int, pos: int, rows: slice, scaled: torch.Tensor):
-    """Hook: in the given batch rows, layer ``layer``'s activation at ``pos`` becomes those rows of ``scaled``."""
+def _patch_rows(adapter: ModelAdapter, layer: int, rows: torch.Tensor, positions: torch.Tensor, scaled: torch.Tensor):
+    """Hook: in batch row r (of ``rows``), layer ``layer``'s activation at that row's position becomes
+    ``scaled[r]``."""
 
     def hook(module, args):
         patched = args[0].clone()
-        patched[rows, pos] = scaled[rows]
+        patched[rows, positions.to(patched.device)] = scaled[rows].to(patched.dtype)
         return (patched, *args[1:])
 
     return adapter.projections[layer].register_forward_pre_hook(hook)

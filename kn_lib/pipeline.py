@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .adapters import EncodedPrompt, ModelAdapter, MultiTokenObject, UnusablePrompt
-from .attribution import IGConfig, activation_attribution, integrated_gradients
+from .attribution import IGConfig, activation_attribution, integrated_gradients_many
 from .data import Relation
 from .refine import adaptive_share_threshold, coarse_neurons, neuron_shares, refine_fact
 
@@ -81,12 +81,12 @@ def predict(adapter: ModelAdapter, prompt: EncodedPrompt) -> tuple[float, int]:
     return probs[prompt.target_id].item(), int(probs.argmax())
 
 
-def attribute(adapter: ModelAdapter, prompt: EncodedPrompt, config: KNConfig) -> torch.Tensor:
-    """Scores [n_layers, n_neurons] by the configured method."""
+def attribute(adapter: ModelAdapter, prompts: list[EncodedPrompt], config: KNConfig) -> list[torch.Tensor]:
+    """Scores [n_layers, n_neurons] of each prompt (of one fact: they share a batch) by the configured method."""
     if config.method == "ig":
-        return integrated_gradients(adapter, prompt, config=config.ig)
+        return integrated_gradients_many(adapter, prompts, config=config.ig)
     if config.method == "activation":
-        return activation_attribution(adapter, prompt)
+        return [activation_attribution(adapter, p) for p in prompts]
     raise ValueError(f"unknown method {config.method!r} (use 'ig' or 'activation')")
 
 
@@ -111,14 +111,14 @@ def find_knowledge_neurons(
                 skipped.append(_skip(fact, None, "no usable prompt"))
             continue
         sets = coarse_sets.setdefault(fact["relation"], {}).setdefault(fact["fact_id"], [])
-        for t, prompt in usable:
+        all_scores = attribute(adapter, [prompt for _, prompt in usable], config)
+        for (t, prompt), scores in zip(usable, all_scores):
             p_answer, top1 = predict(adapter, prompt)
             prompt_rows.append(
                 {"fact_id": fact["fact_id"], "relation": fact["relation"], "template_id": t, "text": prompt.text,
                  "p_answer": p_answer, "correct": top1 == prompt.target_id,
                  "predicted": adapter.tokenizer.decode([top1])}
             )
-            scores = attribute(adapter, prompt, config)
             coarse = coarse_neurons(scores, config.threshold)
             sets.append(coarse)
             coarse_rows += [

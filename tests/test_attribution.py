@@ -131,3 +131,21 @@ def test_bfloat16_option_is_close_and_same_for_both_paths(tiny, prompt):
         bf16 = integrated_gradients(tiny, prompt, config=IGConfig(precision="bfloat16", method=method))
         assert bf16.dtype == torch.float32
         assert (bf16 - fp32).abs().max() < 0.05 * fp32.abs().max()
+
+
+@pytest.mark.parametrize("batch_rows", [13, 60, 400])
+def test_many_prompts_in_one_padded_batch_match_one_at_a_time(tiny, batch_rows):
+    """Prompts of different lengths (left-padded prefixes for causal LMs, right-padded for MLMs)."""
+    from kn_lib.attribution import integrated_gradients_many
+
+    prompts = [
+        tiny.encode("[X] was born in [Y] .", "alice", "paris"),
+        tiny.encode("the capital of [X] is the city of [Y] .", "france", "paris"),
+        tiny.encode("[X] [Y]", "bob", "rome"),
+    ]
+    if tiny.family == "causal":
+        prompts.append(EncodedPrompt(torch.tensor([7]), 0, tiny.answer_token("rome"), ""))  # no prefix at all
+    together = integrated_gradients_many(tiny, prompts, config=IGConfig(batch_rows=batch_rows))
+    for prompt, scores in zip(prompts, together):
+        alone = integrated_gradients(tiny, prompt, config=IGConfig(method="reference"))
+        torch.testing.assert_close(scores, alone, rtol=1e-4, atol=1e-4 * alone.abs().max().item())

@@ -30,5 +30,9 @@ book: install
 test: install
 	$(PY) -m pytest -q
 
+# The book's committed results (long: resumable, rerun to continue; see `kn info`)
+results: install
+	$(VENV)/bin/kn run --preset book-sample --model smollm2-135m
+
 clean:
 	rm -rf _build

@@ -1,0 +1,179 @@
+"""The ``kn`` command: run stages of the reproduction, resumably, and show what data and results exist.
+
+    kn run --preset smoke --model smollm2-135m            # attribute, then refine, for a preset
+    kn attribute --model tiny-random-llama --relations P19,P36 --facts-per-relation 4
+    kn refine    --model tiny-random-llama --relations P19,P36 --facts-per-relation 4
+    kn info                                               # data counts, presets, stages, results
+
+One subcommand per registered stage (``kn_lib.stages.register_stage``), all with the same options; a
+stage's own ``Option``s are added to its subcommand. Rerunning a command resumes it: finished shards
+are kept. Bad input (unknown model, relation, preset; unwritable output) exits with status 2 and a
+one-line message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EXIT_USAGE = 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _facts(text: str) -> int | None:
+    return None if text == "all" else _positive_int(text)
+
+
+def _common(parser: argparse.ArgumentParser, with_preset_default: bool = True) -> None:
+    from .models import DEFAULT_MODEL
+    from .results import default_root
+    from .stages import DEFAULT_PRESET, PRESETS
+
+    g = parser.add_argument_group("what to run")
+    g.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL}); see `kn info`")
+    g.add_argument("--preset", default=DEFAULT_PRESET if with_preset_default else None, choices=list(PRESETS),
+                   help=f"fact sample and stage chain (default {DEFAULT_PRESET}); the options below override it")
+    g.add_argument("--relations", help="comma-separated relation ids, e.g. P19,P36 (default: the preset's)")
+    g.add_argument("--facts-per-relation", type=_facts, help="facts sampled per relation, or 'all' (default: the preset's)")
+    g.add_argument("--seed", type=int, help="seed of the fact sample (default: the preset's, 0)")
+    g.add_argument("--steps", type=_positive_int, help="integrated-gradients steps m (default 20, the paper's)")
+    g.add_argument("--method", choices=["ig", "activation"], help="attribution: ig (default) or the activation baseline")
+    g.add_argument("--chunk-size", type=_positive_int, help="facts per attribution shard (default 8)")
+    h = parser.add_argument_group("where and how")
+    h.add_argument("--out", type=Path, default=None, help=f"results root (default {default_root()}, or $KN_RESULTS_DIR)")
+    h.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default auto: cuda when available")
+    h.add_argument("--backend", choices=["local", "ray"], default="local", help="ray: shards as tasks on Ray actors")
+    h.add_argument("--ray-address", help="address of a running Ray cluster (default: start a local one)")
+    h.add_argument("--workers", type=_positive_int, help="Ray actors (default: one per GPU, else one per CPU)")
+    h.add_argument("--threads", type=_positive_int, help="torch CPU threads of a local run (default: torch's; 1 helps on a busy machine)")
+    h.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .stages import stage_registry
+
+    parser = argparse.ArgumentParser(prog="kn", description="Knowledge neurons (Dai et al. 2022): run the reproduction's stages.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, stage in stage_registry().items():
+        p = sub.add_parser(name, help=stage.help, description=stage.help)
+        _common(p)
+        for option in stage.options:
+            p.add_argument(f"--{option.name.replace('_', '-')}", dest=f"param_{option.name}", type=option.type,
+                           default=option.default, help=option.help)
+        p.set_defaults(command_stages=[name])
+    p = sub.add_parser("run", help="run a preset's whole chain of stages (e.g. attribute, then refine)")
+    _common(p)
+    p.set_defaults(command_stages=None)
+    p = sub.add_parser("info", help="data counts, presets, stages, models and results present")
+    p.add_argument("--out", type=Path, default=None, help="results root to list")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "info":
+            print(info(args.out))
+            return 0
+        return _run(args)
+    except KeyboardInterrupt:
+        print("kn: interrupted; rerun the same command to resume (finished shards are kept)", file=sys.stderr)
+        return 130
+    except _user_errors() as err:
+        message = " ".join(str(err).split())  # one line, whatever the exception held
+        print(f"kn: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .data import DataError
+    from .kn_stages import MissingInputs
+    from .models import UnknownModel
+    from .results import CorruptShard, ResultsNotFound
+    from .runner import RayNotInstalled
+    from .stages import KnUsageError
+
+    return (KnUsageError, DataError, UnknownModel, MissingInputs, RayNotInstalled, CorruptShard, ResultsNotFound)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .model_hooks import check_model
+    from .results import default_root
+    from .runner import check_writable, import_ray, run_stage
+    from .stages import PRESETS, settings_for
+
+    root = args.out if args.out is not None else default_root()
+    check_writable(root)
+    params = {k[len("param_"):]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
+    settings = settings_for(
+        args.model, args.preset, relations=args.relations, facts_per_relation=args.facts_per_relation, seed=args.seed,
+        steps=args.steps, method=args.method, chunk_size=args.chunk_size, device=args.device, params=params,
+    )
+    if args.backend == "ray":
+        import_ray()
+    check_model(args.model)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    stages = args.command_stages or list(PRESETS[args.preset].stages)
+    print(f"kn {args.command}: model {args.model}, preset {args.preset}, {len(settings.relation_ids())} relations x "
+          f"{settings.facts_per_relation or 'all'} facts (seed {settings.seed}), stages {', '.join(stages)}", flush=True)
+    for name in stages:
+        summary = run_stage(name, settings, root, backend=args.backend, ray_address=args.ray_address, workers=args.workers,
+                            progress=not args.no_progress)
+        print(summary.line(), flush=True)
+    return 0
+
+
+def info(out: Path | None = None) -> str:
+    """Data counts, presets, stages, models known offline, and the results present under ``out``."""
+    from . import data
+    from .model_hooks import describe_model, known_names
+    from .results import default_root, stores
+    from .stages import PRESETS, stage_registry
+
+    lines = []
+    summary = data.relation_summary()
+    lines.append(f"data: {len(summary)} relations, {summary['facts'].sum():,} facts, {summary['prompts'].sum():,} prompts "
+                 f"({summary['causal_templates'].sum()} of {summary['templates'].sum()} templates usable by a causal LM)")
+    lines.append("presets:")
+    for p in PRESETS.values():
+        rel = f"{len(p.relations)} relations ({','.join(p.relations)})" if p.relations else "all 34 relations"
+        lines.append(f"  {p.name:12s} {rel} x {p.facts_per_relation or 'all'} facts, seed {p.seed}; stages {' -> '.join(p.stages)}: {p.help}")
+    lines.append("stages:")
+    for s in stage_registry().values():
+        lines.append(f"  {s.name:12s} tables {', '.join(s.tables)}; {s.help}")
+    lines.append("models (no model hub needed; any Hugging Face id works where a hub or local copy is reachable):")
+    for name in known_names():
+        lines.append(f"  {name:18s} {describe_model(name)}")
+    root = out if out is not None else default_root()
+    lines.append(f"results under {root}:")
+    found = False
+    if root.is_dir():
+        for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+            for stage_dir in sorted(p for p in model_dir.iterdir() if p.is_dir()):
+                for store in stores(root, model_dir.name, stage_dir.name):
+                    m = store.manifest()
+                    s = m["settings"]
+                    brief = ", ".join(f"{k}={s[k]}" for k in ("method", "seed", "facts_per_relation", "attribute_key") if k in s)
+                    lines.append(f"  {model_dir.name}/{stage_dir.name}/{store.key}: {len(m['shards'])} shards ({brief})")
+                    found = True
+    if not found:
+        lines.append("  (none)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""What a run computes: settings, presets, the fact sample, and a registry of stages.
+
+A *stage* (``Stage``) turns settings into sharded result tables: ``plan`` lists the shards (``Job``),
+``compute`` fills one shard, ``key_settings`` says which settings its results depend on (their hash is
+the results directory's key). The built-in stages ``attribute`` and ``refine`` live in
+``kn_lib.kn_stages``; an experiment adds its own with ``register_stage`` and the ``kn`` command, the
+runner (local or Ray) and ``results.load`` pick it up.
+
+The fact sample is model independent: per relation, the facts of ``query_pairs.json`` in an order
+drawn with ``(seed, relation)``, first ``facts_per_relation`` of them. A larger sample with the same
+seed contains the smaller one, so finished attribution shards are reused when a sample grows.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from . import data, sources
+from .attribution import IGConfig
+from .pipeline import KNConfig
+
+DEFAULT_CHUNK = 8  # facts per attribution shard: small enough to lose little to a crash
+
+
+class KnUsageError(ValueError):
+    """Bad input from the user (unknown relation, preset, unwritable output...); one-line message."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a run depends on; each stage's ``key_settings`` picks what its results depend on
+    (never ``device``: where a shard ran is recorded in the manifest, not hashed)."""
+
+    model: str
+    relations: tuple[str, ...] | None = None  # None: the paper's 34 relations
+    facts_per_relation: int | None = None  # None: every fact of each relation
+    seed: int = 0
+    config: KNConfig = field(default_factory=KNConfig)
+    chunk_size: int = DEFAULT_CHUNK
+    device: str = "auto"  # "cpu", "cuda" or "auto"; not part of any key
+    params: tuple[tuple[str, Any], ...] = ()  # options of registered stages (``Stage.options``)
+
+    def relation_ids(self) -> list[str]:
+        return list(self.relations) if self.relations is not None else data.relation_ids()
+
+    def param(self, name: str, default: Any = None) -> Any:
+        return dict(self.params).get(name, default)
+
+    def load_relations(self) -> dict[str, data.Relation]:
+        return _relations(tuple(self.relation_ids()))
+
+    def sample(self) -> dict[str, list[dict]]:
+        """Relation -> its sampled facts, in sample order."""
+        return {r: _ordered_facts(r, self.seed)[: self.facts_per_relation] for r in self.relation_ids()}
+
+    def selected_fact_ids(self) -> list[str]:
+        return [f["fact_id"] for facts in self.sample().values() for f in facts]
+
+
+def data_checksums() -> dict[str, str]:
+    """sha256 of every upstream file the facts and prompts come from (``DataSource`` checks them)."""
+    used = [data.QUERY_PAIRS, data.RELATIONS] + [p for p in sources.SHA256 if p.startswith("pararel/patterns/")]
+    return {p: sources.SHA256[p] for p in sorted(used)}
+
+
+@lru_cache(maxsize=8)
+def _relations(ids: tuple[str, ...]) -> dict[str, data.Relation]:
+    return data.load_relations(ids)
+
+
+@lru_cache(maxsize=64)
+def _ordered_facts(relation: str, seed: int) -> list[dict]:
+    import numpy as np
+
+    facts = data.load_facts([relation]).to_list()
+    order = np.random.default_rng([seed, zlib.crc32(relation.encode())]).permutation(len(facts))
+    return [facts[i] for i in order]
+
+
+# -- presets ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named fact sample and chain of stages, so the book and the command agree on what was run."""
+
+    name: str
+    help: str
+    relations: tuple[str, ...] | None
+    facts_per_relation: int | None
+    seed: int = 0
+    stages: tuple[str, ...] = ("attribute", "refine")
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(preset: Preset) -> None:
+    PRESETS[preset.name] = preset
+
+
+register_preset(Preset("smoke", "2 relations x 2 facts: checks that the chain runs", ("P30", "P36"), 2))
+register_preset(Preset("book-sample", "all 34 relations x 20 facts per relation (seed 0): the book's sample", None, 20))
+register_preset(Preset("paper", "all 34 relations, every fact (27,738): the paper's fact set", None, None))
+
+DEFAULT_PRESET = "book-sample"
+
+
+def settings_for(
+    model: str,
+    preset: str | None = None,
+    *,
+    relations: Sequence[str] | str | None = None,
+    facts_per_relation: int | None = None,
+    seed: int | None = None,
+    steps: int | None = None,
+    method: str | None = None,
+    chunk_size: int | None = None,
+    device: str | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> RunSettings:
+    """Settings of a preset (default ``book-sample``) with the given fields overridden; validated."""
+    name = preset or DEFAULT_PRESET
+    if name not in PRESETS:
+        raise KnUsageError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
+    base = PRESETS[name]
+    if isinstance(relations, str):
+        relations = [r.strip() for r in relations.split(",") if r.strip()]
+    rel = tuple(relations) if relations else base.relations
+    if rel is not None:
+        known = data.relation_ids()
+        unknown = [r for r in rel if r not in known]
+        if unknown:
+            raise KnUsageError(f"unknown relation {', '.join(unknown)} (the paper's relations: {', '.join(known)})")
+        rel = tuple(dict.fromkeys(rel))
+    n = facts_per_relation if facts_per_relation is not None else base.facts_per_relation
+    if n is not None and n < 1:
+        raise KnUsageError(f"--facts-per-relation must be >= 1, got {n}")
+    config = KNConfig()
+    if method is not None:
+        if method not in ("ig", "activation"):
+            raise KnUsageError(f"unknown method {method!r} (use ig or activation)")
+        config = replace(config, method=method)
+    if steps is not None:
+        if steps < 1:
+            raise KnUsageError(f"--steps must be >= 1, got {steps}")
+        config = replace(config, ig=replace(config.ig, steps=steps))
+    chunk = chunk_size if chunk_size is not None else DEFAULT_CHUNK
+    if chunk < 1:
+        raise KnUsageError(f"--chunk-size must be >= 1, got {chunk}")
+    if device not in (None, "auto", "cpu", "cuda"):
+        raise KnUsageError(f"unknown device {device!r} (use cpu, cuda or auto)")
+    return RunSettings(
+        model=model, relations=rel, facts_per_relation=n, seed=base.seed if seed is None else seed, config=config,
+        chunk_size=chunk, device=device or "auto", params=tuple(sorted((params or {}).items())),
+    )
+
+
+# -- stages ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    """One shard to compute: self-contained (a Ray worker needs nothing else) but for stage inputs,
+    which ``compute`` reads from the results directory through ``StageContext.inputs``."""
+
+    shard: str  # unique within the stage's results directory, e.g. "P19/chunk-00003"
+    relation: str
+    facts: tuple[Mapping, ...]
+    templates: tuple[str, ...] = ()
+
+    @property
+    def fact_ids(self) -> list[str]:
+        return [f["fact_id"] for f in self.facts]
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What ``plan`` and ``compute`` may use: the settings and where results live."""
+
+    stage: str
+    settings: RunSettings
+    root: Path
+
+    def inputs(self, stage: str):
+        """The results store of another stage for the same settings (e.g. refine reads attribute)."""
+        from .results import ResultStore, cache_key
+
+        spec = stage_registry()[stage]
+        return ResultStore(self.root, self.settings.model, stage, cache_key(spec.key_settings(self.settings)))
+
+
+@dataclass(frozen=True)
+class Option:
+    """A stage's own command-line option, stored in ``RunSettings.params`` under ``name``."""
+
+    name: str  # "--alpha" on the command line, "alpha" in params
+    type: Callable[[str], Any] = str
+    default: Any = None
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A registered stage. ``compute(ctx, job, adapter, on_fact) -> {table: DataFrame}`` calls
+    ``on_fact(1)`` after each fact (progress); ``adapter`` is None when ``needs_model`` is False."""
+
+    name: str
+    help: str
+    tables: tuple[str, ...]  # the first is what ``results.load`` returns by default
+    key_settings: Callable[[RunSettings], dict]
+    plan: Callable[[StageContext], list[Job]]
+    compute: Callable[..., dict]
+    needs_model: bool = True
+    depends: tuple[str, ...] = ()
+    options: tuple[Option, ...] = ()
+    # is a finished shard's manifest entry good for this job? default: it holds all the job's facts
+    covers: Callable[[Mapping, Job], bool] = lambda entry, job: set(job.fact_ids) <= set(entry.get("fact_ids", ()))
+
+
+_STAGES: dict[str, Stage] = {}
+
+
+def register_stage(stage: Stage) -> Stage:
+    """Add (or replace) a stage; ``kn <name>`` and ``kn run`` presets listing it then run it."""
+    _STAGES[stage.name] = stage
+    return stage
+
+
+def stage_registry() -> dict[str, Stage]:
+    from . import kn_stages  # noqa: F401  (registers the built-in stages)
+
+    return _STAGES
+
+
+def chunks(facts: Sequence[Mapping], size: int) -> list[tuple[Mapping, ...]]:
+    return [tuple(facts[i * size : (i + 1) * size]) for i in range(math.ceil(len(facts) / size))]
+
+
+def common_key_settings(settings: RunSettings) -> dict[str, Any]:
+    """What every model-based stage depends on: model, data, seed, kn_lib version."""
+    from . import __version__
+    from .model_hooks import describe_model
+
+    return {
+        "model": settings.model, "model_description": describe_model(settings.model), "data_sha256": data_checksums(),
+        "seed": settings.seed, "kn_lib_version": __version__,
+    }
+
+
+def ig_settings(config: KNConfig) -> dict[str, Any]:
+    return {"method": config.method, "ig": asdict(config.ig), "threshold": config.threshold}
+
+
+__all__ = [
+    "DEFAULT_CHUNK", "DEFAULT_PRESET", "IGConfig", "Job", "KNConfig", "KnUsageError", "Option", "PRESETS", "Preset",
+    "RunSettings", "Stage", "StageContext", "chunks", "common_key_settings", "data_checksums", "register_preset",
+    "register_stage", "settings_for", "stage_registry",
+]

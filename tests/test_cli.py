@@ -1,0 +1,93 @@
+"""The `kn` command: a whole preset on a tiny model, `info`, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import MIRROR
+from kn_lib import results
+from kn_lib.cli import main
+
+os.environ.setdefault("KN_DATA_MIRROR", str(MIRROR))
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def kn(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:  # argparse errors
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_run_preset_then_load(tmp_path, capsys):
+    args = ["--model", "tiny-random-bert", "--preset", "smoke", "--steps", "2", "--out", str(tmp_path), "--no-progress"]
+    code, out, err = kn(capsys, "run", *args)
+    assert code == 0, err
+    header, *lines = out.strip().splitlines()
+    assert header.startswith("kn run: model tiny-random-bert, preset smoke, 2 relations x 2 facts (seed 0)")
+    assert [line.split()[0] for line in lines] == ["attribute", "refine"]
+    assert "4 facts in 2 shards (2 computed, 0 reused)" in lines[0] and "s/fact" in lines[0]
+    refined = results.load("tiny-random-bert", "refine", preset="smoke", steps=2, root=tmp_path)
+    assert set(refined["relation"]) <= {"P30", "P36"} and len(refined) > 0
+    code, out, _ = kn(capsys, "refine", *args)  # a stage alone; finished, so nothing recomputed
+    assert code == 0 and "(0 computed, 2 reused)" in out
+
+
+def test_info_lists_data_presets_stages_models_results(tmp_path, capsys):
+    code, out, _ = kn(capsys, "info", "--out", str(tmp_path))
+    assert code == 0
+    assert "34 relations, 27,738 facts, 253,448 prompts" in out
+    for word in ("smoke", "book-sample", "attribute", "refine", "tiny-random-llama", "smollm2-135m", "(none)"):
+        assert word in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["attribute", "--relations", "P19,P999"], "unknown relation P999"),
+        (["run", "--model", "no-such-model-xyz"], "no-such-model-xyz: unknown model"),
+        (["attribute", "--out", "{file}/results"], "output directory is not writable"),
+        (["refine", "--model", "tiny-random-llama", "--seed", "12345"], "attribution not finished"),
+    ],
+)
+def test_bad_input_exits_nonzero_with_one_line(tmp_path, capsys, argv, message):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    argv = [a.replace("{file}", str(blocker)) for a in argv]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out")]
+    code, out, err = kn(capsys, *argv, "--no-progress")
+    assert code == 2
+    assert err.startswith("kn: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_bad_option_value_is_an_argparse_error(capsys):
+    code, _, err = kn(capsys, "attribute", "--facts-per-relation", "0")
+    assert code == 2 and "expected a positive integer" in err
+
+
+def test_console_script_exit_status_without_traceback(tmp_path):
+    """The real process: exit status 2 and a single stderr line (no traceback)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "kn_lib.cli", "attribute", "--relations", "P0", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "KN_DATA_MIRROR": os.environ["KN_DATA_MIRROR"]},
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "unknown relation P0" in proc.stderr

@@ -1,0 +1,38 @@
+"""The experiments of Dai et al. (2022), sections 4.4-5.2, for any masked or causal LM adapter.
+
+Each takes a ``refined`` table from ``kn_lib.pipeline.find_knowledge_neurons`` (integrated gradients,
+the activation baseline, or a ``random_like`` control) and returns a result with a tidy ``table`` (one
+row per observation), a ``summary`` dataclass holding the paper's headline numbers and the seed, and a
+``skipped`` table naming every input it could not use and why; ``config`` is the settings dataclass
+that produced it (every random draw takes its ``seed``).
+
+=====================================  ========================  =======================
+module                                 function                  paper
+=====================================  ========================  =======================
+``neuron_statistics``                  ``neuron_statistics``     Fig. 3, Table 2 (4.4)
+``suppress_amplify``                   ``suppress_and_amplify``  Fig. 4, 5 (4.5)
+``bingrel_activation``                 ``bingrel_activation``    Tables 3, 4 (4.6)
+``update_facts``                       ``update_facts``          Table 6 (5.1)
+``erase_relations``                    ``erase_relations``       Table 5 (5.2)
+=====================================  ========================  =======================
+
+Shared pieces: ``evaluation`` (prompts, perplexity, skip log), ``interventions`` (activation scaling
+and value-slot edits, restored exactly), ``neuron_sets`` (reading refined tables, random controls).
+"""
+
+from .bingrel_activation import BingRelConfig, BingRelResult, bingrel_activation, top_bottom_sentences
+from .erase_relations import EraseConfig, EraseResult, erase_relations
+from .evaluation import perplexity
+from .neuron_sets import random_like
+from .neuron_statistics import StatisticsConfig, StatisticsResult, neuron_statistics
+from .suppress_amplify import ManipulationConfig, ManipulationResult, change_ratio, suppress_and_amplify
+from .update_facts import UpdateConfig, UpdateResult, update_facts
+
+__all__ = [
+    "BingRelConfig", "BingRelResult", "bingrel_activation", "top_bottom_sentences",
+    "EraseConfig", "EraseResult", "erase_relations",
+    "perplexity", "random_like",
+    "StatisticsConfig", "StatisticsResult", "neuron_statistics",
+    "ManipulationConfig", "ManipulationResult", "change_ratio", "suppress_and_amplify",
+    "UpdateConfig", "UpdateResult", "update_facts",
+]

@@ -1,0 +1,142 @@
+"""Erasing relations by zeroing knowledge neurons' value slots (Dai et al. 2022, section 5.2: Table 5).
+
+For each relation to erase: take the ``top_k`` (20) knowledge neurons found in the most facts of the
+relation, set their value slots to the zero vector (``interventions.erased_value_slots``), and compare the
+perplexity of the correct answers (``evaluation.perplexity``) before and after, on the prompts of the
+erased relation and on the prompts of the other relations; top-1 accuracy is reported too, as the
+official ``7_erase_knowledge.py`` does. The weights are restored exactly after each relation.
+
+The paper erases P19 (place of birth), P27 (country of citizenship), P106 (occupation) and P937 (work
+location), the default here. "Other relations" are all given facts of other relations, or a seeded
+sample of ``max_other_facts`` of them (the official script uses all 33 other relations).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import pandas as pd
+
+from ..adapters import ModelAdapter
+from ..data import Relation
+from .evaluation import FactPrompts, Prompt, SkipLog, answer_distribution, perplexity, seeded_rng, tag_of
+from .interventions import edited_value_slots, erased_value_slots
+from .neuron_sets import check_refined, most_frequent, neurons_by_fact
+
+PAPER_RELATIONS = ("P19", "P27", "P106", "P937")
+
+
+@dataclass(frozen=True)
+class EraseConfig:
+    relations: tuple[str, ...] = PAPER_RELATIONS
+    top_k: int = 20  # paper: the 20 most frequent knowledge neurons of the relation
+    max_other_facts: int | None = None  # None: every given fact of the other relations
+    seed: int = 0  # draws the sample of other facts when max_other_facts is set
+
+
+@dataclass(frozen=True)
+class EraseSummary:
+    """Means over the erased relations of the perplexity changes, in percent (Table 5 per relation is
+    ``EraseResult.by_relation``)."""
+
+    model: str
+    method: str
+    n_relations: int
+    erased_ppl_change: float  # paper, per relation: +106.6 %, +36.7 %, +128.2 %, +141.2 %
+    other_ppl_change: float  # paper: +1.1 %, +4.2 %, +4.3 %, +10.1 %
+    top_k: int
+    seed: int
+
+
+@dataclass
+class EraseResult:
+    table: pd.DataFrame  # one row per (erased relation, evaluated prompt): p and top-1 before / after
+    by_relation: pd.DataFrame  # Table 5: one row per erased relation
+    neurons: pd.DataFrame  # the erased neurons: relation, layer, neuron, n_facts
+    summary: EraseSummary
+    skipped: pd.DataFrame
+    config: EraseConfig
+
+
+def _evaluate(adapter: ModelAdapter, prompts: list[Prompt]) -> list[tuple[float, bool]]:
+    out = []
+    for p in prompts:
+        dist = answer_distribution(adapter, p.encoded)
+        out.append((dist[p.encoded.target_id].item(), int(dist.argmax()) == p.encoded.target_id))
+    return out
+
+
+def table5(table: pd.DataFrame, neurons: pd.DataFrame) -> pd.DataFrame:
+    """Table 5: per erased relation, perplexity (and accuracy) of its prompts and of the other relations'
+    prompts, before and after erasing, with the change in percent, 100 * (after - before) / before."""
+    rows = []
+    for relation, group in table.groupby("erased_relation", sort=False):
+        row = {"relation": relation, "n_neurons": int((neurons["relation"] == relation).sum())}
+        for scope in ("erased", "other"):
+            sel = group[group["scope"] == scope]
+            ppl_before, ppl_after = perplexity(sel["p_before"].tolist()), perplexity(sel["p_after"].tolist())
+            row |= {f"{scope}_n_prompts": len(sel), f"{scope}_ppl_before": ppl_before, f"{scope}_ppl_after": ppl_after,
+                    f"{scope}_ppl_change": (ppl_after - ppl_before) / ppl_before * 100,
+                    f"{scope}_accuracy_before": sel["correct_before"].mean(), f"{scope}_accuracy_after": sel["correct_after"].mean()}
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["relation", "n_neurons"] + [
+        f"{scope}_{key}" for scope in ("erased", "other")
+        for key in ("n_prompts", "ppl_before", "ppl_after", "ppl_change", "accuracy_before", "accuracy_after")
+    ])
+
+
+def erase_relations(
+    adapter: ModelAdapter,
+    refined: pd.DataFrame,
+    facts: Iterable[Mapping],
+    relations: Mapping[str, Relation],
+    config: EraseConfig = EraseConfig(),
+) -> EraseResult:
+    """Table 5 for one refined table: ``facts`` give the evaluated prompts of every relation."""
+    check_refined(refined)
+    skips = SkipLog("erase_relations")
+    prompts = FactPrompts(adapter, facts, relations, skips)
+    kns = neurons_by_fact(refined)
+    groups = prompts.by_relation()
+    before: dict[tuple[str, int], tuple[float, bool]] = {}  # shared by every erased relation
+    rows, neuron_rows = [], []
+    for relation in config.relations:
+        ids = groups.get(relation, [])
+        chosen = most_frequent([kns[f] for f in ids if f in kns], config.top_k)
+        if not chosen:
+            skips.add("relation without knowledge neurons" if ids else "no facts of this relation given", relation)
+            continue
+        own = [p for f in ids for p in prompts.of(f)]
+        other_ids = [f for r, fs in groups.items() if r != relation for f in fs]
+        if config.max_other_facts is not None and len(other_ids) > config.max_other_facts:
+            other_ids = seeded_rng(config.seed, relation).sample(other_ids, config.max_other_facts)
+        other = [p for f in other_ids for p in prompts.of(f)]
+        if not own or not other:
+            skips.add(f"no prompts of {'the relation' if not own else 'other relations'} to measure perplexity on", relation)
+            continue
+        todo = [p for p in own + other if (p.fact_id, p.template_id) not in before]
+        before.update({(p.fact_id, p.template_id): r for p, r in zip(todo, _evaluate(adapter, todo))})
+        neurons = [n for n, _ in chosen]
+        with edited_value_slots(adapter, erased_value_slots(adapter, neurons)):
+            after = _evaluate(adapter, own + other)
+        neuron_rows += [{"relation": relation, "layer": n[0], "neuron": n[1], "n_facts": c} for n, c in chosen]
+        for p, (p_after, ok_after), scope in zip(own + other, after, ["erased"] * len(own) + ["other"] * len(other)):
+            p_before, ok_before = before[(p.fact_id, p.template_id)]
+            rows.append({"erased_relation": relation, "scope": scope, "fact_id": p.fact_id, "relation": p.relation,
+                         "template_id": p.template_id, "p_before": p_before, "p_after": p_after,
+                         "correct_before": ok_before, "correct_after": ok_after})
+    table = pd.DataFrame(rows, columns=["erased_relation", "scope", "fact_id", "relation", "template_id", "p_before",
+                                        "p_after", "correct_before", "correct_after"])
+    neurons_frame = pd.DataFrame(neuron_rows, columns=["relation", "layer", "neuron", "n_facts"])
+    by_relation = table5(table, neurons_frame)
+    tag = tag_of(refined)
+    summary = EraseSummary(
+        model=tag["model"], method=tag["method"], n_relations=len(by_relation),
+        erased_ppl_change=float(by_relation["erased_ppl_change"].mean()) if len(by_relation) else float("nan"),
+        other_ppl_change=float(by_relation["other_ppl_change"].mean()) if len(by_relation) else float("nan"),
+        top_k=config.top_k, seed=config.seed,
+    )
+    for frame in (table, by_relation, neurons_frame):
+        frame["model"], frame["method"], frame["seed"] = tag["model"], tag["method"], config.seed
+    return EraseResult(table, by_relation, neurons_frame, summary, skips.frame(), config)

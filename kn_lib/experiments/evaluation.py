@@ -1,0 +1,115 @@
+"""What every experiment needs: the facts' prompts, the model's answer to them, perplexity, skip records.
+
+Perplexity is defined here and nowhere else (``perplexity``); so is the bookkeeping of inputs an
+experiment could not use (``SkipLog``): every one is a row with a reason, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import pandas as pd
+import torch
+
+from ..adapters import EncodedPrompt, ModelAdapter
+from ..data import Relation
+from ..pipeline import encode_fact
+
+SKIP_COLUMNS = ["experiment", "relation", "fact_id", "item", "reason"]
+
+
+@dataclass
+class SkipLog:
+    """Inputs an experiment could not use, one row each: which relation / fact / item, and why."""
+
+    experiment: str
+    rows: list[dict] = field(default_factory=list)
+
+    def add(self, reason: str, relation: str | None = None, fact_id: str | None = None, item: str | None = None) -> None:
+        self.rows.append({"experiment": self.experiment, "relation": relation, "fact_id": fact_id, "item": item, "reason": reason})
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=SKIP_COLUMNS)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One usable prompt of a fact, encoded for the model."""
+
+    fact_id: str
+    relation: str
+    template_id: int
+    encoded: EncodedPrompt
+
+
+class FactPrompts:
+    """Encodes each fact's prompts once, on demand; unusable ones go to the skip log (once per fact)."""
+
+    def __init__(self, adapter: ModelAdapter, facts: Iterable[Mapping], relations: Mapping[str, Relation], skips: SkipLog):
+        self.adapter, self.relations, self.skips = adapter, relations, skips
+        self.facts: dict[str, Mapping] = {f["fact_id"]: f for f in facts}
+        self._cache: dict[str, list[Prompt]] = {}
+
+    def of(self, fact_id: str) -> list[Prompt]:
+        """The usable prompts of a fact (possibly none, each reason logged)."""
+        if fact_id not in self._cache:
+            fact = self.facts[fact_id]
+            if fact["relation"] not in self.relations:
+                raise ValueError(f"fact {fact_id}: relation {fact['relation']} not in the given relations")
+            usable, unusable = encode_fact(self.adapter, fact, self.relations[fact["relation"]].templates)
+            for row in unusable:
+                item = None if row["template_id"] is None else f"template {row['template_id']}"
+                self.skips.add(row["reason"], fact["relation"], fact_id, item)
+            if not usable and not unusable:
+                self.skips.add("no usable prompt", fact["relation"], fact_id)
+            self._cache[fact_id] = [Prompt(fact_id, fact["relation"], t, p) for t, p in usable]
+        return self._cache[fact_id]
+
+    def by_relation(self) -> dict[str, list[str]]:
+        """Fact ids grouped by relation, in input order."""
+        out: dict[str, list[str]] = {}
+        for fact_id, fact in self.facts.items():
+            out.setdefault(fact["relation"], []).append(fact_id)
+        return out
+
+
+@torch.no_grad()
+def answer_distribution(adapter: ModelAdapter, prompt: EncodedPrompt) -> torch.Tensor:
+    """The model's next-token (or mask) distribution at the answer position, as it is now (hooks and
+    weight edits included): [vocab] float32."""
+    logits = adapter.logits_at(prompt.input_ids[None].to(adapter.device), prompt.answer_pos)
+    return logits.float().softmax(-1)[0].cpu()
+
+
+def perplexity(probabilities: Sequence[float]) -> float:
+    r"""Perplexity of the correct answers over a set of prompts (paper, sections 5.1 and 5.2, Tables 5-6):
+
+        PPL = exp( -(1/n) \sum_{i=1}^{n} \log p_i ),
+
+    where p_i is the probability the model gives to prompt i's correct answer at the answer position.
+    For one prompt it is 1 / p. The paper does not write the formula; this is the one the official
+    scripts compute (``np.exp(mean(log(1 / p)))`` in ``6_edit_knowledge_sampled.py`` and
+    ``7_erase_knowledge.py``). A zero probability gives ``inf``; an empty set is an error.
+    """
+    if len(probabilities) == 0:
+        raise ValueError("perplexity of an empty set of prompts")
+    logs = [math.log(p) if p > 0 else -math.inf for p in probabilities]
+    return math.exp(-math.fsum(logs) / len(logs))
+
+
+def seeded_rng(seed: int, key: str) -> random.Random:
+    """A generator for one fact or relation, so that its draws do not depend on which other facts are
+    in the run. Seeding with a string is deterministic across processes (SHA-512, not ``hash``)."""
+    return random.Random(f"{seed}/{key}")
+
+
+def tag_of(refined: pd.DataFrame) -> dict[str, str]:
+    """Model and attribution method a refined table came from (``"?"`` when it does not say)."""
+    tag = {}
+    for key in ("model", "method"):
+        values = sorted(set(refined[key])) if key in refined.columns and len(refined) else []
+        tag[key] = "+".join(map(str, values)) if values else "?"
+    return tag

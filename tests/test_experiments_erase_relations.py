@@ -1,0 +1,75 @@
+"""Table 5 mechanics on tiny models: which neurons are erased, perplexities before and after, exact
+restore, reported gaps; then the paper's relations on the real model."""
+
+import pytest
+import torch
+
+from kn_lib.experiments import EraseConfig, erase_relations, perplexity
+from kn_lib.experiments.evaluation import answer_distribution
+from kn_lib.experiments.interventions import edited_value_slots, erased_value_slots
+from real_model import all_weights, describe, real_kn, same_weights, single_thread  # noqa: F401 (fixtures)
+from tiny_facts import FACTS, RELATIONS, refined_table
+
+KNS = {
+    "P19/0": [(2, 7), (1, 3), (0, 9)],
+    "P19/1": [(2, 7), (1, 3)],
+    "P19/2": [(2, 7), (0, 1)],
+    "P36/0": [(2, 7), (1, 30)],
+}
+
+
+def test_most_frequent_neurons_are_zeroed_and_restored(tiny):
+    before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
+    result = erase_relations(tiny, refined_table(KNS), FACTS, RELATIONS, EraseConfig(relations=("P19",), top_k=2))
+    assert all(torch.equal(v, before[k]) for k, v in tiny.model.state_dict().items())
+    # (2, 7) in 3 facts, (1, 3) in 2; (0, 1) and (0, 9) in 1 each are left
+    assert list(zip(result.neurons.layer, result.neurons.neuron, result.neurons.n_facts)) == [(2, 7, 3), (1, 3, 2)]
+    table = result.table
+    assert set(table[table.scope == "erased"].relation) == {"P19"} and set(table[table.scope == "other"].relation) == {"P36"}
+    row = table[(table.fact_id == "P36/1") & (table.template_id == 0)].iloc[0]
+    prompt = tiny.encode(RELATIONS["P36"].templates[0], "england", "london")
+    assert row.p_before == answer_distribution(tiny, prompt)[prompt.target_id].item()
+    with edited_value_slots(tiny, erased_value_slots(tiny, [(2, 7), (1, 3)])):
+        assert row.p_after == answer_distribution(tiny, prompt)[prompt.target_id].item()
+    summary = result.by_relation.iloc[0]
+    erased = table[table.scope == "erased"]
+    assert summary.erased_ppl_before == pytest.approx(perplexity(erased.p_before.tolist()))
+    assert summary.erased_ppl_after == pytest.approx(perplexity(erased.p_after.tolist()))
+    assert summary.other_ppl_change == pytest.approx(100 * (summary.other_ppl_after / summary.other_ppl_before - 1))
+    assert summary.erased_n_prompts == len(erased) and summary.n_neurons == 2
+
+
+def test_default_relations_and_gaps_are_reported(tiny_bert):
+    """The paper's four relations by default; those without facts or neurons are named, not dropped."""
+    assert EraseConfig().relations == ("P19", "P27", "P106", "P937") and EraseConfig().top_k == 20
+    result = erase_relations(tiny_bert, refined_table(KNS), FACTS, RELATIONS)
+    assert result.by_relation.relation.tolist() == ["P19"]
+    assert result.by_relation.n_neurons.tolist() == [4]  # fewer than 20 exist
+    reasons = result.skipped.set_index("relation").reason
+    assert reasons["P27"] == reasons["P106"] == reasons["P937"] == "no facts of this relation given"
+    assert "multi-token object" in result.skipped[result.skipped.fact_id == "P19/3"].reason.iloc[0]
+    no_kn = erase_relations(tiny_bert, refined_table({"P19/0": [(0, 1)]}), FACTS, RELATIONS, EraseConfig(relations=("P36",)))
+    assert no_kn.skipped.reason.tolist()[-1] == "relation without knowledge neurons" and no_kn.table.empty
+
+
+def test_other_facts_are_sampled_with_the_seed(tiny_llama):
+    def other_facts(seed):
+        config = EraseConfig(relations=("P19",), max_other_facts=2, seed=seed)
+        t = erase_relations(tiny_llama, refined_table(KNS), FACTS, RELATIONS, config).table
+        return sorted(set(t[t.scope == "other"].fact_id))
+
+    assert len(other_facts(0)) == 2 and other_facts(0) == other_facts(0)
+    assert any(other_facts(0) != other_facts(s) for s in range(1, 8))
+
+
+@pytest.mark.integration
+def test_erase_the_papers_relations_on_the_real_model(real_kn):
+    """Default relations (P19, P27, P106, P937): of our three facts only P106 is among them."""
+    saved = all_weights(real_kn.adapter)
+    result = erase_relations(real_kn.adapter, real_kn.activation.refined, real_kn.facts, real_kn.relations,
+                             EraseConfig(max_other_facts=1))
+    assert same_weights(real_kn.adapter, saved)
+    print(result.summary, describe(result.by_relation.T), describe(result.neurons), sep="\n")
+    assert result.by_relation.relation.tolist() == ["P106"]
+    assert set(result.skipped.relation) >= {"P19", "P27", "P937"}
+    assert result.by_relation.erased_ppl_before.iloc[0] > 0

@@ -1,0 +1,129 @@
+"""Table 6 mechanics on tiny models: which facts and neurons are edited, the control, the metrics,
+seeds, and weights restored bit for bit; then one real edit."""
+
+import pytest
+import torch
+
+from kn_lib.data import Relation
+from kn_lib.experiments import UpdateConfig, perplexity, update_facts
+from kn_lib.experiments.evaluation import answer_distribution
+from kn_lib.experiments.update_facts import exclusive_neurons
+from real_model import all_weights, describe, real_kn, same_weights, single_thread  # noqa: F401 (fixtures)
+from tiny_facts import refined_table
+
+SUBJECTS = ("alice", "bob", "carol", "dave", "france", "italy", "germany", "england")
+RELATIONS = {
+    "P19": Relation("P19", "place of birth", "N-1", ("[X] was born in [Y] .", "[X] is born in [Y] .")),
+    "P36": Relation("P36", "capital", "1-1", ("the capital of [X] is [Y] .", "[X] capital city is [Y] .")),
+}
+
+
+def learned_facts(adapter):
+    """Facts the tiny random model 'knows': the object of each is its own top-1 answer to template 0,
+    plus facts it does not know, whose objects give the edits somewhere to go."""
+    words = adapter.tokenizer.convert_ids_to_tokens(list(range(len(adapter.tokenizer))))
+    facts = []
+    for rid, rel in RELATIONS.items():
+        for i, subject in enumerate(SUBJECTS):
+            prompt = adapter.encode(rel.templates[0], subject, "the")
+            top = words[int(answer_distribution(adapter, prompt).argmax())]
+            if top.isalpha():  # a plain word (not [PAD], [MASK], <s>, ...)
+                facts.append({"fact_id": f"{rid}/{i}", "relation": rid, "subject": subject, "object": top})
+        for j, obj in enumerate(("rome", "london", "berlin")):
+            facts.append({"fact_id": f"{rid}/{10 + j}", "relation": rid, "subject": SUBJECTS[j], "object": obj})
+    return facts
+
+
+def _kns(facts):
+    """Two neurons per fact, unique to it, plus (0, 0) shared by every fact."""
+    return refined_table({f["fact_id"]: [(2, 2 * i), (1, 2 * i + 1), (0, 0)] for i, f in enumerate(facts)})
+
+
+def test_exclusive_neurons():
+    kns = {"a": [(0, 1), (0, 2)], "b": [(0, 2)], "c": [], "d": [(0, 2)]}
+    assert exclusive_neurons("a", kns, ["a", "b", "c", "d"], 0.1) == [(0, 1)]  # (0, 2) is in 2 of 3 others
+    assert exclusive_neurons("a", kns, ["a", "b", "c", "d"], 0.7) == [(0, 1), (0, 2)]  # 2/3 < 0.7
+    assert exclusive_neurons("a", kns, ["a"], 0.1) == [(0, 1), (0, 2)]  # no other fact: nothing is shared
+
+
+def test_edits_controls_and_restore(tiny):
+    facts = learned_facts(tiny)
+    refined = _kns(facts)
+    before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
+    config = UpdateConfig(facts_per_relation=2, intra_facts=2, inter_facts=2, seed=4)
+    result = update_facts(tiny, refined, facts, RELATIONS, config)
+    assert all(torch.equal(v, before[k]) for k, v in tiny.model.state_dict().items())
+    table = result.table
+    assert len(table) > 0 and (table.groupby("relation").fact_id.nunique() <= 2).all()
+    for fact_id, rows in table.groupby("fact_id"):
+        kn, rnd = rows.set_index("neuron_set").loc["knowledge"], rows.set_index("neuron_set").loc["random"]
+        assert kn.n_neurons == rnd.n_neurons == 2  # the shared (0, 0) is dropped
+        assert not {tuple(n) for n in rnd.neurons} & {tuple(n) for n in kn.neurons}
+        assert kn.top1_before == kn.old_object != kn.new_object  # a learned fact, a different target
+    assert (table.success <= table.changed).all()  # success implies a change
+    assert (table[table.success].top1_after == table[table.success].new_object).all()
+    # the table's perplexities are those of its prompts
+    row = table.iloc[0]
+    sel = result.ppl_prompts[(result.ppl_prompts.fact_id == row.fact_id) & (result.ppl_prompts.neuron_set == row.neuron_set)]
+    assert row.ppl_intra_after == pytest.approx(perplexity(sel[sel.scope == "intra"].p_after.tolist()))
+    summary = {s.neuron_set: s for s in result.summary}
+    assert summary["knowledge"].n_edits == table.fact_id.nunique() and summary["random"].seed == 4
+    assert summary["knowledge"].change_rate == pytest.approx(100 * table[table.neuron_set == "knowledge"].changed.mean())
+    # same seed, same run; every skipped fact has its reason
+    assert result.table.equals(update_facts(tiny, refined, facts, RELATIONS, config).table)
+    assert "only 2 of 2" not in " ".join(result.skipped.reason)
+
+
+def test_zero_lambdas_change_nothing(tiny_bert):
+    facts = learned_facts(tiny_bert)
+    result = update_facts(tiny_bert, _kns(facts), facts, RELATIONS, UpdateConfig(lambda1=0.0, lambda2=0.0, random_control=False))
+    t = result.table
+    assert len(t) > 0 and not t.changed.any() and not t.success.any()
+    assert (t.p_new_after == t.p_new_before).all() and (t.ppl_inter_after == t.ppl_inter_before).all()
+    assert [s.neuron_set for s in result.summary] == ["knowledge"]
+
+
+def test_unusable_inputs_are_reported(tiny_llama):
+    facts = learned_facts(tiny_llama)
+    shared_only = refined_table({f["fact_id"]: [(0, 0)] for f in facts})
+    result = update_facts(tiny_llama, shared_only, facts, RELATIONS)
+    assert len(result.table) == 0
+    reasons = " | ".join(result.skipped.reason)
+    assert "no knowledge neuron shared by fewer than 10% of the relation's other facts" in reasons
+    assert "the model answers none of the fact's prompts correctly" in reasons  # rome, london, berlin facts
+    assert "only 0 of 10 facts could be edited" in reasons
+    none = update_facts(tiny_llama, refined_table({}), facts, RELATIONS)
+    assert set(none.skipped.reason) == {"relation without knowledge neurons"}
+    multi = facts + [{"fact_id": "P19/20", "relation": "P19", "subject": "bob", "object": "new rome"}]
+    result = update_facts(tiny_llama, _kns(multi), multi, RELATIONS, UpdateConfig(facts_per_relation=100))
+    assert any("multi-token object" in r for r in result.skipped.reason)
+
+
+def test_sign_aware_edits_run_and_are_recorded(tiny_llama):
+    facts = learned_facts(tiny_llama)
+    result = update_facts(tiny_llama, _kns(facts), facts, RELATIONS, UpdateConfig(sign_aware=True, facts_per_relation=1))
+    assert len(result.table) > 0 and result.table.sign_aware.all()
+
+
+@pytest.mark.integration
+def test_update_a_fact_on_the_real_model(real_kn):
+    """P37/11 (Haiti, official language: French -> Spanish) through its two integrated-gradient neurons.
+
+    Measured: the paper's edit (lambda1 = 1, lambda2 = 8) sends p(French) and p(Spanish) both to ~0 (top-1
+    becomes " a"): neuron (25, 567) fires at -17 on this prompt, so its edit pushes away from Spanish,
+    and eight slot lengths overshoot. Flipping the edit by the activation's sign with lambda2 = 2 makes
+    Spanish the top-1 answer (p ~ 0.997).
+    """
+    saved = all_weights(real_kn.adapter)
+    config = UpdateConfig(facts_per_relation=1, intra_facts=1, inter_facts=1, seed=0)
+    result = update_facts(real_kn.adapter, real_kn.ig.refined, real_kn.facts, real_kn.relations, config)
+    signed = update_facts(real_kn.adapter, real_kn.ig.refined, real_kn.facts, real_kn.relations,
+                          UpdateConfig(facts_per_relation=1, intra_facts=1, inter_facts=1, lambda2=2.0, sign_aware=True,
+                                       random_control=False))
+    assert same_weights(real_kn.adapter, saved)
+    for r in (result, signed):
+        print(*r.summary, describe(r.table.drop(columns=["neurons", "model", "seed"]).T), describe(r.skipped), sep="\n")
+    assert result.table.fact_id.unique().tolist() == ["P37/11"] and len(result.table) == 2
+    assert result.table.new_object.unique().tolist() == ["Spanish"]
+    assert result.skipped.relation.tolist() == ["P106"]  # no integrated-gradient neurons searched there
+    assert signed.table.success.all()

@@ -179,3 +179,4 @@ REFINE = register_stage(Stage(
     tables=("refined", "thresholds"), key_settings=_refine_key, plan=_refine_plan, compute=_refine_compute,
     needs_model=False, depends=("attribute",), covers=lambda entry, job: True,  # the key fixes the sample
 ))
+from . import experiment_stages  # noqa: E402,F401  (registers the experiments as stages, after the two above)

@@ -125,6 +125,7 @@ def settings_for(
     params: Mapping[str, Any] | None = None,
 ) -> RunSettings:
     """Settings of a preset (default ``book-sample``) with the given fields overridden; validated."""
+    stage_registry()  # stage modules register their presets on import
     name = preset or DEFAULT_PRESET
     if name not in PRESETS:
         raise KnUsageError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")

@@ -1,0 +1,406 @@
+"""The paper's experiments as stages of the ``kn`` command: ``statistics``, ``suppress-amplify``,
+``bingrel``, ``update`` and ``erase`` (``kn_lib.experiments``, sections 4.4-5.2 of Dai et al. 2022).
+
+Each runs after ``refine`` on the same settings (model, fact sample, seed, attribution settings) and
+reads its refined knowledge neurons from the results store; without them it stops with a one-line
+message naming the command to run first (``kn run --preset ... --model ...`` or ``kn refine``)::
+
+    kn run --preset smoke-experiments --model tiny-random-llama      # attribute, refine, every experiment
+    kn statistics --preset smoke --model tiny-random-llama            # one experiment, after `kn run`
+    kn update --preset smoke --model tiny-random-llama --lambda2 4    # an experiment's own option
+
+Shards: an experiment needs the whole fact sample at once (pairs of facts across relations, unrelated
+facts drawn from other relations, perplexity on other relations), so a shard is one *neuron set*:
+
+* ``ig`` (or whatever ``--method`` the run uses): the knowledge neurons of ``refine``;
+* ``activation``: the paper's activation baseline, for the experiments that compare with it
+  (``statistics`` (Table 2), ``suppress-amplify`` (Figures 4-5), ``bingrel`` (Table 4)). It is added
+  when the baseline's refined neurons exist for the same settings, which a user produces with
+  ``kn run --method activation`` and otherwise the same options (``--model``, ``--preset``,
+  ``--relations``, ``--facts-per-relation``, ``--seed``, ``--steps``, ``--chunk-size``: the baseline's
+  results are keyed like any other). Rerunning the experiment afterwards computes only that shard.
+  ``update`` compares with random neurons itself (``--random-control``), ``erase`` has no baseline.
+
+Tables of every stage (each with the experiment's ``model``, ``method`` and ``seed`` columns; the
+``method`` column tells the neuron sets apart): ``table`` (the experiment's tidy table, one row per
+observation; what ``results.load`` returns by default), the experiment's other tables (``layers``,
+``pairs``, ``by_relation``, ``ppl_prompts``, ``neurons``), ``summary`` (the summary dataclass as a
+one-row table; ``update``: one row per neuron set, knowledge and random) and ``skipped`` (every input
+the experiment could not use, why; ``template_id`` is the template (BINGREL: sentence) index of a
+prompt-level skip and NA for a fact- or relation-level one, as the runner's skip counts expect).
+
+The settings key of an experiment's results holds the refine key (so the model, sample, seed and
+attribution settings), the baseline's refine key where it compares with one, the relations of the
+sample, and the experiment's config including its seed (``--experiment-seed``, default the run's
+``--seed``). ``results.load(model, "statistics", "summary", preset=..., ...)`` reads them back.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, replace
+from typing import Any, Callable, Mapping
+
+import pandas as pd
+
+from .kn_stages import MissingInputs, REFINE
+from .results import ResultStore, cache_key
+from .stages import (
+    DEFAULT_CHUNK, IGConfig, Job, KnUsageError, Option, Preset, RunSettings, Stage, StageContext, data_checksums, register_preset, register_stage,
+)
+
+BASELINE = "activation"  # the paper's baseline attribution method
+
+
+def _bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected yes or no, got {text!r}")
+
+
+_bool.__name__ = "yes/no"  # argparse names the type in its error message
+
+
+def _optional_int(text: str) -> int | None:
+    return None if str(text).lower() in ("all", "none") else int(text)
+
+
+SEED_OPTION = Option("experiment_seed", int, None, "seed of the experiment's random draws (default: the run's --seed)")
+
+
+def _experiment_seed(settings: RunSettings) -> int:
+    seed = settings.param("experiment_seed")
+    return settings.seed if seed is None else int(seed)
+
+
+def _with_method(settings: RunSettings, method: str) -> RunSettings:
+    return replace(settings, config=replace(settings.config, method=method))
+
+
+def _refine_store(ctx: StageContext, method: str) -> ResultStore:
+    return StageContext("refine", _with_method(ctx.settings, method), ctx.root).inputs("refine")
+
+
+def _missing_relations(store: ResultStore, settings: RunSettings) -> list[str]:
+    entries = store.entries()
+    return [r for r in settings.relation_ids() if r not in entries]
+
+
+def _run_first(settings: RunSettings, method: str) -> str:
+    """The command that produces refined neurons for these settings (options as the user gave them)."""
+    parts = [f"kn run --model {settings.model}"]
+    if settings.relations is not None:
+        parts.append(f"--relations {','.join(settings.relation_ids())}")
+    parts.append(f"--facts-per-relation {settings.facts_per_relation or 'all'} --seed {settings.seed}")
+    if settings.config.ig.steps != IGConfig().steps:
+        parts.append(f"--steps {settings.config.ig.steps}")
+    if settings.chunk_size != DEFAULT_CHUNK:
+        parts.append(f"--chunk-size {settings.chunk_size}")
+    if method != "ig":
+        parts.append(f"--method {method}")
+    return " ".join(parts)
+
+
+# -- the experiments -------------------------------------------------------------------------------
+
+
+class Experiment:
+    """One experiment as a stage: its config from the settings, and how to run it on one neuron set."""
+
+    name: str
+    help: str
+    tables: tuple[str, ...]  # besides "summary" and "skipped"
+    options: tuple[Option, ...]
+    compares_baseline: bool = False
+    needs_bags: bool = False
+
+    def config(self, settings: RunSettings) -> Any:
+        raise NotImplementedError
+
+    def run(self, adapter, refined: pd.DataFrame, facts: list[Mapping], settings: RunSettings, inputs: Mapping) -> Any:
+        raise NotImplementedError
+
+    def frames(self, result) -> dict[str, pd.DataFrame]:
+        return {t: getattr(result, t) for t in self.tables}
+
+    def summaries(self, result) -> list:
+        return [result.summary]
+
+
+class Statistics(Experiment):
+    name, help = "statistics", "knowledge neurons per fact, layer distribution, shared neurons (Fig. 3, Table 2; needs refine)"
+    tables, compares_baseline = ("table", "layers", "pairs"), True
+    options = (Option("max_pairs", int, None, "fact pairs per kind (intra/inter) before sampling (default 100000)"), SEED_OPTION)
+
+    def config(self, settings):
+        from .experiments import StatisticsConfig
+
+        max_pairs = settings.param("max_pairs")
+        return StatisticsConfig(**({} if max_pairs is None else {"max_pairs": int(max_pairs)}), seed=_experiment_seed(settings))
+
+    def run(self, adapter, refined, facts, settings, inputs):
+        from .experiments import neuron_statistics
+
+        return neuron_statistics(refined, inputs["searched"], adapter.n_layers if adapter is not None else None, self.config(settings))
+
+
+class SuppressAmplify(Experiment):
+    name, help = "suppress-amplify", "suppress (x0) and amplify (x2) knowledge neurons: answer probability (Fig. 4, 5; needs refine)"
+    tables, compares_baseline = ("table", "by_relation"), True
+    options = (Option("unrelated", _bool, None, "also apply each fact's neurons to a fact of another relation, yes or no (default yes)"),
+               SEED_OPTION)
+
+    def config(self, settings):
+        from .experiments import ManipulationConfig
+
+        unrelated = settings.param("unrelated")
+        return ManipulationConfig(seed=_experiment_seed(settings), unrelated=True if unrelated is None else _bool(unrelated))
+
+    def run(self, adapter, refined, facts, settings, inputs):
+        from .experiments import suppress_and_amplify
+
+        return suppress_and_amplify(adapter, refined, facts, settings.load_relations(), self.config(settings))
+
+
+class BingRel(Experiment):
+    name, help = "bingrel", "activation of knowledge neurons on BINGREL sentences T1/T2/T3 (Tables 3, 4; needs refine)"
+    tables, compares_baseline, needs_bags = ("table", "by_relation"), True, True
+    options = (
+        Option("max_sentences", _optional_int, None, "sentences per bag and type, or 'all' (default all, up to ten)"),
+        Option("max_words", int, None, "the random masked word is among the first N words (default 50)"),
+        Option("max_tokens", int, None, "longer encodings are skipped (default 512)"),
+        SEED_OPTION,
+    )
+
+    def config(self, settings):
+        from .experiments import BingRelConfig
+
+        given = {k: settings.param(k) for k in ("max_sentences", "max_words", "max_tokens")}
+        return BingRelConfig(seed=_experiment_seed(settings), **{k: int(v) for k, v in given.items() if v is not None})
+
+    def run(self, adapter, refined, facts, settings, inputs):
+        from .experiments import bingrel_activation
+
+        return bingrel_activation(adapter, refined, inputs["bags"], self.config(settings))
+
+
+class Update(Experiment):
+    name, help = "update", "update facts by editing knowledge neurons' value slots, against random neurons (Table 6; needs refine)"
+    tables = ("table", "ppl_prompts")
+    options = (
+        Option("edits_per_relation", int, None, "facts edited per relation (default 10, the paper's)"),
+        Option("max_share", float, None, "keep neurons shared by fewer than this share of the relation's facts (default 0.1)"),
+        Option("lambda1", float, None, "weight removed from the old answer's embedding (default 1)"),
+        Option("lambda2", float, None, "weight added of the new answer's embedding (default 8)"),
+        Option("intra_facts", int, None, "other facts of the relation for Delta intra-relation PPL (default 5)"),
+        Option("inter_facts", int, None, "facts of other relations for Delta inter-relation PPL (default 5)"),
+        Option("random_control", _bool, None, "repeat each edit on as many random neurons, yes or no (default yes)"),
+        Option("sign_aware", _bool, None, "flip the edit of neurons with negative activation, yes or no (default no; not the paper's)"),
+        SEED_OPTION,
+    )
+    _fields = {"edits_per_relation": ("facts_per_relation", int), "max_share": ("max_share", float), "lambda1": ("lambda1", float),
+               "lambda2": ("lambda2", float), "intra_facts": ("intra_facts", int), "inter_facts": ("inter_facts", int),
+               "random_control": ("random_control", _bool), "sign_aware": ("sign_aware", _bool)}
+
+    def config(self, settings):
+        from .experiments import UpdateConfig
+
+        given = {field: cast(settings.param(opt)) for opt, (field, cast) in self._fields.items() if settings.param(opt) is not None}
+        return UpdateConfig(seed=_experiment_seed(settings), **given)
+
+    def run(self, adapter, refined, facts, settings, inputs):
+        from .experiments import update_facts
+
+        return update_facts(adapter, refined, facts, settings.load_relations(), self.config(settings))
+
+    def summaries(self, result):
+        return list(result.summary)
+
+
+class Erase(Experiment):
+    name, help = "erase", "erase relations by zeroing their top knowledge neurons' value slots: perplexity (Table 5; needs refine)"
+    tables = ("table", "by_relation", "neurons")
+    options = (
+        Option("erase_relations", str, None, "comma-separated relations to erase (default: the paper's P19,P27,P106,P937 "
+                                             "among the sample's, else every relation of the sample)"),
+        Option("top_k", int, None, "most frequent knowledge neurons erased per relation (default 20)"),
+        Option("max_other_facts", _optional_int, None, "facts of other relations evaluated, or 'all' (default all)"),
+        SEED_OPTION,
+    )
+
+    def config(self, settings):
+        from .experiments import EraseConfig
+        from .experiments.erase_relations import PAPER_RELATIONS
+
+        sample = settings.relation_ids()
+        given = settings.param("erase_relations")
+        if given:
+            erase = tuple(dict.fromkeys(r.strip() for r in str(given).split(",") if r.strip()))
+            outside = [r for r in erase if r not in sample]
+            if outside:
+                raise KnUsageError(f"--erase-relations {','.join(outside)}: not in the fact sample ({','.join(sample)}); "
+                                   "add them with --relations")
+        else:
+            erase = tuple(r for r in PAPER_RELATIONS if r in sample) or tuple(sample)
+        extra = {k: int(settings.param(k)) for k in ("top_k",) if settings.param(k) is not None}
+        other = settings.param("max_other_facts")
+        if other is not None:
+            extra["max_other_facts"] = int(other)
+        return EraseConfig(relations=erase, seed=_experiment_seed(settings), **extra)
+
+    def run(self, adapter, refined, facts, settings, inputs):
+        from .experiments import erase_relations
+
+        return erase_relations(adapter, refined, facts, settings.load_relations(), self.config(settings))
+
+
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (Statistics(), SuppressAmplify(), BingRel(), Update(), Erase())}
+
+
+# -- stage functions -------------------------------------------------------------------------------
+
+
+def _key_settings(experiment: Experiment) -> Callable[[RunSettings], dict]:
+    def key(settings: RunSettings) -> dict:
+        out = {
+            "experiment": experiment.name,
+            "refine_key": cache_key(REFINE.key_settings(settings)),
+            "relations": settings.relation_ids(),  # an experiment's shard holds the whole sample
+            "facts_per_relation": settings.facts_per_relation,
+            "method": settings.config.method,
+            "config": asdict(experiment.config(settings)),
+        }
+        if experiment.compares_baseline and settings.config.method != BASELINE:
+            out["baseline_refine_key"] = cache_key(REFINE.key_settings(_with_method(settings, BASELINE)))
+        if experiment.needs_bags:
+            from . import sources
+            from .bingrel import BAGS_FILE
+
+            out["bags_sha256"] = {r: sources.SHA256.get(BAGS_FILE.format(relation=r)) for r in settings.relation_ids()}
+            out["data_sha256"] = data_checksums()
+        return out
+
+    return key
+
+
+def _plan(experiment: Experiment) -> Callable[[StageContext], list[Job]]:
+    def plan(ctx: StageContext) -> list[Job]:
+        settings = ctx.settings
+        experiment.config(settings)  # bad options fail here, before any model loads
+        method = settings.config.method
+        store = _refine_store(ctx, method)
+        missing = _missing_relations(store, settings)
+        if missing:
+            raise MissingInputs(
+                f"{experiment.name}: no refined knowledge neurons for {len(missing)} relation(s) ({', '.join(missing[:3])}"
+                f"{', ...' if len(missing) > 3 else ''}) in {store.dir}; run `{_run_first(settings, method)}` "
+                f"(or `kn attribute` then `kn refine` with the same options) first"
+            )
+        facts = tuple(f for fs in settings.sample().values() for f in fs)
+        jobs = [Job(method, "*", facts)]
+        if experiment.compares_baseline and method != BASELINE:
+            baseline = _refine_store(ctx, BASELINE)
+            if baseline.exists() and not _missing_relations(baseline, settings):
+                jobs.append(Job(BASELINE, "*", facts))
+        return jobs
+
+    return plan
+
+
+def _compute(experiment: Experiment) -> Callable[..., dict]:
+    def compute(ctx: StageContext, job: Job, adapter=None, on_fact=None) -> dict[str, pd.DataFrame]:
+        settings = _with_method(ctx.settings, job.shard)
+        relations = settings.relation_ids()
+        refine = _refine_store(ctx, job.shard)
+        refined = refine.read("refined", relations)
+        wanted = set(job.fact_ids)
+        refined = refined[refined["fact_id"].isin(wanted)].reset_index(drop=True) if len(refined) else refined
+        if refined.empty:  # an empty shard table may lack the columns the experiments check
+            refined = pd.DataFrame(columns=["fact_id", "relation", "layer", "neuron", "share", "p", "model", "method"])
+        inputs: dict[str, Any] = {}
+        if experiment.name == "statistics":
+            attribute = StageContext("attribute", settings, ctx.root).inputs("attribute")
+            shards = [s for s in attribute.entries() if s.split("/")[0] in set(relations)]
+            prompts = attribute.read("prompts", shards)
+            searched = prompts[prompts["fact_id"].isin(wanted)] if len(prompts) else pd.DataFrame(columns=["fact_id", "relation"])
+            inputs["searched"] = searched[["fact_id", "relation"]].drop_duplicates().reset_index(drop=True)
+        if experiment.needs_bags:
+            from .bingrel import load_bags
+
+            inputs["bags"] = load_bags(relations)
+        result = experiment.run(adapter, refined, list(job.facts), settings, inputs)
+        tables = {name: _parquet_ready(frame) for name, frame in experiment.frames(result).items()}
+        tables["summary"] = _summary_frame(experiment.summaries(result), settings)
+        tables["skipped"] = _skipped_frame(result.skipped, settings)
+        if on_fact is not None:
+            on_fact(len(job.facts))
+        return tables
+
+    return compute
+
+
+def _summary_frame(summaries: list, settings: RunSettings) -> pd.DataFrame:
+    rows = []
+    for summary in summaries:
+        row = {}
+        for key, value in asdict(summary).items():
+            if isinstance(value, dict):  # BingRel's n_sentences: one column per type
+                row |= {f"{key}_{k}": v for k, v in value.items()}
+            else:
+                row[key] = value
+        if row.get("method") == "?":  # no knowledge neuron at all: the table does not say
+            row["method"] = settings.config.method
+        if row.get("model") == "?":
+            row["model"] = settings.model
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _skipped_frame(skipped: pd.DataFrame, settings: RunSettings) -> pd.DataFrame:
+    frame = skipped.copy()
+
+    def index(item) -> Any:
+        if item is None or (isinstance(item, float) and pd.isna(item)):
+            return pd.NA
+        found = re.search(r"(\d+)\s*$", str(item))
+        return int(found.group(1)) if found else pd.NA
+
+    frame["template_id"] = pd.array([index(i) for i in frame["item"]], dtype="Int64")
+    for column in ("experiment", "relation", "fact_id", "item", "reason"):
+        frame[column] = frame[column].astype("object")
+    frame["model"], frame["method"] = settings.model, settings.config.method
+    return frame
+
+
+def _parquet_ready(frame: pd.DataFrame) -> pd.DataFrame:
+    """Columns Parquet can hold with one type: lists of neurons stay lists, anything else mixed -> str."""
+    frame = frame.reset_index(drop=True)
+    for column in frame.columns:
+        if frame[column].dtype == object and len(frame):
+            kinds = {type(v) for v in frame[column] if v is not None and not (isinstance(v, float) and pd.isna(v))}
+            if len(kinds) > 1:
+                frame[column] = frame[column].map(lambda v: None if v is None else str(v))
+    return frame
+
+
+def _stage(experiment: Experiment) -> Stage:
+    return register_stage(Stage(
+        name=experiment.name, help=experiment.help, tables=(*experiment.tables, "summary", "skipped"),
+        key_settings=_key_settings(experiment), plan=_plan(experiment), compute=_compute(experiment),
+        needs_model=True, depends=("refine",), options=experiment.options,
+        covers=lambda entry, job: True,  # the key fixes the sample and the config
+    ))
+
+
+STAGES = {name: _stage(e) for name, e in EXPERIMENTS.items()}
+EXPERIMENT_STAGES = tuple(STAGES)
+
+register_preset(Preset(
+    "smoke-experiments", "2 relations x 2 facts: checks that attribute, refine and every experiment run", ("P30", "P36"), 2,
+    stages=("attribute", "refine", *EXPERIMENT_STAGES),
+))
+
+__all__ = ["BASELINE", "EXPERIMENTS", "EXPERIMENT_STAGES", "STAGES"]

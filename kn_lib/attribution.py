@@ -77,7 +77,7 @@ def integrated_gradients(
 ) -> torch.Tensor:
     r"""Attribution scores [len(layers), n_neurons] of the FFN neurons at the answer position.
 
-    Paper, section 3.2, Eq. (2)-(3), with the Riemann approximation
+    Paper, section 3.2, Eq. (4)-(5), with the Riemann approximation
 
         Attr(w_i^(l)) = \bar w_i^(l) / m * \sum_{k=1}^{m} \partial P_x(k/m \bar w^(l)) / \partial w_i^(l)
 

@@ -268,3 +268,35 @@ def scaled_probability(adapter: ModelAdapter, prompt: EncodedPrompt, layer: int,
     """
     with adapter.patch(layer, prompt.answer_pos, lambda a: a * scale):
         return adapter.answer_probability(prompt)
+
+
+def completeness_table(adapter: ModelAdapter, prompt: EncodedPrompt, scores: torch.Tensor, layers: list[int] | None = None):
+    """Per layer: the attributions' sum, p(full) - p(layer zeroed), and their gap (the Riemann error).
+
+    Integrated gradients is *complete*: a layer's exact attributions sum to the change of p(answer)
+    between the zero baseline and the observed activation; ``scores`` rows follow ``layers``.
+    """
+    import pandas as pd
+
+    layers = list(range(adapter.n_layers)) if layers is None else list(layers)
+    p_full = adapter.answer_probability(prompt)
+    table = pd.DataFrame(
+        {"layer": layers, "attribution_sum": scores.double().sum(1).numpy(),
+         "delta_p": [p_full - scaled_probability(adapter, prompt, layer, 0.0) for layer in layers]}
+    )
+    table["gap"] = table["attribution_sum"] - table["delta_p"]
+    return table
+
+
+def convergence_table(
+    adapter: ModelAdapter, prompt: EncodedPrompt, layers: list[int], steps: list[int], rules: tuple[Rule, ...] = ("right", "left")
+):
+    """Completeness gap per (steps, rule, layer): how fast each quadrature rule converges with m."""
+    import pandas as pd
+
+    frames = []
+    for rule in rules:
+        for m in steps:
+            scores = integrated_gradients(adapter, prompt, layers=layers, config=IGConfig(steps=m, rule=rule))
+            frames.append(completeness_table(adapter, prompt, scores, layers).assign(steps=m, rule=rule))
+    return pd.concat(frames, ignore_index=True)

@@ -149,3 +149,15 @@ def test_many_prompts_in_one_padded_batch_match_one_at_a_time(tiny, batch_rows):
     for prompt, scores in zip(prompts, together):
         alone = integrated_gradients(tiny, prompt, config=IGConfig(method="reference"))
         torch.testing.assert_close(scores, alone, rtol=1e-4, atol=1e-4 * alone.abs().max().item())
+
+
+def test_completeness_and_convergence_tables(tiny, prompt):
+    from kn_lib.attribution import completeness_table, convergence_table
+
+    scores = integrated_gradients(tiny, prompt, layers=[2, 0])
+    table = completeness_table(tiny, prompt, scores, layers=[2, 0])
+    assert table["layer"].tolist() == [2, 0]
+    assert (table["gap"].abs() <= 0.05 * table["delta_p"].abs() + 1e-9).all()
+    conv = convergence_table(tiny, prompt, [1], [5, 50])
+    gaps = conv.set_index(["rule", "steps"])["gap"].abs()
+    assert gaps["right", 50] < gaps["right", 5] and gaps["left", 50] < gaps["left", 5]

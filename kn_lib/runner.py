@@ -79,7 +79,7 @@ class StageSummary:
 
 def reason_category(reason: str) -> str:
     """'multi-token object: ...' -> 'multi-token object'; "'text': [Y] precedes [X], a ..." -> '[Y] precedes [X]'."""
-    reason = re.sub(r"^'.*?': ", "", str(reason))
+    reason = re.sub(r"""^(?:'[^']*'|"[^"]*"): """, "", str(reason))  # repr() quotes a template either way
     return re.split(r"[:,]", reason, maxsplit=1)[0].strip()
 
 

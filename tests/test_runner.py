@@ -215,3 +215,12 @@ def test_ray_backend_writes_the_same_shards_as_local(tmp_path):
     assert_same(tables(tmp_path / "ray", settings), tables(tmp_path / "local", settings))
     manifest = json.loads((ResultStore(tmp_path / "ray", settings.model, "attribute", summary.key).manifest_path).read_text())
     assert {e["backend"] for e in manifest["shards"].values()} == {"ray"}
+
+
+def test_reason_category_strips_templates_quoted_either_way():
+    from kn_lib.runner import reason_category
+
+    assert reason_category("'[Y] is the capital of [X].': [Y] precedes [X], a causal model cannot predict it") == "[Y] precedes [X]"
+    # repr() uses double quotes for a template holding an apostrophe; its commas must not split the reason
+    assert reason_category('"[Y]\'s capital, [X].": [Y] precedes [X], a causal model cannot predict it') == "[Y] precedes [X]"
+    assert reason_category("multi-token object: 'Paris' is 2 tokens") == "multi-token object"

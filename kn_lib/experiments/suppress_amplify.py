@@ -101,6 +101,9 @@ def suppress_and_amplify(
     for relation, ids in groups.items():
         if not any(f in kns for f in ids):
             skips.add("relation without knowledge neurons", relation)
+    # unrelated facts are drawn among those the model can be asked (usable prompts), per relation
+    usable = {r: [f for f in ids if prompts.of(f)] for r, ids in groups.items()}
+    usable = {r: ids for r, ids in usable.items() if ids}
     rows = []
     for fact_id, fact in prompts.facts.items():
         own = prompts.of(fact_id)
@@ -114,13 +117,11 @@ def suppress_and_amplify(
         if not config.unrelated:
             continue
         rng = seeded_rng(config.seed, fact_id)
-        others = sorted(r for r in groups if r != fact["relation"])
+        others = sorted(r for r in usable if r != fact["relation"])
         if not others:
             skips.add("no other relation to draw an unrelated fact from", fact["relation"], fact_id)
             continue
-        other = rng.choice(groups[rng.choice(others)])
-        if not prompts.of(other):
-            skips.add(f"unrelated fact {other} has no usable prompt", fact["relation"], fact_id)
+        other = rng.choice(usable[rng.choice(others)])
         for prompt in prompts.of(other):
             rows += _measure(adapter, prompt, kns[fact_id], fact_id, "unrelated")
     table = pd.DataFrame(rows, columns=["fact_id", "scope", "eval_fact_id", "eval_relation", "template_id", "operation",

@@ -1,0 +1,75 @@
+"""What the book's chapters share: the committed sample they read, and paper-vs-ours tables.
+
+A chapter names its sample once (``BookSample(model=..., facts_per_relation=...)``) and reads every
+stage's results through it, so that switching a chapter to another model or a bigger run is one
+parameter. Nothing here computes a result: it reads the ``kn`` command's files and the paper's numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import pandas as pd
+
+from . import paper, results
+
+
+@dataclass(frozen=True)
+class BookSample:
+    """A fact sample run by ``kn run --preset PRESET --model MODEL --facts-per-relation N``."""
+
+    model: str = "smollm2-135m"
+    preset: str = "book-sample"
+    facts_per_relation: int | None = 10
+    method: str = "ig"  # the method of the run; experiment stages also hold the activation baseline
+
+    def _overrides(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.facts_per_relation is not None:
+            out["facts_per_relation"] = self.facts_per_relation
+        if self.method != "ig":
+            out["method"] = self.method
+        return out
+
+    def settings(self):
+        """The run's ``RunSettings`` (fact sample, seed, attribution settings)."""
+        from .stages import settings_for
+
+        return settings_for(self.model, self.preset, **self._overrides())
+
+    def facts(self, relations: Iterable[str] | None = None) -> list[dict]:
+        """The sample's facts (dicts with fact_id, relation, subject, object), of ``relations`` or all."""
+        wanted = None if relations is None else set(relations)
+        return [dict(f) for rel, facts in self.settings().sample().items() if wanted is None or rel in wanted for f in facts]
+
+    def load(self, stage: str, table: str | None = None, **kwargs) -> pd.DataFrame:
+        """A table of a stage for this sample (``results.load`` with the sample's settings)."""
+        return results.load(self.model, stage, table, preset=self.preset, **self._overrides(), **kwargs)
+
+    def summary(self, stage: str) -> pd.DataFrame:
+        """The stage's summary, one row per neuron set, indexed by method (``ig``, ``activation``, ...)."""
+        return self.load(stage, "summary").set_index("method")
+
+    def command(self, stage: str | None = None) -> str:
+        """The command that produces (or resumes) these results."""
+        parts = ["kn", stage or "run", "--preset", self.preset, "--model", self.model]
+        if self.facts_per_relation is not None:
+            parts += ["--facts-per-relation", str(self.facts_per_relation)]
+        if self.method != "ig":
+            parts += ["--method", self.method]
+        return " ".join(parts)
+
+
+def paper_vs_ours(rows: Iterable[tuple[str, str, float]], model: str, digits: int = 2) -> pd.DataFrame:
+    """A side-by-side table: ``rows`` are (quantity, paper key in ``kn_lib.paper``, our value)."""
+    out = []
+    for quantity, key, ours in rows:
+        number = paper.NUMBERS[key]
+        out.append({
+            "quantity": quantity,
+            "where": number.where,
+            f"paper ({paper.MODEL})": round(number.value, digits),
+            f"ours ({model})": round(float(ours), digits),
+        })
+    return pd.DataFrame(out)

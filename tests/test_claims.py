@@ -1,0 +1,63 @@
+"""Bootstrap intervals and verdicts of the "Does it hold?" chapter."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kn_lib.claims import Interval, bootstrap_ci, claim_row, verdict
+
+
+def _iv(est, low, high):
+    return Interval(est, low, high, 10, 100, 0.95, 0)
+
+
+def test_interval_covers_the_mean_of_normal_samples_and_is_reproducible():
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"x": rng.normal(2.0, 1.0, 400)})
+    iv = bootstrap_ci(frame, lambda f: f["x"].mean(), n_boot=500, seed=3)
+    assert iv.low < iv.estimate < iv.high
+    assert iv.low < 2.0 < iv.high
+    # the standard error of the mean is 0.05: a 95% interval is about 0.2 wide
+    assert 0.12 < iv.high - iv.low < 0.3
+    assert bootstrap_ci(frame, lambda f: f["x"].mean(), n_boot=500, seed=3) == iv
+
+
+def test_cluster_bootstrap_resamples_whole_groups():
+    # two clusters with constant values: every resample mean is 0, 0.5 or 1 (never a mix within a group)
+    frame = pd.DataFrame({"g": ["a"] * 5 + ["b"] * 5, "x": [0.0] * 5 + [1.0] * 5})
+    seen = set()
+    iv = bootstrap_ci(frame, lambda f: (seen.add(round(f["x"].mean(), 6)), f["x"].mean())[1], cluster="g", n_boot=200)
+    assert seen <= {0.0, 0.5, 1.0} and len(seen) == 3
+    assert iv.n_clusters == 2 and iv.low == 0.0 and iv.high == 1.0
+
+
+def test_empty_frame_gives_nan_and_bad_level_raises():
+    iv = bootstrap_ci(pd.DataFrame({"x": []}), lambda f: f["x"].mean())
+    assert np.isnan(iv.estimate)
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_ci(pd.DataFrame({"x": [1.0]}), lambda f: f["x"].mean(), level=1.5)
+
+
+@pytest.mark.parametrize(
+    "paper, est, low, high, expected",
+    [
+        (-29.0, -25.0, -35.0, -15.0, "holds"),  # negative claim, same size
+        (-29.0, -5.0, -8.0, -2.0, "weaker"),  # right direction, far smaller
+        (-29.0, -5.0, -20.0, 3.0, "weaker"),  # touches the null
+        (-29.0, 4.0, 1.0, 7.0, "reversed"),  # other direction
+        (31.0, 40.0, 20.0, 60.0, "holds"),
+        (31.0, -1.0, -5.0, 10.0, "reversed"),
+    ],
+)
+def test_verdicts(paper, est, low, high, expected):
+    assert verdict(paper, _iv(est, low, high)) == expected
+
+
+def test_verdict_against_a_non_zero_null_and_row():
+    # "KNs overlap more within a relation than across": paper 1.23 vs null 0.09 (the inter-relation value)
+    assert verdict(1.23, _iv(0.9, 0.7, 1.1), null=0.09) == "holds"
+    assert verdict(1.23, _iv(0.05, 0.0, 0.1), null=0.09) == "reversed"
+    row = claim_row("x", "Table 2", 1.23, _iv(0.9, 0.7, 1.1), null=0.09)
+    assert row["verdict"] == "holds" and row["paper"] == 1.23 and row["ci_low"] == 0.7
+    with pytest.raises(ValueError):
+        verdict(0.0, _iv(1, 0, 2))

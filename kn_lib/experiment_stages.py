@@ -24,7 +24,7 @@ facts drawn from other relations, perplexity on other relations), so a shard is 
 Tables of every stage (each with the experiment's ``model``, ``method`` and ``seed`` columns; the
 ``method`` column tells the neuron sets apart): ``table`` (the experiment's tidy table, one row per
 observation; what ``results.load`` returns by default), the experiment's other tables (``layers``,
-``pairs``, ``by_relation``, ``ppl_prompts``, ``neurons``), ``summary`` (the summary dataclass as a
+``pairs``, ``by_relation``, ``ppl_prompts``, ``paraphrases``, ``neurons``), ``summary`` (the summary dataclass as a
 one-row table; ``update``: one row per neuron set, knowledge and random) and ``skipped`` (every input
 the experiment could not use, why; ``template_id`` is the template (BINGREL: sentence) index of a
 prompt-level skip and NA for a fact- or relation-level one, as the runner's skip counts expect).
@@ -189,7 +189,7 @@ class BingRel(Experiment):
 
 class Update(Experiment):
     name, help = "update", "update facts by editing knowledge neurons' value slots, against random neurons (Table 6; needs refine)"
-    tables = ("table", "ppl_prompts")
+    tables = ("table", "ppl_prompts", "paraphrases")
     options = (
         Option("edits_per_relation", int, None, "facts edited per relation (default 10, the paper's)"),
         Option("max_share", float, None, "keep neurons shared by fewer than this share of the relation's facts (default 0.1)"),

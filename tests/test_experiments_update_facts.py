@@ -69,6 +69,16 @@ def test_edits_controls_and_restore(tiny):
     summary = {s.neuron_set: s for s in result.summary}
     assert summary["knowledge"].n_edits == table.fact_id.nunique() and summary["random"].seed == 4
     assert summary["knowledge"].change_rate == pytest.approx(100 * table[table.neuron_set == "knowledge"].changed.mean())
+    # beyond the paper: each edit is also judged on the fact's other prompts (not the edited one)
+    para = result.paraphrases
+    for (fact_id, name), rows in para.groupby(["fact_id", "neuron_set"]):
+        edited = table[(table.fact_id == fact_id) & (table.neuron_set == name)].template_id.item()
+        assert edited not in set(rows.template_id) and len(rows) == len(RELATIONS[fact_id.split("/")[0]].templates) - 1
+    assert (para.success <= para.changed).all()
+    kn_para = para[para.neuron_set == "knowledge"]
+    assert summary["knowledge"].paraphrase_success_rate == pytest.approx(100 * kn_para.success.mean())
+    intra = result.ppl_prompts[(result.ppl_prompts.scope == "intra") & (result.ppl_prompts.neuron_set == "random")]
+    assert summary["random"].intra_changed_rate == pytest.approx(100 * intra.top1_changed.mean())
     # same seed, same run; every skipped fact has its reason
     assert result.table.equals(update_facts(tiny, refined, facts, RELATIONS, config).table)
     assert "only 2 of 2" not in " ".join(result.skipped.reason)
@@ -81,6 +91,10 @@ def test_zero_lambdas_change_nothing(tiny_bert):
     assert len(t) > 0 and not t.changed.any() and not t.success.any()
     assert (t.p_new_after == t.p_new_before).all() and (t.ppl_inter_after == t.ppl_inter_before).all()
     assert [s.neuron_set for s in result.summary] == ["knowledge"]
+    # nothing edited: paraphrases keep their answers, no other fact of the relation changes its answer
+    para = result.paraphrases
+    assert len(para) > 0 and not para.success.any() and (para.changed == ~para.correct_before).all()
+    assert result.summary[0].intra_changed_rate == 0.0 and not result.ppl_prompts.top1_changed.any()
 
 
 def test_unusable_inputs_are_reported(tiny_llama):

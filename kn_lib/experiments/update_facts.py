@@ -9,7 +9,10 @@ are edited. For each fact <h, r, t>:
 4. read the edited prompt's top-1 prediction: *changed* if it is no longer t, *success* if it is t';
 5. perplexity of the correct answers of ``intra_facts`` other facts of the relation and of
    ``inter_facts`` facts of other relations, before and after (``evaluation.perplexity``);
-6. restore the weights exactly, and repeat 3-5 with as many random neurons (the control).
+6. beyond the paper: the top-1 answer of the fact's *other* prompts (its PARAREL paraphrases) after
+   the edit (does the edit generalise?), and of the intra-relation prompts (is it specific, or does
+   every fact of the relation now answer t'?);
+7. restore the weights exactly, and repeat 3-6 with as many random neurons (the control).
 
 Choices the paper leaves open, taken from the official ``6_edit_knowledge_sampled.py`` unless said:
 
@@ -75,13 +78,19 @@ class UpdateSummary:
     success_rate: float  # paper: 34.4 % / 0.0 %
     delta_intra_ppl: float  # paper: 8.4 / 10.1
     delta_inter_ppl: float  # paper: 7.2 / 4.3
+    # beyond the paper: the fact's other paraphrases, and other facts of the relation (top-1 answers)
+    paraphrase_change_rate: float  # % of the other prompts whose top-1 is no longer the old answer
+    paraphrase_success_rate: float  # % of the other prompts whose top-1 is now the new answer
+    intra_changed_rate: float  # % of intra-relation prompts whose top-1 answer changed
+    intra_new_rate: float  # % of intra-relation prompts now answering the edit's new object
     seed: int
 
 
 @dataclass
 class UpdateResult:
     table: pd.DataFrame  # one row per (edited fact, neuron set)
-    ppl_prompts: pd.DataFrame  # one row per (edit, neuron set, evaluated prompt): p before / after
+    ppl_prompts: pd.DataFrame  # one row per (edit, neuron set, evaluated prompt): p and top-1 before / after
+    paraphrases: pd.DataFrame  # one row per (edit, neuron set, other prompt of the edited fact)
     summary: list[UpdateSummary]
     skipped: pd.DataFrame
     config: UpdateConfig
@@ -115,6 +124,12 @@ def _p(adapter: ModelAdapter, prompts: list[Prompt]) -> list[float]:
     return [answer_distribution(adapter, p.encoded)[p.encoded.target_id].item() for p in prompts]
 
 
+def _p_top1(adapter: ModelAdapter, prompts: list[Prompt]) -> tuple[list[float], list[int]]:
+    """p(correct answer) and the top-1 token of each prompt, as the model is now."""
+    dists = [answer_distribution(adapter, p.encoded) for p in prompts]
+    return [d[p.encoded.target_id].item() for d, p in zip(dists, prompts)], [int(d.argmax()) for d in dists]
+
+
 def update_facts(
     adapter: ModelAdapter,
     refined: pd.DataFrame,
@@ -128,7 +143,7 @@ def update_facts(
     prompts = FactPrompts(adapter, facts, relations, skips)
     kns = neurons_by_fact(refined)
     groups = prompts.by_relation()
-    rows, ppl_rows = [], []
+    rows, ppl_rows, para_rows = [], [], []
     for relation, ids in groups.items():
         rng = seeded_rng(config.seed, relation)
         candidates = [f for f in ids if f in kns]
@@ -146,7 +161,9 @@ def update_facts(
             done += 1
             prompt, old_id, new_id, neurons, intra, inter = edit.prompt, edit.old_id, edit.new_id, edit.neurons, edit.intra, edit.inter
             before = answer_distribution(adapter, prompt.encoded)
-            p_intra, p_inter = _p(adapter, intra), _p(adapter, inter)
+            (p_intra, t_intra), (p_inter, t_inter) = _p_top1(adapter, intra), _p_top1(adapter, inter)
+            paraphrases = [p for p in prompts.of(fact_id) if p.template_id != prompt.template_id]
+            _, t_para = _p_top1(adapter, paraphrases)
             sets = [("knowledge", neurons)]
             if config.random_control:
                 sets.append(("random", random_neurons(len(neurons), adapter.n_layers, adapter.n_neurons, rng, kns[fact_id])))
@@ -156,7 +173,8 @@ def update_facts(
                 slots = updated_value_slots(adapter, chosen, old_id, new_id, config.lambda1, config.lambda2, signs)
                 with edited_value_slots(adapter, slots):
                     after = answer_distribution(adapter, prompt.encoded)
-                    q_intra, q_inter = _p(adapter, intra), _p(adapter, inter)
+                    (q_intra, u_intra), (q_inter, u_inter) = _p_top1(adapter, intra), _p_top1(adapter, inter)
+                    _, u_para = _p_top1(adapter, paraphrases)
                 top1 = int(after.argmax())
                 rows.append(
                     {"fact_id": fact_id, "relation": relation, "neuron_set": name, "n_neurons": len(chosen),
@@ -170,21 +188,32 @@ def update_facts(
                      "ppl_inter_before": perplexity(p_inter), "ppl_inter_after": perplexity(q_inter),
                      "sign_aware": config.sign_aware}
                 )
-                for scope, group, ps, qs in (("intra", intra, p_intra, q_intra), ("inter", inter, p_inter, q_inter)):
+                for scope, group, ps, qs, ts, us in (("intra", intra, p_intra, q_intra, t_intra, u_intra),
+                                                     ("inter", inter, p_inter, q_inter, t_inter, u_inter)):
                     ppl_rows += [
                         {"fact_id": fact_id, "neuron_set": name, "scope": scope, "eval_fact_id": p.fact_id,
-                         "template_id": p.template_id, "p_before": a, "p_after": b}
-                        for p, a, b in zip(group, ps, qs)
+                         "template_id": p.template_id, "p_before": a, "p_after": b, "top1_changed": t != u,
+                         "correct_before": t == p.encoded.target_id, "correct_after": u == p.encoded.target_id,
+                         "new_after": u == new_id}
+                        for p, a, b, t, u in zip(group, ps, qs, ts, us)
                     ]
+                para_rows += [
+                    {"fact_id": fact_id, "neuron_set": name, "template_id": p.template_id,
+                     "correct_before": t == old_id, "changed": u != old_id, "success": u == new_id}
+                    for p, t, u in zip(paraphrases, t_para, u_para)
+                ]
         if done < config.facts_per_relation:
             skips.add(f"only {done} of {config.facts_per_relation} facts could be edited", relation)
     tag = tag_of(refined)
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-    ppl_prompts = pd.DataFrame(ppl_rows, columns=["fact_id", "neuron_set", "scope", "eval_fact_id", "template_id", "p_before", "p_after"])
-    summary = [_summarise(table, ppl_prompts, name, tag, config.seed) for name in (["knowledge", "random"] if config.random_control else ["knowledge"])]
-    for frame in (table, ppl_prompts):
+    ppl_prompts = pd.DataFrame(ppl_rows, columns=["fact_id", "neuron_set", "scope", "eval_fact_id", "template_id", "p_before",
+                                                  "p_after", "top1_changed", "correct_before", "correct_after", "new_after"])
+    para = pd.DataFrame(para_rows, columns=["fact_id", "neuron_set", "template_id", "correct_before", "changed", "success"])
+    summary = [_summarise(table, ppl_prompts, para, name, tag, config.seed)
+               for name in (["knowledge", "random"] if config.random_control else ["knowledge"])]
+    for frame in (table, ppl_prompts, para):
         frame["model"], frame["method"], frame["seed"] = tag["model"], tag["method"], config.seed
-    return UpdateResult(table, ppl_prompts, summary, skips.frame(), config)
+    return UpdateResult(table, ppl_prompts, para, summary, skips.frame(), config)
 
 
 def _plan_edit(
@@ -228,9 +257,14 @@ def _plan_edit(
     return PlannedEdit(prompt, prompt.encoded.target_id, new_ids[new_object], new_object, neurons, intra, inter)
 
 
-def _summarise(table: pd.DataFrame, ppl_prompts: pd.DataFrame, name: str, tag: dict, seed: int) -> UpdateSummary:
+def _summarise(table: pd.DataFrame, ppl_prompts: pd.DataFrame, para: pd.DataFrame, name: str, tag: dict, seed: int) -> UpdateSummary:
     rows = table[table["neuron_set"] == name] if len(table) else table
     ppl = ppl_prompts[ppl_prompts["neuron_set"] == name]
+    para = para[para["neuron_set"] == name]
+    intra = ppl[ppl["scope"] == "intra"]
+
+    def percent(frame: pd.DataFrame, column: str) -> float:
+        return float(frame[column].mean() * 100) if len(frame) else float("nan")
 
     def delta(scope: str) -> float:
         sel = ppl[ppl["scope"] == scope]
@@ -241,5 +275,7 @@ def _summarise(table: pd.DataFrame, ppl_prompts: pd.DataFrame, name: str, tag: d
         model=tag["model"], method=tag["method"], neuron_set=name, n_edits=n,
         change_rate=float(rows["changed"].mean() * 100) if n else float("nan"),
         success_rate=float(rows["success"].mean() * 100) if n else float("nan"),
-        delta_intra_ppl=delta("intra"), delta_inter_ppl=delta("inter"), seed=seed,
+        delta_intra_ppl=delta("intra"), delta_inter_ppl=delta("inter"),
+        paraphrase_change_rate=percent(para, "changed"), paraphrase_success_rate=percent(para, "success"),
+        intra_changed_rate=percent(intra, "top1_changed"), intra_new_rate=percent(intra, "new_after"), seed=seed,
     )

@@ -47,6 +47,16 @@ class BookSample:
         """A table of a stage for this sample (``results.load`` with the sample's settings)."""
         return results.load(self.model, stage, table, preset=self.preset, **self._overrides(), **kwargs)
 
+    def key(self, stage: str) -> str:
+        """The results key (settings directory) of a stage for this sample."""
+        from .stages import stage_registry
+
+        return results.cache_key(stage_registry()[stage].key_settings(self.settings()))
+
+    def manifest(self, stage: str) -> dict:
+        """The stage's manifest: settings, and per shard its facts, seconds, backend and commit."""
+        return results.manifest(self.model, stage, self.key(stage))
+
     def summary(self, stage: str) -> pd.DataFrame:
         """The stage's summary, one row per neuron set, indexed by method (``ig``, ``activation``, ...)."""
         return self.load(stage, "summary").set_index("method")

@@ -99,3 +99,136 @@ def claim_row(claim: str, where: str, paper: float, ours: Interval, null: float 
         "claim": claim, "where": where, "paper": paper, "ours": ours.estimate, "ci_low": ours.low, "ci_high": ours.high,
         "null": null, "unit": unit, "verdict": verdict(paper, ours, null), "n_clusters": ours.n_clusters,
     }
+
+
+# -- the paper's claims, each as a statistic of the stored results --------------------------------
+
+
+def _mean_diff(frame: pd.DataFrame, column: str, by: str, a: str, b: str) -> float:
+    means = frame.groupby(by)[column].mean()
+    return float(means.get(a, np.nan) - means.get(b, np.nan))
+
+
+def _relation_mean(frame: pd.DataFrame, column: str) -> float:
+    return float(frame[column].mean()) if len(frame) else float("nan")
+
+
+def _paired_relation_diff(frame: pd.DataFrame, column: str, by: str, a: str, b: str) -> float:
+    wide = frame.pivot_table(index="relation", columns=by, values=column, aggfunc="mean")
+    if a not in wide or b not in wide:
+        return float("nan")
+    return float((wide[a] - wide[b]).dropna().mean())
+
+
+def _rate_diff(frame: pd.DataFrame, column: str) -> float:
+    rates = frame.groupby("neuron_set")[column].mean() * 100
+    return float(rates.get("knowledge", np.nan) - rates.get("random", np.nan))
+
+
+def _erase_contrast(frame: pd.DataFrame) -> float:
+    """Mean over erased relations of (PPL change on its own prompts - PPL change on the others), in %."""
+    from .experiments.evaluation import perplexity
+
+    out = []
+    for _, group in frame.groupby("erased_relation"):
+        change = {}
+        for scope in ("erased", "other"):
+            sel = group[group["scope"] == scope]
+            if sel.empty:
+                return float("nan")
+            before, after = perplexity(sel["p_before"].tolist()), perplexity(sel["p_after"].tolist())
+            change[scope] = 100 * (after - before) / before
+        out.append(change["erased"] - change["other"])
+    return float(np.mean(out)) if out else float("nan")
+
+
+def paper_claims(tables: dict[str, pd.DataFrame], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """One row per claim of the paper that the stored results can test, with the paper's number
+    (``kn_lib.paper``), ours, a 95% bootstrap interval and the verdict (``claim_row``).
+
+    ``tables`` (as the ``kn`` stages store them; any may be missing, its claims are left out):
+    ``pairs`` (statistics), ``suppress`` (suppress-amplify ``by_relation``), ``bingrel``
+    (bingrel ``by_relation``), ``update`` (update ``table``), ``erase`` (erase ``table``).
+    """
+    from . import paper
+
+    p = paper.value
+    rows = []
+    boot = dict(n_boot=n_boot, seed=seed)
+    if "pairs" in tables:
+        pairs = tables["pairs"].assign(relation=lambda f: f["fact_a"].str.split("/").str[0])
+        ig = pairs[pairs["method"] == "ig"]
+        rows.append(claim_row(
+            "KNs: same-relation fact pairs share more neurons than different-relation pairs", "Table 2",
+            p("intra_overlap_ours") - p("inter_overlap_ours"),
+            bootstrap_ci(ig, lambda f: _mean_diff(f, "intersection", "kind", "intra", "inter"), "relation", **boot),
+            unit="neurons"))
+        both = pairs[pairs["kind"] == "inter"]
+        rows.append(claim_row(
+            "baseline neurons are shared across relations more than KNs", "Table 2",
+            p("inter_overlap_baseline") - p("inter_overlap_ours"),
+            bootstrap_ci(both, lambda f: _mean_diff(f, "intersection", "method", "activation", "ig"), "relation", **boot),
+            unit="neurons"))
+    if "suppress" in tables:
+        own = tables["suppress"][tables["suppress"]["scope"] == "own"].assign(change=lambda f: 100 * f["change_ratio"])
+        for op, key, base_key in (("suppress", "suppress_change_ours", "suppress_change_baseline"),
+                                  ("amplify", "amplify_change_ours", "amplify_change_baseline")):
+            sel = own[own["operation"] == op]
+            verb = "lowers" if op == "suppress" else "raises"
+            rows.append(claim_row(
+                f"{op}ing KNs {verb} p(answer)", "Figure 4" if op == "suppress" else "Figure 5", p(key),
+                bootstrap_ci(sel[sel["method"] == "ig"], lambda f: _relation_mean(f, "change"), "relation", **boot), unit="%"))
+            rows.append(claim_row(
+                f"{op}ing KNs changes p(answer) more than {op}ing baseline neurons (difference)",
+                "Figure 4" if op == "suppress" else "Figure 5", p(key) - p(base_key),
+                bootstrap_ci(sel, lambda f: _paired_relation_diff(f, "change", "method", "ig", "activation"), "relation", **boot),
+                unit="%"))
+    if "bingrel" in tables:
+        ig = tables["bingrel"][tables["bingrel"]["method"] == "ig"]
+        for other, key in (("T2", "bing_t2_ours"), ("T3", "bing_t3_ours")):
+            rows.append(claim_row(
+                f"KNs are more active on T1 (fact expressed) than on {other}", "Table 4", p("bing_t1_ours") - p(key),
+                bootstrap_ci(ig, lambda f, o=other: _paired_relation_diff(f, "activation", "type", "T1", o), "relation", **boot),
+                unit="activation"))
+    if "update" in tables:
+        upd = tables["update"]
+        for metric, kn, rnd in (("changed", "update_change_rate_kn", "update_change_rate_random"),
+                                ("success", "update_success_rate_kn", "update_success_rate_random")):
+            label = "change" if metric == "changed" else "success"
+            rows.append(claim_row(
+                f"editing KNs updates facts: {label} rate, KNs minus random neurons", "Table 6", p(kn) - p(rnd),
+                bootstrap_ci(upd, lambda f, m=metric: _rate_diff(f, m), "fact_id", **boot), unit="points"))
+    if "erase" in tables:
+        er = tables["erase"][tables["erase"]["method"] == "ig"] if "method" in tables["erase"] else tables["erase"]
+        paper_contrast = np.mean([
+            100 * ((v["erased_after"] - v["erased_before"]) / v["erased_before"] - (v["other_after"] - v["other_before"]) / v["other_before"])
+            for v in paper.ERASE.values()
+        ])
+        rows.append(claim_row(
+            "erasing a relation's top KNs hurts that relation more than the others (PPL change, difference)", "Table 5",
+            float(paper_contrast), bootstrap_ci(er, _erase_contrast, "fact_id", **boot), unit="points"))
+    return pd.DataFrame(rows)
+
+
+def edit_reach(paraphrases: pd.DataFrame, ppl_prompts: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Beyond the paper: how far an edit of ``update_facts`` reaches, with 95% intervals over edited facts.
+
+    Generalisation: the share of the edited fact's *other* prompts (paraphrases) that now answer the
+    new object (``success``) or no longer the old one (``changed``). Specificity: the share of prompts
+    of *other* facts of the same relation whose answer changed, and that now answer the edit's new
+    object. One row per (quantity, neuron set).
+    """
+    intra = ppl_prompts[ppl_prompts["scope"] == "intra"]
+    measures = (
+        ("paraphrases now answering the new object (generalisation)", paraphrases, "success"),
+        ("paraphrases no longer answering the old object", paraphrases, "changed"),
+        ("other facts of the relation: answer changed (specificity)", intra, "top1_changed"),
+        ("other facts of the relation: now answering the new object", intra, "new_after"),
+    )
+    rows = []
+    for quantity, frame, column in measures:
+        for neuron_set, sel in frame.groupby("neuron_set"):
+            iv = bootstrap_ci(sel, lambda f, c=column: 100 * f[c].mean(), "fact_id", n_boot=n_boot, seed=seed)
+            rows.append({"quantity": quantity, "neurons": neuron_set, "percent": iv.estimate, "ci_low": iv.low,
+                         "ci_high": iv.high, "n_prompts": len(sel), "n_edits": iv.n_clusters})
+    return pd.DataFrame(rows)

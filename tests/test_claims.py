@@ -61,3 +61,36 @@ def test_verdict_against_a_non_zero_null_and_row():
     assert row["verdict"] == "holds" and row["paper"] == 1.23 and row["ci_low"] == 0.7
     with pytest.raises(ValueError):
         verdict(0.0, _iv(1, 0, 2))
+
+
+def test_paper_claims_on_synthetic_tables_follow_the_data():
+    from kn_lib.claims import paper_claims
+
+    rng = np.random.default_rng(0)
+    rels = [f"P{i}" for i in range(1, 9)]
+    # suppress-amplify by_relation: KNs lower p by ~30 % (suppress) and raise it by ~30 % (amplify), baseline ~0
+    rows = []
+    for r in rels:
+        for method, size in (("ig", 0.3), ("activation", 0.0)):
+            rows.append({"relation": r, "scope": "own", "operation": "suppress", "method": method,
+                         "change_ratio": -size + rng.normal(0, 0.02)})
+            rows.append({"relation": r, "scope": "own", "operation": "amplify", "method": method,
+                         "change_ratio": -size + rng.normal(0, 0.02)})  # amplify *lowers* p here: reversed
+    claims = paper_claims({"suppress": pd.DataFrame(rows)}, n_boot=200).set_index("claim")
+    assert claims.loc["suppressing KNs lowers p(answer)", "verdict"] == "holds"
+    assert claims.loc["amplifying KNs raises p(answer)", "verdict"] == "reversed"
+    assert claims.loc["suppressing KNs lowers p(answer)", "ours"] == pytest.approx(-30, abs=3)
+
+
+def test_edit_reach_rates_and_intervals():
+    from kn_lib.claims import edit_reach
+
+    para = pd.DataFrame({"fact_id": ["a", "a", "b", "b"] * 2, "neuron_set": ["knowledge"] * 4 + ["random"] * 4,
+                         "success": [True, False, True, True, False] + [False] * 3,
+                         "changed": [True] * 4 + [False] * 4})
+    ppl = pd.DataFrame({"fact_id": ["a", "b"] * 2, "neuron_set": ["knowledge"] * 2 + ["random"] * 2, "scope": "intra",
+                        "top1_changed": [True, False, False, False], "new_after": [False] * 4})
+    out = edit_reach(para, ppl, n_boot=100).set_index(["quantity", "neurons"])
+    gen = out.loc[("paraphrases now answering the new object (generalisation)", "knowledge")]
+    assert gen["percent"] == 75 and gen["n_edits"] == 2 and gen["ci_low"] <= 75 <= gen["ci_high"]
+    assert out.loc[("other facts of the relation: answer changed (specificity)", "knowledge"), "percent"] == 50

@@ -24,8 +24,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-HTML = ROOT / "_build" / "html"
-SHOTS = ROOT / "_build" / "screenshots"
+HTML = Path(os.environ.get("KN_BOOK_HTML", ROOT / "_build" / "html"))  # the built site
+SHOTS = HTML.parent / "screenshots"
 REQUIRED = os.environ.get("KN_REQUIRE_BOOK_HTML") == "1"
 PAGES_WITHOUT_FIGURES = {"book/intro", "book/references"}
 ERROR_MARKERS = ("Traceback (most recent call last)", "Error in callback", "ModuleNotFoundError", "NameError:")
@@ -38,7 +38,7 @@ def _missing(reason: str):
 
 
 def toc_pages() -> list[str]:
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    toc = yaml.safe_load(Path(os.environ.get("KN_BOOK_TOC", ROOT / "_toc.yml")).read_text())
     pages = [toc["root"]]
     for entry in toc.get("chapters", []):
         pages.append(entry["file"])

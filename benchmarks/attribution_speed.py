@@ -6,6 +6,8 @@ Prints and writes ``benchmarks/results/attribution_speed.csv`` (one row per prom
 ``benchmarks/results/machine.csv`` (the measured fp32 matrix-multiply throughput of this machine):
 
 * seconds per prompt and per fact (m = 20, all layers), reference vs fast, and the speed-up ratio;
+* seconds per fact of the path the ``kn`` command takes: all of a fact's prompts in one batch
+  (``integrated_gradients_many``), written to ``benchmarks/results/fact_speed.csv``;
 * achieved GFLOPS (FLOPs counted by ``torch.utils.flop_counter``) against the measured matmul peak;
 * peak resident memory of the process after each setting;
 * max attribution difference of each setting from the paper's settings on the fast path;
@@ -31,7 +33,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from kn_lib import data
-from kn_lib.attribution import IGConfig, integrated_gradients
+from kn_lib.attribution import IGConfig, integrated_gradients, integrated_gradients_many
 from kn_lib.models import describe, load_model
 from kn_lib.pipeline import encode_fact, predict
 from kn_lib.refine import adaptive_share_threshold, coarse_neurons, refine_fact
@@ -88,12 +90,23 @@ def main() -> None:
         "fast-gauss8": IGConfig(steps=8, rule="gauss-legendre"),
         "fast-bf16": IGConfig(precision="bfloat16"),
     }
-    rows, coarse = [], {}
+    rows, coarse, fact_rows = [], {}, []
     n_ref = 0
     for fact_id in SAMPLE[: args.facts]:
         relation, index = fact_id.split("/")
         fact = data.load_facts([relation])[int(index)]
         usable, _ = encode_fact(adapter, fact, data.load_relations([relation])[relation].templates)
+        # the kn command's path: the fact's prompts together, one padded batch
+        counter = FlopCounterMode(display=False)
+        start = time.perf_counter()
+        with counter:
+            integrated_gradients_many(adapter, [p for _, p in usable], config=IGConfig())
+        seconds = time.perf_counter() - start
+        fact_rows.append({"model": args.model, "fact_id": fact_id, "prompts": len(usable), "seconds": seconds,
+                          "seconds_per_prompt": seconds / len(usable), "seconds_9_prompts": 9 * seconds / len(usable),
+                          "gflop": counter.get_total_flops() / 1e9, "gflops_achieved": counter.get_total_flops() / seconds / 1e9,
+                          "gflops_peak_fp32": peak, "threads": torch.get_num_threads()})
+        print(f"{fact_id} batched fact ({len(usable)} prompts) {seconds:7.2f} s", flush=True)
         for t, prompt in usable:
             p_answer, top1 = predict(adapter, prompt)
             paper_scores = None
@@ -120,6 +133,7 @@ def main() -> None:
             n_ref += 1
     frame = pd.DataFrame(rows)
     frame.to_csv(args.out / "attribution_speed.csv", index=False)
+    pd.DataFrame(fact_rows).to_csv(args.out / "fact_speed.csv", index=False)
 
     # refined neurons per fact: does the reference agree, do the options change them? (p searched on this
     # sample, per relation; only facts whose every prompt ran under the setting are compared)

@@ -23,6 +23,7 @@ class BookSample:
     preset: str = "book-sample"
     facts_per_relation: int | None = 10
     method: str = "ig"  # the method of the run; experiment stages also hold the activation baseline
+    relations: tuple[str, ...] | None = None  # None: the preset's (all 34 for book-sample)
 
     def _overrides(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -30,6 +31,8 @@ class BookSample:
             out["facts_per_relation"] = self.facts_per_relation
         if self.method != "ig":
             out["method"] = self.method
+        if self.relations is not None:
+            out["relations"] = list(self.relations)
         return out
 
     def settings(self):
@@ -68,6 +71,8 @@ class BookSample:
             parts += ["--facts-per-relation", str(self.facts_per_relation)]
         if self.method != "ig":
             parts += ["--method", self.method]
+        if self.relations is not None:
+            parts += ["--relations", ",".join(self.relations)]
         return " ".join(parts)
 
 

@@ -148,7 +148,8 @@ def paper_claims(tables: dict[str, pd.DataFrame], n_boot: int = 1000, seed: int 
 
     ``tables`` (as the ``kn`` stages store them; any may be missing, its claims are left out):
     ``pairs`` (statistics), ``suppress`` (suppress-amplify ``by_relation``), ``bingrel``
-    (bingrel ``by_relation``), ``update`` (update ``table``), ``erase`` (erase ``table``).
+    (bingrel ``by_relation``), ``bingrel_abs`` (the same over |activation|, e.g. from
+    ``bingrel_activation.mean_activation``), ``update`` (update ``table``), ``erase`` (erase ``table``).
     """
     from . import paper
 
@@ -188,6 +189,13 @@ def paper_claims(tables: dict[str, pd.DataFrame], n_boot: int = 1000, seed: int 
         for other, key in (("T2", "bing_t2_ours"), ("T3", "bing_t3_ours")):
             rows.append(claim_row(
                 f"KNs are more active on T1 (fact expressed) than on {other}", "Table 4", p("bing_t1_ours") - p(key),
+                bootstrap_ci(ig, lambda f, o=other: _paired_relation_diff(f, "activation", "type", "T1", o), "relation", **boot),
+                unit="activation"))
+    if "bingrel_abs" in tables:  # the same by_relation table over |activation| (gated FFNs: signs cancel)
+        ig = tables["bingrel_abs"][tables["bingrel_abs"]["method"] == "ig"]
+        for other, key in (("T2", "bing_t2_ours"), ("T3", "bing_t3_ours")):
+            rows.append(claim_row(
+                f"KNs are more strongly activated (|activation|) on T1 than on {other}", "Table 4", p("bing_t1_ours") - p(key),
                 bootstrap_ci(ig, lambda f, o=other: _paired_relation_diff(f, "activation", "type", "T1", o), "relation", **boot),
                 unit="activation"))
     if "update" in tables:

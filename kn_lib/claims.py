@@ -222,14 +222,15 @@ def edit_reach(paraphrases: pd.DataFrame, ppl_prompts: pd.DataFrame, n_boot: int
     """Beyond the paper: how far an edit of ``update_facts`` reaches, with 95% intervals over edited facts.
 
     Generalisation: the share of the edited fact's *other* prompts (paraphrases) that now answer the
-    new object (``success``) or no longer the old one (``changed``). Specificity: the share of prompts
+    new object (``success``), and of those that answered the old object before, the share that no
+    longer do (``changed``). Specificity: the share of prompts
     of *other* facts of the same relation whose answer changed, and that now answer the edit's new
     object. One row per (quantity, neuron set).
     """
     intra = ppl_prompts[ppl_prompts["scope"] == "intra"]
     measures = (
         ("paraphrases now answering the new object (generalisation)", paraphrases, "success"),
-        ("paraphrases no longer answering the old object", paraphrases, "changed"),
+        ("paraphrases that answered the old object and no longer do", paraphrases[paraphrases["correct_before"]], "changed"),
         ("other facts of the relation: answer changed (specificity)", intra, "top1_changed"),
         ("other facts of the relation: now answering the new object", intra, "new_after"),
     )

@@ -87,10 +87,14 @@ def test_edit_reach_rates_and_intervals():
 
     para = pd.DataFrame({"fact_id": ["a", "a", "b", "b"] * 2, "neuron_set": ["knowledge"] * 4 + ["random"] * 4,
                          "success": [True, False, True, True, False] + [False] * 3,
-                         "changed": [True] * 4 + [False] * 4})
+                         "changed": [True] * 4 + [True, False, False, False],
+                         "correct_before": [True, True, False, True] + [False, True, True, True]})
     ppl = pd.DataFrame({"fact_id": ["a", "b"] * 2, "neuron_set": ["knowledge"] * 2 + ["random"] * 2, "scope": "intra",
                         "top1_changed": [True, False, False, False], "new_after": [False] * 4})
     out = edit_reach(para, ppl, n_boot=100).set_index(["quantity", "neurons"])
     gen = out.loc[("paraphrases now answering the new object (generalisation)", "knowledge")]
     assert gen["percent"] == 75 and gen["n_edits"] == 2 and gen["ci_low"] <= 75 <= gen["ci_high"]
     assert out.loc[("other facts of the relation: answer changed (specificity)", "knowledge"), "percent"] == 50
+    # "no longer the old answer" counts only paraphrases that gave the old answer before the edit
+    lost = out.loc[("paraphrases that answered the old object and no longer do", "random")]
+    assert lost["percent"] == 0 and lost["n_prompts"] == 3

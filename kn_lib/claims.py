@@ -11,7 +11,8 @@ Verdicts compare our interval with the paper's value and with the null (no effec
   paper's effect (``effect = paper - null``): same direction, comparable size;
 * **weaker**: same direction as the paper by the point estimate, but the interval touches the null
   or stays below half the paper's effect;
-* **reversed**: the point estimate is on the other side of the null.
+* **reversed**: the point estimate is on the other side of the null;
+* **no data**: nothing to estimate from (e.g. no fact could be edited), so no verdict.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-VERDICTS = ("holds", "weaker", "reversed")
+VERDICTS = ("holds", "weaker", "reversed", "no data")
 
 
 @dataclass(frozen=True)
@@ -82,11 +83,13 @@ def verdict(paper: float, ours: Interval, null: float = 0.0) -> str:
     effect = paper - null
     if effect == 0:
         raise ValueError("the paper's value equals the null: no direction to test")
+    if not np.isfinite(ours.estimate):
+        return "no data"
     sign = float(np.sign(effect))
     est = sign * (ours.estimate - null)  # in the paper's direction: > 0 agrees with the paper
     ends = sorted((sign * (ours.low - null), sign * (ours.high - null)))
     low, high = ends
-    if not np.isfinite(est) or est <= 0:
+    if est <= 0:
         return "reversed"
     if low > 0 and high >= 0.5 * abs(effect):
         return "holds"

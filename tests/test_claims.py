@@ -61,6 +61,8 @@ def test_verdict_against_a_non_zero_null_and_row():
     assert row["verdict"] == "holds" and row["paper"] == 1.23 and row["ci_low"] == 0.7
     with pytest.raises(ValueError):
         verdict(0.0, _iv(1, 0, 2))
+    # nothing measured (e.g. no edit possible): no verdict rather than a false "reversed"
+    assert verdict(34.4, _iv(float("nan"), float("nan"), float("nan"))) == "no data"
 
 
 def test_paper_claims_on_synthetic_tables_follow_the_data():

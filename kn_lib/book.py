@@ -64,17 +64,6 @@ class BookSample:
         """The stage's summary, one row per neuron set, indexed by method (``ig``, ``activation``, ...)."""
         return self.load(stage, "summary").set_index("method")
 
-    def command(self, stage: str | None = None) -> str:
-        """The command that produces (or resumes) these results."""
-        parts = ["kn", stage or "run", "--preset", self.preset, "--model", self.model]
-        if self.facts_per_relation is not None:
-            parts += ["--facts-per-relation", str(self.facts_per_relation)]
-        if self.method != "ig":
-            parts += ["--method", self.method]
-        if self.relations is not None:
-            parts += ["--relations", ",".join(self.relations)]
-        return " ".join(parts)
-
 
 def paper_vs_ours(rows: Iterable[tuple[str, str, float]], model: str, digits: int = 2) -> pd.DataFrame:
     """A side-by-side table: ``rows`` are (quantity, paper key in ``kn_lib.paper``, our value)."""

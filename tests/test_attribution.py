@@ -45,8 +45,9 @@ def _completeness_gaps(adapter, prompt, steps):
 def test_completeness_within_a_riemann_error_that_shrinks_with_m(tiny, prompt):
     """Per layer: sum_i Attr_i = p(full) - p(layer zeroed at the answer position), up to the Riemann error.
 
-    In float64: on a tiny random model the Riemann error can be ~1e-8, which float32 rounding (and
-    its dependence on thread count) would drown, making "shrinks with m" a coin toss."""
+    The model runs in float64, but the scores come back in float32: on a tiny random model the
+    Riemann error can be ~1e-8 (tiny BERT: p(answer) ~1e-5), below what float32 sums resolve, so
+    "shrinks with m" is only asserted where the m=20 gap is above that floor (tiny LLaMA)."""
     import copy
 
     from kn_lib.models import adapter_for

@@ -89,6 +89,9 @@ def test_mean_activation_averages_sentences_then_neurons_then_relations():
     table = pd.DataFrame(rows, columns=["relation", "fact_id", "type", "layer", "neuron", "activation"])
     assert mean_activation(table, ["relation", "type"]).activation.tolist() == [3.0, -1.0]
     assert mean_activation(table, ["type"]).activation.tolist() == [1.0]
+    # by magnitude: each activation's sign dropped before the same three averages
+    expected = mean_activation(table.assign(activation=table.activation.abs()), ["relation", "type"])
+    assert mean_activation(table, ["relation", "type"], absolute=True).equals(expected)
 
 
 def test_top_and_bottom_sentences(tiny_bert):

@@ -128,11 +128,14 @@ def encode_masked(adapter: ModelAdapter, sentence: MaskedSentence, max_tokens: i
     return EncodedPrompt(ids, pos, -1, text)
 
 
-def mean_activation(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+def mean_activation(table: pd.DataFrame, by: list[str], absolute: bool = False) -> pd.DataFrame:
     """Table 4's average activation: per fact and knowledge neuron, the mean over the fact's sentences of
     a type; then the mean over (fact, neuron) within a relation; then over relations (the official
     ``4_check_weights_distant.py`` and ``8_plot_fig_distant.py``). ``by`` is the grouping kept, e.g.
-    ``["relation", "type"]`` or ``["type"]``."""
+    ``["relation", "type"]`` or ``["type"]``. ``absolute=True`` averages |activation| instead (not the
+    paper's): a gated FFN's neuron can carry a fact with either sign, and signed means then cancel."""
+    if absolute:
+        table = table.assign(activation=table["activation"].abs())
     per_neuron = table.groupby(["relation", "fact_id", "type", "layer", "neuron"])["activation"].mean().reset_index()
     per_relation = per_neuron.groupby(["relation", "type"])["activation"].mean().reset_index()
     return per_relation.groupby(by)["activation"].mean().reset_index()

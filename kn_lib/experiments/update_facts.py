@@ -120,10 +120,6 @@ def exclusive_neurons(fact_id: str, kns: Mapping[str, list], relation_facts: lis
     return keep
 
 
-def _p(adapter: ModelAdapter, prompts: list[Prompt]) -> list[float]:
-    return [answer_distribution(adapter, p.encoded)[p.encoded.target_id].item() for p in prompts]
-
-
 def _p_top1(adapter: ModelAdapter, prompts: list[Prompt]) -> tuple[list[float], list[int]]:
     """p(correct answer) and the top-1 token of each prompt, as the model is now."""
     dists = [answer_distribution(adapter, p.encoded) for p in prompts]

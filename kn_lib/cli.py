@@ -49,6 +49,9 @@ def _common(parser: argparse.ArgumentParser, with_preset_default: bool = True) -
     g.add_argument("--seed", type=int, help="seed of the fact sample (default: the preset's, 0)")
     g.add_argument("--steps", type=_positive_int, help="integrated-gradients steps m (default 20, the paper's)")
     g.add_argument("--method", choices=["ig", "activation"], help="attribution: ig (default) or the activation baseline")
+    g.add_argument("--threshold", type=float, help="coarse threshold t (default 0.2 for ig, 0.5 for activation: the official script's)")
+    g.add_argument("--share-rule", choices=["official", "paper"],
+                   help="refinement: official (count >= max(p n, 3), p tried at most 6 times; default) or paper (count > p n)")
     g.add_argument("--chunk-size", type=_positive_int, help="facts per attribution shard (default 8)")
     h = parser.add_argument_group("where and how")
     h.add_argument("--out", type=Path, default=None, help=f"results root (default {default_root()}, or $KN_RESULTS_DIR)")
@@ -118,7 +121,7 @@ def _run(args: argparse.Namespace) -> int:
     params = {k[len("param_"):]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
     settings = settings_for(
         args.model, args.preset, relations=args.relations, facts_per_relation=args.facts_per_relation, seed=args.seed,
-        steps=args.steps, method=args.method, chunk_size=args.chunk_size, device=args.device, params=params,
+        steps=args.steps, method=args.method, threshold=args.threshold, share_rule=args.share_rule, chunk_size=args.chunk_size, device=args.device, params=params,
     )
     if args.backend == "ray":
         import_ray()

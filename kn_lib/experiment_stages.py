@@ -46,7 +46,7 @@ import pandas as pd
 from .kn_stages import MissingInputs, REFINE
 from .results import ResultStore, cache_key
 from .stages import (
-    DEFAULT_CHUNK, IGConfig, Job, KnUsageError, Option, Preset, RunSettings, Stage, StageContext, data_checksums, register_preset, register_stage,
+    DEFAULT_CHUNK, IGConfig, Job, KNConfig, KnUsageError, Option, Preset, RunSettings, Stage, StageContext, data_checksums, register_preset, register_stage,
 )
 
 BASELINE = "activation"  # the paper's baseline attribution method
@@ -101,6 +101,10 @@ def _run_first(settings: RunSettings, method: str) -> str:
         parts.append(f"--chunk-size {settings.chunk_size}")
     if method != "ig":
         parts.append(f"--method {method}")
+    if settings.config.threshold is not None:
+        parts.append(f"--threshold {settings.config.threshold}")
+    if settings.config.share_rule != KNConfig().share_rule:
+        parts.append(f"--share-rule {settings.config.share_rule}")
     return " ".join(parts)
 
 

@@ -14,15 +14,18 @@ as ``find_knowledge_neurons`` (tests/test_runner.py checks it).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Iterable, Mapping
 
 import pandas as pd
 
 from .adapters import ModelAdapter
 from .data import Relation
-from .pipeline import KNConfig, find_knowledge_neurons
-from .refine import Neuron, adaptive_share_threshold, neuron_shares, refine_fact
-from .stages import Job, RunSettings, Stage, StageContext, chunks, common_key_settings, ig_settings, register_stage
+from .pipeline import THRESHOLD_COLUMNS, KNConfig, find_knowledge_neurons, refine_coarse
+from .refine import Neuron
+from .stages import (
+    Job, RunSettings, Stage, StageContext, chunks, common_key_settings, ig_settings, register_stage, stored_threshold,
+)
 
 # column -> dtype of every stored table (fixed, so empty shards and reloaded tables keep their types)
 SCHEMAS: dict[str, dict[str, str]] = {
@@ -33,7 +36,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
     "skipped": {"fact_id": "str", "relation": "str", "template_id": "Int64", "reason": "str"},
     "refined": {"fact_id": "str", "relation": "str", "layer": "int64", "neuron": "int64", "share": "float64", "p": "float64"},
     "thresholds": {"relation": "str", "p": "float64", "mean_count": "float64", "converged": "bool", "reason": "str",
-                   "n_facts": "int64"},
+                   "n_facts": "int64", "n_facts_few_prompts": "int64", "share_rule": "str"},
 }
 
 
@@ -95,17 +98,20 @@ def refine_tables(
     relation: str, by_fact: Mapping[str, list[set[Neuron]]], config: KNConfig, tag: Mapping[str, object]
 ) -> dict[str, pd.DataFrame]:
     """The second half of ``find_knowledge_neurons`` for one relation: choose p, keep shared neurons."""
-    search = adaptive_share_threshold(by_fact, config.p_start, config.p_step, config.kn_low, config.kn_high)
-    thresholds = [{"relation": relation, "p": search.p, "mean_count": search.mean_count, "converged": search.converged,
-                   "reason": search.reason, "n_facts": len(by_fact)}]
-    refined = []
-    for fact_id, sets in by_fact.items():
-        shares = neuron_shares(sets)
-        refined += [
-            {"fact_id": fact_id, "relation": relation, "layer": layer, "neuron": neuron, "share": shares[(layer, neuron)], "p": search.p}
-            for layer, neuron in sorted(refine_fact(sets, search.p))
-        ]
-    return {"refined": table("refined", refined, tag), "thresholds": table("thresholds", thresholds, {**tag, **config.as_row()})}
+    refined, threshold = refine_coarse(relation, by_fact, config)
+    assert list(threshold) == THRESHOLD_COLUMNS
+    return {"refined": table("refined", refined, tag), "thresholds": table("thresholds", [threshold], {**tag, **config.as_row()})}
+
+
+def above_threshold(coarse: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """The coarse rows with score > t x their prompt's maximum score.
+
+    Attribution stores coarse neurons at t_stored = min(t, 0.2) (``stored_threshold``); every prompt's
+    maximum is among them, so any t >= t_stored is applied here exactly, without attributing again."""
+    if coarse.empty:
+        return coarse
+    top = coarse.groupby(["fact_id", "template_id"])["score"].transform("max")
+    return coarse[coarse["score"] > threshold * top]
 
 
 # -- the stages ------------------------------------------------------------------------------------
@@ -127,7 +133,8 @@ def _attribute_plan(ctx: StageContext) -> list[Job]:
 
 def _attribute_compute(ctx: StageContext, job: Job, adapter: ModelAdapter, on_fact=None) -> dict[str, pd.DataFrame]:
     relation = Relation(job.relation, "", "", job.templates)
-    return attribute_facts(adapter, job.facts, {job.relation: relation}, ctx.settings.config, on_fact)
+    config = replace(ctx.settings.config, threshold=stored_threshold(ctx.settings.config))
+    return attribute_facts(adapter, job.facts, {job.relation: relation}, config, on_fact)
 
 
 def _refine_key(settings: RunSettings) -> dict:
@@ -135,7 +142,9 @@ def _refine_key(settings: RunSettings) -> dict:
 
     c = settings.config
     return {"attribute_key": cache_key(_attribute_key(settings)), "facts_per_relation": settings.facts_per_relation,
-            "p_start": c.p_start, "p_step": c.p_step, "kn_low": c.kn_low, "kn_high": c.kn_high}
+            "p_start": c.p_start, "p_step": c.p_step, "kn_low": c.kn_low, "kn_high": c.kn_high,
+            "threshold": c.coarse_threshold, "share_rule": c.share_rule, "max_evaluations": c.max_evaluations,
+            "min_count": c.min_count}
 
 
 class MissingInputs(RuntimeError):
@@ -163,6 +172,7 @@ def _refine_compute(ctx: StageContext, job: Job, adapter=None, on_fact=None) -> 
     prompts = attribution.read("prompts", shards)
     coarse = attribution.read("coarse", shards)
     prompts, coarse = prompts[prompts["fact_id"].isin(wanted)], coarse[coarse["fact_id"].isin(wanted)]
+    coarse = above_threshold(coarse, ctx.settings.config.coarse_threshold)
     tables = refine_tables(job.relation, coarse_sets(prompts, coarse, job.fact_ids), ctx.settings.config,
                            {"model": ctx.settings.model, "method": ctx.settings.config.method})
     if on_fact is not None:

@@ -22,26 +22,42 @@ from tqdm.auto import tqdm
 from .adapters import EncodedPrompt, ModelAdapter, MultiTokenObject, UnusablePrompt
 from .attribution import IGConfig, activation_attribution, integrated_gradients_many
 from .data import Relation
-from .refine import adaptive_share_threshold, coarse_neurons, neuron_shares, refine_fact
+from .refine import (
+    OFFICIAL_MAX_EVALUATIONS, OFFICIAL_MIN_COUNT, Neuron, ShareRule, adaptive_share_threshold, coarse_neurons,
+    neuron_shares, refine_fact,
+)
 
 Method = Literal["ig", "activation"]
+# coarse threshold t by method when none is given: the paper's 0.2 for integrated gradients, the official
+# script's 0.5 for the activation baseline (2_get_kn.py; the paper's text gives no value for it)
+DEFAULT_THRESHOLDS: dict[str, float] = {"ig": 0.2, "activation": 0.5}
 
 
 @dataclass(frozen=True)
 class KNConfig:
-    """Settings of the whole search; the defaults are the paper's (section 4.1)."""
+    """Settings of the whole search; the defaults are the paper's (section 4.1) where its text fixes
+    them and the official scripts' where it does not (``share_rule``, the baseline's t)."""
 
     method: Method = "ig"  # "ig": integrated gradients; "activation": the paper's baseline
     ig: IGConfig = field(default_factory=IGConfig)
-    threshold: float = 0.2  # t: coarse neurons score > t * the prompt's maximum
+    threshold: float | None = None  # t: coarse neurons score > t * the prompt's maximum; None: by method
+    share_rule: ShareRule = "official"  # refine.refine_fact: "official" (c >= max(p n, 3)) or "paper" (c > p n)
     p_start: float = 0.7  # initial share threshold p
     p_step: float = 0.05
     kn_low: float = 2.0  # p moves until the relation's mean KN count lies in [kn_low, kn_high]
     kn_high: float = 5.0
+    max_evaluations: int = OFFICIAL_MAX_EVALUATIONS  # official rule: values of p tried at most
+    min_count: int = OFFICIAL_MIN_COUNT  # official rule: a knowledge neuron is in at least this many prompts
+
+    @property
+    def coarse_threshold(self) -> float:
+        """t in effect: the given one, else 0.2 for integrated gradients and 0.5 for the activation baseline."""
+        return self.threshold if self.threshold is not None else DEFAULT_THRESHOLDS.get(self.method, 0.2)
 
     def as_row(self) -> dict:
         """Flat settings for a results table."""
         row = {k: v for k, v in asdict(self).items() if k != "ig"}
+        row["threshold"] = self.coarse_threshold
         row.update({f"ig_{k}": v for k, v in asdict(self.ig).items()})
         return row
 
@@ -119,7 +135,7 @@ def find_knowledge_neurons(
                  "p_answer": p_answer, "correct": top1 == prompt.target_id,
                  "predicted": adapter.tokenizer.decode([top1])}
             )
-            coarse = coarse_neurons(scores, config.threshold)
+            coarse = coarse_neurons(scores, config.coarse_threshold)
             sets.append(coarse)
             coarse_rows += [
                 {"fact_id": fact["fact_id"], "relation": fact["relation"], "template_id": t, "layer": layer,
@@ -128,26 +144,40 @@ def find_knowledge_neurons(
             ]
     refined_rows, threshold_rows = [], []
     for relation, by_fact in coarse_sets.items():
-        search = adaptive_share_threshold(by_fact, config.p_start, config.p_step, config.kn_low, config.kn_high)
-        threshold_rows.append(
-            {"relation": relation, "p": search.p, "mean_count": search.mean_count, "converged": search.converged,
-             "reason": search.reason, "n_facts": len(by_fact)}
-        )
-        for fact_id, sets in by_fact.items():
-            shares = neuron_shares(sets)
-            refined_rows += [
-                {"fact_id": fact_id, "relation": relation, "layer": layer, "neuron": neuron, "share": shares[(layer, neuron)],
-                 "p": search.p}
-                for layer, neuron in sorted(refine_fact(sets, search.p))
-            ]
+        refined, threshold = refine_coarse(relation, by_fact, config)
+        refined_rows += refined
+        threshold_rows.append(threshold)
     tag = {"model": adapter.name, "method": config.method}
     return KNResult(
         prompts=_table(prompt_rows, tag, ["fact_id", "relation", "template_id", "text", "p_answer", "correct", "predicted"]),
         coarse=_table(coarse_rows, tag, ["fact_id", "relation", "template_id", "layer", "neuron", "score"]),
         refined=_table(refined_rows, tag, ["fact_id", "relation", "layer", "neuron", "share", "p"]),
-        thresholds=_table(threshold_rows, tag | config.as_row(), ["relation", "p", "mean_count", "converged", "reason", "n_facts"]),
+        thresholds=_table(threshold_rows, tag | config.as_row(), THRESHOLD_COLUMNS),
         skipped=_table(skipped, tag, ["fact_id", "relation", "template_id", "reason"]),
     )
+
+
+THRESHOLD_COLUMNS = ["relation", "p", "mean_count", "converged", "reason", "n_facts", "n_facts_few_prompts", "share_rule"]
+
+
+def refine_coarse(relation: str, by_fact: Mapping[str, list[set[Neuron]]], config: KNConfig) -> tuple[list[dict], dict]:
+    """Refinement of one relation from its facts' coarse sets: the relation's p (adaptive search) and the
+    refined rows of each fact, plus the relation's threshold row. The row says how many facts had fewer
+    usable prompts than the official rule's minimum count (they cannot have knowledge neurons under it:
+    causal models lose the templates where [Y] precedes [X])."""
+    search = adaptive_share_threshold(by_fact, config.p_start, config.p_step, config.kn_low, config.kn_high,
+                                      config.share_rule, config.max_evaluations, config.min_count)
+    few = sum(0 < len(sets) < config.min_count for sets in by_fact.values()) if config.share_rule == "official" else 0
+    threshold = {"relation": relation, "p": search.p, "mean_count": search.mean_count, "converged": search.converged,
+                 "reason": search.reason, "n_facts": len(by_fact), "n_facts_few_prompts": few, "share_rule": config.share_rule}
+    refined = []
+    for fact_id, sets in by_fact.items():
+        shares = neuron_shares(sets)
+        refined += [
+            {"fact_id": fact_id, "relation": relation, "layer": layer, "neuron": neuron, "share": shares[(layer, neuron)], "p": search.p}
+            for layer, neuron in sorted(refine_fact(sets, search.p, config.share_rule, config.min_count))
+        ]
+    return refined, threshold
 
 
 def _table(rows: list[dict], tag: dict, columns: list[str]) -> pd.DataFrame:

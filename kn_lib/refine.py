@@ -1,10 +1,24 @@
 """From attribution scores to knowledge neurons (Dai et al. 2022, sections 3.3 and 4.1).
 
-1. Coarse set, per prompt: the neurons whose score exceeds t times the prompt's maximum score (t = 0.2).
-2. Refined set, per fact: the neurons found in the coarse sets of more than a fraction p of the fact's
-   prompts.
+1. Coarse set, per prompt: the neurons whose score exceeds t times the prompt's maximum score
+   (t = 0.2 for integrated gradients; the official script uses t = 0.5 for the activation baseline).
+2. Refined set, per fact: the neurons found in the coarse sets of a share p of the fact's prompts.
 3. p is chosen per relation: it starts at 0.7 and moves by 0.05 until the relation's average number of
    knowledge neurons per fact lies in [2, 5].
+
+The paper's text leaves steps 2-3 open at the edges; the official ``2_get_kn.py`` (Hunter-DDM/
+knowledge-neurons @ 922dfd9), whose numbers are the paper's, fixes them. Two *share rules*:
+
+* ``"official"`` (the default): a neuron is kept when its count c over the fact's n prompts satisfies
+  c >= max(p n, 3), so a fact with fewer than 3 usable prompts has no knowledge neurons; p is evaluated
+  at most 6 times (0.7, then moved by 0.05 after each evaluation, so p stays within [0.45, 0.95]) and
+  the last evaluation is kept;
+* ``"paper"`` (the text's reading): kept when c > p n ("shared by more than p% of the prompts"); p moves
+  until the mean count lies in [2, 5], stops when it jumps over the interval (the nearer side is kept)
+  or reaches 0 or 1.
+
+Under both, the search never ends on an outcome with no knowledge neuron at all when it saw one with
+some (at p = 1 the paper's rule keeps nothing, which is not what "moves until 2-5 remain" asks for).
 
 Neurons are ``(layer, index)`` pairs throughout.
 """
@@ -13,11 +27,15 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Literal, Mapping, Sequence
 
 import torch
 
 Neuron = tuple[int, int]
+ShareRule = Literal["official", "paper"]
+SHARE_RULES: tuple[str, ...] = ("official", "paper")
+OFFICIAL_MIN_COUNT = 3  # 2_get_kn.py: parse_kn(..., min_threshold=3)
+OFFICIAL_MAX_EVALUATIONS = 6  # 2_get_kn.py: for max_it in range(6)
 
 
 def coarse_neurons(scores: torch.Tensor, threshold: float = 0.2, layers: Sequence[int] | None = None) -> set[Neuron]:
@@ -43,13 +61,28 @@ def neuron_shares(coarse_sets: Sequence[set[Neuron]]) -> dict[Neuron, float]:
     return {n: c / len(coarse_sets) for n, c in counts.items()}
 
 
-def refine_fact(coarse_sets: Sequence[set[Neuron]], p: float) -> set[Neuron]:
-    """Neurons shared by *more than* a fraction p of the prompts (strict, as the paper says)."""
+def _check_rule(rule: str) -> None:
+    if rule not in SHARE_RULES:
+        raise ValueError(f"unknown share rule {rule!r} (use {' or '.join(map(repr, SHARE_RULES))})")
+
+
+def refine_fact(
+    coarse_sets: Sequence[set[Neuron]], p: float, rule: ShareRule = "official", min_count: int = OFFICIAL_MIN_COUNT
+) -> set[Neuron]:
+    r"""The fact's refined knowledge neurons among the coarse sets of its n prompts, by count c:
+
+        official:  c >= max(p n, min_count)      (2_get_kn.py, ``parse_kn``; min_count = 3)
+        paper:     c >  p n                       ("shared by more than p% of the prompts")
+
+    Compared in exact hundredths of p (the official script's floats make 0.7 * 10 = 7.000000000000001,
+    so at an exact boundary it drops a neuron that its rule means to keep; we keep it)."""
+    _check_rule(rule)
     n = len(coarse_sets)
     counts = Counter(neuron for s in coarse_sets for neuron in s)
-    # integer comparison in hundredths avoids 0.7 * 10 = 7.000000000000001 style surprises
     p_hundredths = round(p * 100)
-    return {neuron for neuron, c in counts.items() if c * 100 > p_hundredths * n}
+    if rule == "paper":
+        return {neuron for neuron, c in counts.items() if c * 100 > p_hundredths * n}
+    return {neuron for neuron, c in counts.items() if c * 100 >= max(p_hundredths * n, min_count * 100)}
 
 
 @dataclass
@@ -59,14 +92,19 @@ class ThresholdSearch:
     p: float
     mean_count: float
     converged: bool  # True when mean_count lies in [low, high]
-    reason: str  # "in range", "overshoot", "p reached 0", "p reached 1", "no facts"
+    # "in range"; official: "6 evaluations"; paper: "overshoot", "p reached 0", "p reached 1";
+    # both: "non-empty kept" (the search's own end had no neuron at all), "no facts"
+    reason: str
     trace: list[tuple[float, float]] = field(default_factory=list)  # (p, mean count) visited, in order
 
 
-def mean_refined_count(facts: Mapping[str, Sequence[set[Neuron]]], p: float) -> float:
-    """Average number of refined neurons per fact, over facts with at least one usable prompt."""
+def mean_refined_count(
+    facts: Mapping[str, Sequence[set[Neuron]]], p: float, rule: ShareRule = "official", min_count: int = OFFICIAL_MIN_COUNT
+) -> float:
+    """Average number of refined neurons per fact, over facts with at least one usable prompt (a fact
+    with too few prompts for the official rule counts as 0, as in 2_get_kn.py's ``ave_kn_num``)."""
     usable = [sets for sets in facts.values() if len(sets) > 0]
-    return sum(len(refine_fact(sets, p)) for sets in usable) / len(usable)
+    return sum(len(refine_fact(sets, p, rule, min_count)) for sets in usable) / len(usable)
 
 
 def adaptive_share_threshold(
@@ -75,53 +113,76 @@ def adaptive_share_threshold(
     step: float = 0.05,
     low: float = 2.0,
     high: float = 5.0,
+    rule: ShareRule = "official",
+    max_evaluations: int = OFFICIAL_MAX_EVALUATIONS,
+    min_count: int = OFFICIAL_MIN_COUNT,
 ) -> ThresholdSearch:
     """Choose p for a relation: start at 0.7, move by 0.05 until the mean KN count is in [2, 5].
 
-    The paper gives the rule but not its edge cases; ours:
-
-    * the count falls as p rises, so p goes up while the mean is above ``high`` and down while below
-      ``low``;
-    * overshoot (the interval lies between two neighbouring p): keep the p whose mean is nearer the
-      interval (the first one on a tie), ``converged=False``;
-    * p cannot go below 0 or above 1: stop at the bound, ``converged=False``; at p = 1 no neuron can be
-      shared by more than all prompts, at p = 0 every neuron of any coarse set counts;
-    * a relation with no usable fact has nothing to refine: ``p=start``, ``reason="no facts"``.
+    The count falls as p rises, so p goes up while the mean is above ``high`` and down while below
+    ``low``. ``rule="official"`` (2_get_kn.py): at most ``max_evaluations`` evaluations, the last one is
+    kept (so p stays within start +- (max_evaluations - 1) * step). ``rule="paper"``: no limit; overshoot
+    (the interval lies between two neighbouring p) keeps the p whose mean is nearer the interval (the
+    first on a tie); p stops at 0 or 1. Under both rules, when the chosen outcome has no knowledge
+    neuron in any fact but an earlier one had some, the non-empty outcome nearest the interval (the
+    latest on a tie) is kept instead (``reason="non-empty kept"``). A relation with no usable fact has
+    nothing to refine: ``p=start``, ``reason="no facts"``.
     """
+    _check_rule(rule)
+    if step <= 0:
+        raise ValueError(f"p step must be > 0, got {step}")
+    if max_evaluations < 1:
+        raise ValueError(f"max_evaluations must be >= 1, got {max_evaluations}")
     if not any(len(s) for s in facts.values()):
         return ThresholdSearch(start, 0.0, False, "no facts")
-    k, k_step = round(start / step), 1  # p = k * step, exact on the grid
+    k = round(start / step)  # p = k * step, exact on the grid
     n_steps = round(1 / step)
     trace: list[tuple[float, float]] = []
     direction = 0
     while True:
         p = round(k * step, 10)
-        mean = mean_refined_count(facts, p)
+        mean = mean_refined_count(facts, p, rule, min_count)
         trace.append((p, mean))
         if low <= mean <= high:
             return ThresholdSearch(p, mean, True, "in range", trace)
         want = 1 if mean > high else -1
+        if rule == "official":
+            if len(trace) == max_evaluations:
+                return _non_empty(ThresholdSearch(p, mean, False, f"{max_evaluations} evaluations", trace), low, high)
+            k += want
+            continue
         if direction and want != direction:  # jumped over the interval
             (p0, m0), (p1, m1) = trace[-2], trace[-1]
-            gap0, gap1 = _distance(m0, low, high), _distance(m1, low, high)
-            best = (p0, m0) if gap0 <= gap1 else (p1, m1)
-            return ThresholdSearch(best[0], best[1], False, "overshoot", trace)
+            best = (p0, m0) if _distance(m0, low, high) <= _distance(m1, low, high) else (p1, m1)
+            return _non_empty(ThresholdSearch(best[0], best[1], False, "overshoot", trace), low, high)
         direction = want
         if (k == n_steps and want > 0) or (k == 0 and want < 0):
-            return ThresholdSearch(p, mean, False, f"p reached {int(k == n_steps)}", trace)
-        k += want * k_step
+            return _non_empty(ThresholdSearch(p, mean, False, f"p reached {int(k == n_steps)}", trace), low, high)
+        k += want
 
 
 def _distance(x: float, low: float, high: float) -> float:
     return max(low - x, 0.0, x - high)
 
 
+def _non_empty(search: ThresholdSearch, low: float, high: float) -> ThresholdSearch:
+    """Never end on "no knowledge neuron in any fact" when an evaluated p gave some."""
+    if search.mean_count > 0:
+        return search
+    seen = [(i, p, m) for i, (p, m) in enumerate(search.trace) if m > 0]
+    if not seen:
+        return search
+    _, p, m = min(seen, key=lambda item: (_distance(item[2], low, high), -item[0]))
+    return ThresholdSearch(p, m, False, "non-empty kept", search.trace)
+
+
 def refine_relation(
-    facts: Mapping[str, Sequence[set[Neuron]]], **search: float
+    facts: Mapping[str, Sequence[set[Neuron]]], rule: ShareRule = "official", **search: float
 ) -> tuple[dict[str, set[Neuron]], ThresholdSearch]:
     """Refined knowledge neurons of every fact of one relation, with the relation's chosen p."""
-    chosen = adaptive_share_threshold(facts, **search)
-    return {fact: refine_fact(sets, chosen.p) for fact, sets in facts.items()}, chosen
+    chosen = adaptive_share_threshold(facts, rule=rule, **search)
+    min_count = int(search.get("min_count", OFFICIAL_MIN_COUNT))
+    return {fact: refine_fact(sets, chosen.p, rule, min_count) for fact, sets in facts.items()}, chosen
 
 
 def group_by_fact(rows: Iterable[tuple[str, str, set[Neuron]]]) -> dict[str, dict[str, list[set[Neuron]]]]:

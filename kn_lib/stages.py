@@ -120,6 +120,8 @@ def settings_for(
     seed: int | None = None,
     steps: int | None = None,
     method: str | None = None,
+    threshold: float | None = None,
+    share_rule: str | None = None,
     chunk_size: int | None = None,
     device: str | None = None,
     params: Mapping[str, Any] | None = None,
@@ -147,6 +149,14 @@ def settings_for(
         if method not in ("ig", "activation"):
             raise KnUsageError(f"unknown method {method!r} (use ig or activation)")
         config = replace(config, method=method)
+    if threshold is not None:
+        if not 0 <= threshold < 1:
+            raise KnUsageError(f"--threshold must be in [0, 1), got {threshold}")
+        config = replace(config, threshold=float(threshold))
+    if share_rule is not None:
+        if share_rule not in ("official", "paper"):
+            raise KnUsageError(f"unknown share rule {share_rule!r} (use official or paper)")
+        config = replace(config, share_rule=share_rule)
     if steps is not None:
         if steps < 1:
             raise KnUsageError(f"--steps must be >= 1, got {steps}")
@@ -254,12 +264,22 @@ def common_key_settings(settings: RunSettings) -> dict[str, Any]:
     }
 
 
+STORED_THRESHOLD = 0.2  # coarse neurons are stored down to this t; refine applies any larger t
+
+
+def stored_threshold(config: KNConfig) -> float:
+    """t at which the attribute stage stores coarse neurons: min(t, 0.2), so that the baseline's 0.5 and any
+    t >= 0.2 reuse the same attribution shards (refine applies t; ``kn_stages.above_threshold``)."""
+    return min(config.coarse_threshold, STORED_THRESHOLD)
+
+
 def ig_settings(config: KNConfig) -> dict[str, Any]:
-    return {"method": config.method, "ig": asdict(config.ig), "threshold": config.threshold}
+    """What attribution shards depend on (the stored threshold, not t: refine applies t)."""
+    return {"method": config.method, "ig": asdict(config.ig), "threshold": stored_threshold(config)}
 
 
 __all__ = [
     "DEFAULT_CHUNK", "DEFAULT_PRESET", "IGConfig", "Job", "KNConfig", "KnUsageError", "Option", "PRESETS", "Preset",
     "RunSettings", "Stage", "StageContext", "chunks", "common_key_settings", "data_checksums", "register_preset",
-    "register_stage", "settings_for", "stage_registry",
+    "register_stage", "settings_for", "stage_registry", "stored_threshold",
 ]

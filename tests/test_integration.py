@@ -27,7 +27,12 @@ def test_one_fact_end_to_end(smollm2, fact):
     result = find_knowledge_neurons(smollm2, [row], relations, KNConfig(), progress=False)
     assert result.prompts["correct"].any()  # the model predicts the object for at least one prompt
     assert len(result.refined) > 0  # refined knowledge neurons are found
-    assert (result.refined["share"] > result.refined["p"]).all()
+    # the refined set is exactly the coarse neurons in >= max(p n, 3) of the n prompts (official rule),
+    # recounted here from the coarse table
+    n, p = len(result.prompts), float(result.thresholds["p"].iloc[0])
+    counts = result.coarse.groupby(["layer", "neuron"]).size()
+    kept = {key for key, c in counts.items() if c >= max(p * n, 3) - 1e-9}
+    assert kept == set(zip(result.refined["layer"], result.refined["neuron"]))
     # causal model: the templates with [Y] before [X] are skipped, each with its reason
     n_templates = len(relations["P36"].templates)
     assert len(result.prompts) + len(result.skipped) == n_templates

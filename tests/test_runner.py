@@ -91,6 +91,22 @@ def test_stages_compute_what_the_pipeline_computes(tmp_path, model):
     assert "facts in 4 shards (4 computed, 0 reused)" in attribute.line() and "s/fact" in attribute.line()
 
 
+def test_refine_applies_a_larger_threshold_to_stored_coarse_neurons(tmp_path):
+    """The baseline's t = 0.5 (its default) from coarse neurons stored at 0.2 equals the pipeline at 0.5."""
+    settings = tiny_settings("tiny-random-llama", method="activation")
+    assert settings.config.coarse_threshold == 0.5
+    run("attribute", settings, tmp_path), run("refine", settings, tmp_path)
+    stored = tables(tmp_path, settings, "attribute")["coarse"]
+    facts = [f for fs in settings.sample().values() for f in fs]
+    expected = find_knowledge_neurons(load_adapter(settings.model), facts, settings.load_relations(), settings.config, progress=False)
+    assert len(stored) > len(expected.coarse) > 0  # stored at 0.2: more rows than at 0.5
+    got = tables(tmp_path, settings, "refine")
+    for name in ("refined", "thresholds"):
+        want = _sorted(getattr(expected, name))
+        pd.testing.assert_frame_equal(got[name][list(want.columns)], want, check_dtype=False, obj=name)
+    assert (got["thresholds"]["threshold"] == 0.5).all()
+
+
 def test_rerun_recomputes_nothing(tmp_path):
     settings = tiny_settings()
     run("attribute", settings, tmp_path)
@@ -168,12 +184,13 @@ def test_changed_settings_get_a_new_key():
     refine_key = lambda s: cache_key(stage_registry()["refine"].key_settings(s))  # noqa: E731
     assert attribute_key(base) == attribute_key(tiny_settings())  # stable
     for changed in (tiny_settings(steps=4), tiny_settings(method="activation"), tiny_settings(seed=1),
-                    tiny_settings(model="tiny-random-llama"), tiny_settings(chunk_size=3),
-                    replace(base, config=replace(base.config, threshold=0.3))):
+                    tiny_settings(model="tiny-random-llama"), tiny_settings(chunk_size=3), tiny_settings(threshold=0.1)):
         assert attribute_key(changed) != attribute_key(base)
         assert refine_key(changed) != refine_key(base)
-    # the sample size and the refinement settings do not change attribution, only refinement
-    for changed in (tiny_settings(facts_per_relation=5), replace(base, config=replace(base.config, p_start=0.5))):
+    # the sample size and the refinement settings (t >= 0.2 included: refine applies it to the stored
+    # coarse neurons) do not change attribution, only refinement
+    for changed in (tiny_settings(facts_per_relation=5), replace(base, config=replace(base.config, p_start=0.5)),
+                    tiny_settings(threshold=0.3), tiny_settings(share_rule="paper")):
         assert attribute_key(changed) == attribute_key(base)
         assert refine_key(changed) != refine_key(base)
     # where it runs, and which relations, change no key (shards are per relation)

@@ -153,15 +153,20 @@ class Statistics(Experiment):
 
 class SuppressAmplify(Experiment):
     name, help = "suppress-amplify", "suppress (x0) and amplify (x2) knowledge neurons: answer probability (Fig. 4, 5; needs refine)"
-    tables, compares_baseline = ("table", "by_relation"), True
+    tables, compares_baseline = ("table", "by_relation", "by_relation_kn_only"), True
     options = (Option("unrelated", _bool, None, "also apply each fact's neurons to a fact of another relation, yes or no (default yes)"),
+               Option("averaging", str, None, "official (default: facts without knowledge neurons count as zero change) "
+                                              "or kn_only (ours: facts with knowledge neurons only)"),
                SEED_OPTION)
 
     def config(self, settings):
         from .experiments import ManipulationConfig
 
-        unrelated = settings.param("unrelated")
-        return ManipulationConfig(seed=_experiment_seed(settings), unrelated=True if unrelated is None else _bool(unrelated))
+        unrelated, averaging = settings.param("unrelated"), settings.param("averaging")
+        if averaging is not None and averaging not in ("official", "kn_only"):
+            raise KnUsageError(f"--averaging must be official or kn_only, got {averaging!r}")
+        return ManipulationConfig(seed=_experiment_seed(settings), unrelated=True if unrelated is None else _bool(unrelated),
+                                  **({} if averaging is None else {"averaging": averaging}))
 
     def run(self, adapter, refined, facts, settings, inputs):
         from .experiments import suppress_and_amplify

@@ -14,9 +14,12 @@ KNS = {"P19/0": [(1, 3), (2, 7)], "P19/1": [(2, 7)], "P36/0": [(0, 11), (2, 40)]
 def test_rows_and_probabilities(tiny):
     result = suppress_and_amplify(tiny, refined_table(KNS), FACTS, RELATIONS, ManipulationConfig(seed=1))
     table = result.table
-    own = table[table.scope == "own"]
+    own = table[(table.scope == "own") & (table.n_kn > 0)]
     n_templates = 3 if tiny.family == "masked" else 2  # a causal model cannot ask "[Y] ... [X]"
     assert own.groupby("fact_id").size().to_dict() == {f: 2 * n_templates for f in KNS}
+    # official averaging: facts without knowledge neurons are evaluated too, with zero change
+    none = table[table.n_kn == 0]
+    assert set(none.fact_id) == {"P19/2", "P36/1", "P36/3"} and (none.p_after == none.p_before).all()
     row = own[(own.fact_id == "P19/0") & (own.template_id == 0) & (own.operation == "suppress")].iloc[0]
     prompt = tiny.encode(RELATIONS["P19"].templates[0], "alice", "paris")
     assert row.p_before == answer_distribution(tiny, prompt)[prompt.target_id].item()
@@ -24,7 +27,7 @@ def test_rows_and_probabilities(tiny):
         assert row.p_after == answer_distribution(tiny, prompt)[prompt.target_id].item()
     # the unrelated fact comes from the other relation, and carries the evaluated fact's own answer
     unrelated = table[table.scope == "unrelated"]
-    assert (unrelated.relation != unrelated.eval_relation).all() and set(unrelated.fact_id) == set(KNS)
+    assert (unrelated.relation != unrelated.eval_relation).all() and set(unrelated[unrelated.n_kn > 0].fact_id) == set(KNS)
     # per relation: the change ratio of the rows
     sel = table[(table.relation == "P36") & (table.scope == "own") & (table.operation == "amplify")]
     got = result.by_relation.set_index(["relation", "scope", "operation"]).loc[("P36", "own", "amplify"), "change_ratio"]
@@ -35,8 +38,33 @@ def test_rows_and_probabilities(tiny):
     assert result.summary.seed == 1 and set(result.by_relation["seed"]) == {1}
 
 
+def test_official_averaging_counts_facts_without_neurons_as_zero_change(tiny_llama):
+    """Worked by hand from the table: the official ratio pools every fact's prompts (zero change where a
+    fact has no knowledge neuron) and averages over every relation (0 % where none has any); ours
+    (kn_only) keeps facts with knowledge neurons only."""
+    kns = {"P19/0": [(1, 3), (2, 7)]}  # P36 has no knowledge neuron at all
+    result = suppress_and_amplify(tiny_llama, refined_table(kns), FACTS, RELATIONS, ManipulationConfig(unrelated=False))
+    t = result.table[result.table.operation == "suppress"]
+    p19 = t[t.relation == "P19"]
+    official_p19 = (p19.p_after.mean() - p19.p_before.mean()) / p19.p_before.mean()
+    mine = p19[p19.fact_id == "P19/0"]
+    kn_only_p19 = (mine.p_after.mean() - mine.p_before.mean()) / mine.p_before.mean()
+    assert len(p19) > len(mine) > 0 and official_p19 != pytest.approx(kn_only_p19)
+    s = result.summary
+    assert s.suppress_own == pytest.approx(100 * (official_p19 + 0.0) / 2)  # P36: 0 %, two relations
+    assert s.suppress_own_kn_only == pytest.approx(100 * kn_only_p19)  # P19 only
+    assert (s.n_relations, s.n_relations_with_kn, s.n_facts_with_kn) == (2, 1, 1)
+    variant = suppress_and_amplify(tiny_llama, refined_table(kns), FACTS, RELATIONS,
+                                   ManipulationConfig(unrelated=False, averaging="kn_only"))
+    assert variant.summary.suppress_own == pytest.approx(s.suppress_own_kn_only)
+    pd_equal = variant.by_relation.drop(columns=["model", "method", "seed"]).reset_index(drop=True)
+    assert pd_equal.equals(result.by_relation_kn_only.drop(columns=["model", "method", "seed"]).reset_index(drop=True))
+    with pytest.raises(ValueError, match="averaging"):
+        ManipulationConfig(averaging="mine")
+
+
 def test_skipped_facts_are_reported(tiny_bert):
-    result = suppress_and_amplify(tiny_bert, refined_table(KNS), FACTS, RELATIONS)
+    result = suppress_and_amplify(tiny_bert, refined_table(KNS), FACTS, RELATIONS, ManipulationConfig(averaging="kn_only"))
     reasons = dict(zip(result.skipped.fact_id, result.skipped.reason))
     assert "multi-token object" in reasons["P19/3"]
     assert reasons["P19/2"] == reasons["P36/1"] == "no knowledge neurons"
@@ -70,7 +98,7 @@ def test_suppress_and_amplify_on_the_real_model(real_kn):
     )
     for result in (ig, activation, control):
         print(result.summary, describe(result.by_relation.drop(columns=["model", "seed"])), sep="\n")
-        assert result.summary.n_facts == 1 and (result.table.p_before > 0).all()
+        assert result.summary.n_facts_with_kn == 1 and (result.table.p_before > 0).all()
     # suppressing the fact's integrated-gradient neurons lowers p(French | "The official language of Haiti is")
     # on average, amplifying them raises it (section 4.5); measured here: about -26 % and +27 %
     assert ig.summary.suppress_own < 0 < ig.summary.amplify_own

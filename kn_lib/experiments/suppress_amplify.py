@@ -5,12 +5,23 @@ For each fact with knowledge neurons, on each of its prompts: suppress the neuro
 correct answer before and after. As a check of specificity, the same fact's neurons are applied to the
 prompts of one fact drawn at random from another relation ("unrelated facts", as in the official
 ``3_modify_activation.py``). Per relation the change ratio (``change_ratio``) summarises each case.
+
+Averaging (the paper's text is silent; ``ManipulationConfig.averaging``):
+
+* ``"official"`` (default, ``3_modify_activation.py`` and ``8_plot_fig_erase_enhance.py``): every fact
+  of the relation counts, a fact without knowledge neurons with zero change (nothing is suppressed), and
+  the figure's mean is over all relations, a relation without any knowledge neuron at 0 %;
+* ``"kn_only"`` (ours, a labelled variant): only facts with knowledge neurons, and only relations with
+  some. It answers "what happens where there is something to manipulate" and gives larger magnitudes.
+
+Both are computed in one run: ``by_relation`` follows ``averaging``, ``by_relation_kn_only`` is always
+the variant, and the summary carries both.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Literal, Mapping
 
 import pandas as pd
 
@@ -27,27 +38,43 @@ OPERATIONS = {"suppress": 0.0, "amplify": 2.0}  # factor applied to the activati
 class ManipulationConfig:
     seed: int = 0  # draws the unrelated fact of each fact
     unrelated: bool = True  # also apply each fact's neurons to a fact of another relation
+    # "official": facts without knowledge neurons count with zero change, mean over all relations;
+    # "kn_only" (ours): facts with knowledge neurons only (skips the others' forward passes)
+    averaging: Literal["official", "kn_only"] = "official"
+
+    def __post_init__(self) -> None:
+        if self.averaging not in ("official", "kn_only"):
+            raise ValueError(f"averaging must be 'official' or 'kn_only', got {self.averaging!r}")
 
 
 @dataclass(frozen=True)
 class ManipulationSummary:
-    """Averages over relations of the per-relation change ratios, in percent."""
+    """Averages over relations of the per-relation change ratios, in percent, under ``averaging``;
+    the ``*_kn_only`` fields are our variant (facts with knowledge neurons only) from the same run."""
 
     model: str
     method: str
-    n_facts: int
+    n_facts: int  # facts evaluated (official averaging: with or without knowledge neurons)
     n_relations: int
     suppress_own: float  # paper: -29.03 % (ours), -1.47 % (baseline)
     amplify_own: float  # paper: +31.17 % (ours), -1.27 % (baseline)
     suppress_unrelated: float
     amplify_unrelated: float
     seed: int
+    averaging: str = "official"
+    n_facts_with_kn: int = 0
+    n_relations_with_kn: int = 0
+    suppress_own_kn_only: float = float("nan")
+    amplify_own_kn_only: float = float("nan")
+    suppress_unrelated_kn_only: float = float("nan")
+    amplify_unrelated_kn_only: float = float("nan")
 
 
 @dataclass
 class ManipulationResult:
-    table: pd.DataFrame  # one row per (fact, evaluated prompt, operation)
-    by_relation: pd.DataFrame  # one row per (relation, scope, operation): the change ratio
+    table: pd.DataFrame  # one row per (fact, evaluated prompt, operation); n_kn = 0: no change, not run
+    by_relation: pd.DataFrame  # one row per (relation, scope, operation): the change ratio (``averaging``)
+    by_relation_kn_only: pd.DataFrame  # the same over facts with knowledge neurons only (our variant)
     summary: ManipulationSummary
     skipped: pd.DataFrame
     config: ManipulationConfig
@@ -68,11 +95,15 @@ def change_ratio(before: Iterable[float], after: Iterable[float]) -> float:
 
 
 def _measure(adapter: ModelAdapter, prompt: Prompt, neurons, fact_id: str, scope: str) -> list[dict]:
+    """p(answer) before and after each operation; with no neuron nothing changes (no forward pass needed)."""
     p_before = answer_distribution(adapter, prompt.encoded)[prompt.encoded.target_id].item()
     rows = []
     for operation, factor in OPERATIONS.items():
-        with scaled_activations(adapter, neurons, prompt.encoded.answer_pos, factor):
-            p_after = answer_distribution(adapter, prompt.encoded)[prompt.encoded.target_id].item()
+        if not neurons:
+            p_after = p_before
+        else:
+            with scaled_activations(adapter, neurons, prompt.encoded.answer_pos, factor):
+                p_after = answer_distribution(adapter, prompt.encoded)[prompt.encoded.target_id].item()
         rows.append(
             {"fact_id": fact_id, "scope": scope, "eval_fact_id": prompt.fact_id, "eval_relation": prompt.relation,
              "template_id": prompt.template_id, "operation": operation, "factor": factor, "p_before": p_before, "p_after": p_after}
@@ -109,11 +140,12 @@ def suppress_and_amplify(
         own = prompts.of(fact_id)
         if not own:
             continue  # the reason is already logged
-        if fact_id not in kns:
+        if fact_id not in kns and config.averaging == "kn_only":
             skips.add("no knowledge neurons", fact["relation"], fact_id)
             continue
+        neurons = kns.get(fact_id, [])
         for prompt in own:
-            rows += _measure(adapter, prompt, kns[fact_id], fact_id, "own")
+            rows += _measure(adapter, prompt, neurons, fact_id, "own")
         if not config.unrelated:
             continue
         rng = seeded_rng(config.seed, fact_id)
@@ -123,31 +155,43 @@ def suppress_and_amplify(
             continue
         other = rng.choice(usable[rng.choice(others)])
         for prompt in prompts.of(other):
-            rows += _measure(adapter, prompt, kns[fact_id], fact_id, "unrelated")
+            rows += _measure(adapter, prompt, neurons, fact_id, "unrelated")
     table = pd.DataFrame(rows, columns=["fact_id", "scope", "eval_fact_id", "eval_relation", "template_id", "operation",
                                         "factor", "p_before", "p_after"])
     table.insert(1, "relation", table["fact_id"].map(lambda f: prompts.facts[f]["relation"]))
-    table["n_kn"] = table["fact_id"].map(lambda f: len(kns[f]))
-    by_relation = (
-        table.groupby(["relation", "scope", "operation"], sort=True)
-        .apply(lambda g: pd.Series({"n_facts": g["fact_id"].nunique(), "n_prompts": len(g),
-                                    "mean_p_before": g["p_before"].mean(), "mean_p_after": g["p_after"].mean(),
-                                    "change_ratio": change_ratio(g["p_before"], g["p_after"])}), include_groups=False)
-        .reset_index()
-    ) if len(table) else pd.DataFrame(columns=["relation", "scope", "operation", "n_facts", "n_prompts", "mean_p_before",
-                                              "mean_p_after", "change_ratio"])
+    table["n_kn"] = table["fact_id"].map(lambda f: len(kns.get(f, ()))).astype("int64")
+    by_relation = _by_relation(table)
+    kn_only = _by_relation(table[table["n_kn"] > 0])
     tag = tag_of(refined)
 
-    def mean_percent(scope: str, operation: str) -> float:
-        sel = by_relation[(by_relation["scope"] == scope) & (by_relation["operation"] == operation)]
+    def mean_percent(frame: pd.DataFrame, scope: str, operation: str) -> float:
+        sel = frame[(frame["scope"] == scope) & (frame["operation"] == operation)]
         return float(sel["change_ratio"].mean() * 100) if len(sel) else float("nan")
 
+    means = {f"{op}_{scope}": mean_percent(by_relation, scope, op) for op in OPERATIONS for scope in ("own", "unrelated")}
+    means_kn = {f"{op}_{scope}_kn_only": mean_percent(kn_only, scope, op) for op in OPERATIONS for scope in ("own", "unrelated")}
+    with_kn = table[table["n_kn"] > 0]
     summary = ManipulationSummary(
         model=tag["model"], method=tag["method"], n_facts=table["fact_id"].nunique(), n_relations=table["relation"].nunique(),
-        suppress_own=mean_percent("own", "suppress"), amplify_own=mean_percent("own", "amplify"),
-        suppress_unrelated=mean_percent("unrelated", "suppress"), amplify_unrelated=mean_percent("unrelated", "amplify"),
-        seed=config.seed,
+        seed=config.seed, averaging=config.averaging, n_facts_with_kn=with_kn["fact_id"].nunique(),
+        n_relations_with_kn=with_kn["relation"].nunique(), **means, **means_kn,
     )
-    for frame in (table, by_relation):
+    for frame in (table, by_relation, kn_only):
         frame["model"], frame["method"], frame["seed"] = tag["model"], tag["method"], config.seed
-    return ManipulationResult(table, by_relation, summary, skips.frame(), config)
+    return ManipulationResult(table, by_relation, kn_only, summary, skips.frame(), config)
+
+
+def _by_relation(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (relation, scope, operation): facts, prompts, mean p before / after, and the change ratio."""
+    columns = ["relation", "scope", "operation", "n_facts", "n_facts_with_kn", "n_prompts", "mean_p_before", "mean_p_after",
+               "change_ratio"]
+    if not len(table):
+        return pd.DataFrame(columns=columns)
+    return (
+        table.groupby(["relation", "scope", "operation"], sort=True)
+        .apply(lambda g: pd.Series({"n_facts": g["fact_id"].nunique(), "n_facts_with_kn": g.loc[g["n_kn"] > 0, "fact_id"].nunique(),
+                                    "n_prompts": len(g), "mean_p_before": g["p_before"].mean(),
+                                    "mean_p_after": g["p_after"].mean(),
+                                    "change_ratio": change_ratio(g["p_before"], g["p_after"])}), include_groups=False)
+        .reset_index()[columns]
+    )

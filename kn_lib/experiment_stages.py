@@ -223,7 +223,7 @@ class Update(Experiment):
     def run(self, adapter, refined, facts, settings, inputs):
         from .experiments import update_facts
 
-        return update_facts(adapter, refined, facts, settings.load_relations(), self.config(settings))
+        return update_facts(adapter, refined, facts, settings.load_relations(), self.config(settings), inputs.get("searched"))
 
     def summaries(self, result):
         return list(result.summary)
@@ -330,7 +330,7 @@ def _compute(experiment: Experiment) -> Callable[..., dict]:
         if refined.empty:  # an empty shard table may lack the columns the experiments check
             refined = pd.DataFrame(columns=["fact_id", "relation", "layer", "neuron", "share", "p", "model", "method"])
         inputs: dict[str, Any] = {}
-        if experiment.name == "statistics":
+        if experiment.name in ("statistics", "update"):
             attribute = StageContext("attribute", settings, ctx.root).inputs("attribute")
             shards = [s for s in attribute.entries() if s.split("/")[0] in set(relations)]
             prompts = attribute.read("prompts", shards)

@@ -7,7 +7,7 @@ import torch
 from kn_lib.data import Relation
 from kn_lib.experiments import UpdateConfig, perplexity, update_facts
 from kn_lib.experiments.evaluation import answer_distribution
-from kn_lib.experiments.update_facts import exclusive_neurons
+from kn_lib.experiments.update_facts import draw_new_object, exclusive_neurons
 from real_model import all_weights, describe, real_kn, same_weights, single_thread  # noqa: F401 (fixtures)
 from tiny_facts import refined_table
 
@@ -44,6 +44,45 @@ def test_exclusive_neurons():
     assert exclusive_neurons("a", kns, ["a", "b", "c", "d"], 0.1) == [(0, 1)]  # (0, 2) is in 2 of 3 others
     assert exclusive_neurons("a", kns, ["a", "b", "c", "d"], 0.7) == [(0, 1), (0, 2)]  # 2/3 < 0.7
     assert exclusive_neurons("a", kns, ["a"], 0.1) == [(0, 1), (0, 2)]  # no other fact: nothing is shared
+
+
+def test_new_object_is_drawn_by_fact_not_by_distinct_object():
+    """Official 6_edit_knowledge_sampled.py: t' = the object of a random other fact of the relation, so an
+    object of 9 facts out of 10 comes up about 90 % of the time (a draw among distinct objects: 50 %)."""
+    import random
+
+    rng = random.Random(0)
+    objects = ["rome"] * 9 + ["oslo", "paris"]  # the edited fact's own object is paris
+    draws = [draw_new_object("paris", objects, rng) for _ in range(2000)]
+    assert "paris" not in draws
+    assert 0.87 < draws.count("rome") / len(draws) < 0.93
+    assert draw_new_object("paris", ["paris", "paris"], rng) is None
+    assert draw_new_object("paris", objects, rng, usable=lambda o: o != "rome") == "oslo"
+
+
+def test_share_is_measured_over_every_searched_fact(tiny_llama):
+    """A neuron of the edited fact that 1 of 10 other searched facts also has is not "shared by fewer than
+    10 %"; with 11 others it is. Among only the given facts of the relation it is in 1 of 2 others."""
+    import pandas as pd
+
+    learned = learned_facts(tiny_llama)
+    p19 = [f for f in learned if f["relation"] == "P19"][:2]
+    facts = p19 + [f for f in learned if f["fact_id"] == "P19/10"] + [f for f in learned if f["relation"] == "P36"][:1]
+    a, b = p19[0]["fact_id"], p19[1]["fact_id"]
+    kns = {a: [(0, 1), (0, 2)], b: [(0, 2)]}
+    searched_ids = [a, b] + [f"P19/s{i}" for i in range(9)]
+    assert exclusive_neurons(a, kns, searched_ids, 0.1) == [(0, 1)]  # 1/10 is not < 10 %
+    assert exclusive_neurons(a, kns, searched_ids + ["P19/s9"], 0.1) == [(0, 1), (0, 2)]  # 1/11 < 10 %
+    searched = pd.DataFrame({"fact_id": searched_ids + ["P19/s9"], "relation": "P19"})
+    config = UpdateConfig(random_control=False, facts_per_relation=2, intra_facts=1, inter_facts=1)
+    wide = update_facts(tiny_llama, refined_table(kns), facts, RELATIONS, config, searched=searched)
+    narrow = update_facts(tiny_llama, refined_table(kns), facts, RELATIONS, config)
+
+    def edited(result, fact):
+        return {tuple(n) for row in result.table[result.table.fact_id == fact].neurons for n in row}
+
+    assert edited(wide, a) == {(0, 1), (0, 2)} and edited(wide, b) == {(0, 2)}
+    assert edited(narrow, a) == {(0, 1)} and edited(narrow, b) == set()  # (0, 2): 1 of 2 others
 
 
 def test_edits_controls_and_restore(tiny):
@@ -104,8 +143,11 @@ def test_unusable_inputs_are_reported(tiny_llama):
     assert len(result.table) == 0
     reasons = " | ".join(result.skipped.reason)
     assert "no knowledge neuron shared by fewer than 10% of the relation's other facts" in reasons
-    assert "the model answers none of the fact's prompts correctly" in reasons  # rome, london, berlin facts
     assert "only 0 of 10 facts could be edited" in reasons
+    # one prompt is drawn per fact; a wrong answer to it skips the fact (rome, london, berlin are unknown)
+    unknown = update_facts(tiny_llama, _kns(facts), facts, RELATIONS, UpdateConfig(facts_per_relation=100))
+    wrong = unknown.skipped[unknown.skipped.reason == "the model answers the drawn prompt wrongly"]
+    assert {"P19/10", "P19/11", "P19/12"} <= set(wrong.fact_id) and wrong["item"].str.startswith("template ").all()
     none = update_facts(tiny_llama, refined_table({}), facts, RELATIONS)
     assert set(none.skipped.reason) == {"relation without knowledge neurons"}
     multi = facts + [{"fact_id": "P19/20", "relation": "P19", "subject": "bob", "object": "new rome"}]
@@ -141,3 +183,25 @@ def test_update_a_fact_on_the_real_model(real_kn):
     assert result.table.new_object.unique().tolist() == ["Spanish"]
     assert result.skipped.relation.tolist() == ["P106"]  # no integrated-gradient neurons searched there
     assert signed.table.success.all()
+
+
+def test_delta_ppl_averages_log_perplexities_per_edit_and_stays_finite_in_log_space():
+    """Worked by hand: edit A has prompts p = 1/2, 1/8 (log PPL = (ln 2 + ln 8) / 2 = ln 4), edit B one prompt
+    p = 1/16 (ln 16); official PPL = exp((ln 4 + ln 16) / 2) = 8 (pooled over the 3 prompts it would be
+    exp((ln 2 + ln 8 + ln 16) / 3) = 2^(8/3)). After: one probability underflows to 0."""
+    import math
+
+    import pandas as pd
+
+    from kn_lib.experiments.update_facts import delta_ppl, median_delta_ppl
+
+    frame = pd.DataFrame({"fact_id": ["A", "A", "B"], "p_before": [0.5, 0.125, 0.0625], "p_after": [0.5, 0.125, 0.0],
+                          "logp_before": [math.log(0.5), math.log(0.125), math.log(0.0625)],
+                          "logp_after": [math.log(0.5), math.log(0.125), -200.0]})
+    same = frame.assign(p_after=frame.p_before, logp_after=frame.logp_before)
+    assert delta_ppl(same) == 0.0
+    assert delta_ppl(frame.assign(p_after=frame.p_before / 2, logp_after=frame.logp_before - math.log(2))) == pytest.approx(8.0)
+    assert delta_ppl(frame) == math.inf  # p = 0 in float32
+    finite = delta_ppl(frame, "logp")
+    assert math.isfinite(finite) and finite == pytest.approx(math.exp((math.log(4) + 200) / 2) - 8)
+    assert median_delta_ppl(frame) == pytest.approx((0.0 + math.exp(200) - 16) / 2)

@@ -84,6 +84,14 @@ def answer_distribution(adapter: ModelAdapter, prompt: EncodedPrompt) -> torch.T
     return logits.float().softmax(-1)[0].cpu()
 
 
+@torch.no_grad()
+def answer_log_distribution(adapter: ModelAdapter, prompt: EncodedPrompt) -> torch.Tensor:
+    """``log`` of ``answer_distribution``, computed as a log-softmax: finite where float32 probabilities
+    underflow to 0 (below about 1e-45), which makes a perplexity computed from p infinite."""
+    logits = adapter.logits_at(prompt.input_ids[None].to(adapter.device), prompt.answer_pos)
+    return logits.float().log_softmax(-1)[0].cpu()
+
+
 def perplexity(probabilities: Sequence[float]) -> float:
     r"""Perplexity of the correct answers over a set of prompts (paper, sections 5.1 and 5.2, Tables 5-6):
 
@@ -94,10 +102,17 @@ def perplexity(probabilities: Sequence[float]) -> float:
     scripts compute (``np.exp(mean(log(1 / p)))`` in ``6_edit_knowledge_sampled.py`` and
     ``7_erase_knowledge.py``). A zero probability gives ``inf``; an empty set is an error.
     """
-    if len(probabilities) == 0:
-        raise ValueError("perplexity of an empty set of prompts")
     logs = [math.log(p) if p > 0 else -math.inf for p in probabilities]
-    return math.exp(-math.fsum(logs) / len(logs))
+    log_ppl = log_perplexity(logs)
+    return math.exp(log_ppl) if log_ppl < 709.78 else math.inf  # beyond that exp overflows a float
+
+
+def log_perplexity(log_probabilities: Sequence[float]) -> float:
+    r"""log PPL = -(1/n) \sum_i \log p_i, from the log-probabilities themselves (``perplexity``'s exponent;
+    finite where a float32 p would underflow to 0, when the log p come from a log-softmax)."""
+    if len(log_probabilities) == 0:
+        raise ValueError("perplexity of an empty set of prompts")
+    return -math.fsum(log_probabilities) / len(log_probabilities)
 
 
 def seeded_rng(seed: int, key: str) -> random.Random:

@@ -1,29 +1,36 @@
 """Updating facts by editing knowledge neurons' value slots (Dai et al. 2022, section 5.1: Table 6).
 
-Per relation, facts the model answers correctly are drawn at random (seeded) until ``facts_per_relation``
-are edited. For each fact <h, r, t>:
+Per relation, facts are drawn at random (seeded) until ``facts_per_relation`` are edited. For each fact
+<h, r, t>:
 
-1. keep its knowledge neurons shared by fewer than ``max_share`` (10 %) of the relation's other facts;
-2. draw a new answer t' among the relation's other objects (single-token for the model);
-3. edit those neurons' value slots (``interventions.updated_value_slots``: -lambda1 t + lambda2 t');
-4. read the edited prompt's top-1 prediction: *changed* if it is no longer t, *success* if it is t';
-5. perplexity of the correct answers of ``intra_facts`` other facts of the relation and of
+1. keep its knowledge neurons shared by fewer than ``max_share`` (10 %) of the relation's other
+   searched facts;
+2. draw one of its prompts at random; if the model's top-1 answer to it is not t, the fact is not
+   "learned" and is skipped;
+3. draw the new answer t' as the object of a random other fact of the relation whose object differs
+   (so frequent objects come up more often), single-token for the model;
+4. edit those neurons' value slots (``interventions.updated_value_slots``: -lambda1 t + lambda2 t');
+5. read the edited prompt's top-1 prediction: *changed* if it is no longer t, *success* if it is t';
+6. perplexity of the correct answers of ``intra_facts`` other facts of the relation and of
    ``inter_facts`` facts of other relations, before and after (``evaluation.perplexity``);
-6. beyond the paper: the top-1 answer of the fact's *other* prompts (its PARAREL paraphrases) after
+7. beyond the paper: the top-1 answer of the fact's *other* prompts (its PARAREL paraphrases) after
    the edit (does the edit generalise?), and of the intra-relation prompts (is it specific, or does
    every fact of the relation now answer t'?);
-7. restore the weights exactly, and repeat 3-6 with as many random neurons (the control).
+8. restore the weights exactly, and repeat 4-7 with as many random neurons (the control).
 
 Choices the paper leaves open, taken from the official ``6_edit_knowledge_sampled.py`` unless said:
 
-* the edited prompt is one of the fact's prompts, drawn at random among those the model answers
-  correctly; a fact with none is not "learned" and is skipped (the official script draws one prompt and
-  skips the fact when that prompt is wrong);
-* "shared by fewer than 10 % of intra-relation facts" counts the *other* facts of the relation among
-  the given facts, so a neuron unique to the fact is always kept (the official count includes the fact
-  itself, twice, which matters only for tiny samples);
-* Delta PPL is perplexity over all evaluated prompts pooled after minus before (the official script
-  averages per-edit log perplexities; the two agree when edits have equally many prompts).
+* steps 2 and 3 as the official script does them (one prompt drawn, not one among the correct ones;
+  t' by fact, not by distinct object). It samples facts with replacement; we draw them without, so no
+  fact is edited twice;
+* "shared by fewer than 10 % of intra-relation facts" is measured over every *searched* fact of the
+  relation (``searched``; by default the given facts), counting the *other* facts, so a neuron unique to
+  the fact is always kept (the official count includes the fact itself, twice, which with fewer than 20
+  facts per relation would keep no neuron at all);
+* Delta PPL (Table 6) as the official script averages: per edit the mean log perplexity of its prompts,
+  then the mean over edits, exponentiated, after minus before (``delta_ppl``). From float32
+  probabilities a single answer probability that underflows to 0 makes it infinite; the summary
+  therefore also gives it from log-probabilities (``*_logspace``, finite) and the median over edits.
 
 ``sign_aware=True`` (off by default; not in the paper) flips the edit of neurons whose activation on the
 edited prompt is negative, which gated FFNs (SwiGLU, as in SmolLM2) produce; see
@@ -32,6 +39,7 @@ edited prompt is negative, which gated FFNs (SwiGLU, as in SmolLM2) produce; see
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -39,7 +47,9 @@ import pandas as pd
 
 from ..adapters import ModelAdapter, MultiTokenObject
 from ..data import Relation
-from .evaluation import FactPrompts, Prompt, SkipLog, answer_distribution, perplexity, seeded_rng, tag_of
+from .evaluation import (
+    FactPrompts, Prompt, SkipLog, answer_distribution, answer_log_distribution, log_perplexity, perplexity, seeded_rng, tag_of,
+)
 from .interventions import edited_value_slots, updated_value_slots
 from .neuron_sets import check_refined, neurons_by_fact, random_neurons
 
@@ -76,7 +86,7 @@ class UpdateSummary:
     n_edits: int
     change_rate: float  # paper: 48.5 % (knowledge neurons), 4.7 % (random)
     success_rate: float  # paper: 34.4 % / 0.0 %
-    delta_intra_ppl: float  # paper: 8.4 / 10.1
+    delta_intra_ppl: float  # paper: 8.4 / 10.1 (official averaging; inf when a float32 probability underflows)
     delta_inter_ppl: float  # paper: 7.2 / 4.3
     # beyond the paper: the fact's other paraphrases, and other facts of the relation (top-1 answers)
     paraphrase_change_rate: float  # % of the other prompts whose top-1 is no longer the old answer
@@ -84,6 +94,11 @@ class UpdateSummary:
     intra_changed_rate: float  # % of intra-relation prompts whose top-1 answer changed
     intra_new_rate: float  # % of intra-relation prompts now answering the edit's new object
     seed: int
+    # the same Delta PPL from log-probabilities (finite), and the median over edits of each edit's Delta PPL
+    delta_intra_ppl_logspace: float = float("nan")
+    delta_inter_ppl_logspace: float = float("nan")
+    delta_intra_ppl_median: float = float("nan")
+    delta_inter_ppl_median: float = float("nan")
 
 
 @dataclass
@@ -120,10 +135,12 @@ def exclusive_neurons(fact_id: str, kns: Mapping[str, list], relation_facts: lis
     return keep
 
 
-def _p_top1(adapter: ModelAdapter, prompts: list[Prompt]) -> tuple[list[float], list[int]]:
-    """p(correct answer) and the top-1 token of each prompt, as the model is now."""
-    dists = [answer_distribution(adapter, p.encoded) for p in prompts]
-    return [d[p.encoded.target_id].item() for d, p in zip(dists, prompts)], [int(d.argmax()) for d in dists]
+def _p_top1(adapter: ModelAdapter, prompts: list[Prompt]) -> tuple[list[float], list[int], list[float]]:
+    """p(correct answer), the top-1 token and log p(correct answer) (log-softmax) of each prompt, as the
+    model is now."""
+    logs = [answer_log_distribution(adapter, p.encoded) for p in prompts]
+    return ([float(d[p.encoded.target_id].exp()) for d, p in zip(logs, prompts)], [int(d.argmax()) for d in logs],
+            [float(d[p.encoded.target_id]) for d, p in zip(logs, prompts)])
 
 
 def update_facts(
@@ -132,13 +149,21 @@ def update_facts(
     facts: Iterable[Mapping],
     relations: Mapping[str, Relation],
     config: UpdateConfig = UpdateConfig(),
+    searched: pd.DataFrame | None = None,
 ) -> UpdateResult:
-    """Table 6 for one refined table; ``facts`` are the candidates, the new answers and the PPL prompts."""
+    """Table 6 for one refined table; ``facts`` are the candidates, the new answers and the PPL prompts.
+
+    ``searched`` (fact_id, relation: every fact whose knowledge neurons were searched, with or without
+    any) is the population over which a neuron's share of the relation's facts is measured; default: the
+    given facts."""
     check_refined(refined)
     skips = SkipLog("update_facts")
     prompts = FactPrompts(adapter, facts, relations, skips)
     kns = neurons_by_fact(refined)
     groups = prompts.by_relation()
+    population = groups if searched is None else {
+        r: sorted(set(g["fact_id"]) | set(groups.get(r, ()))) for r, g in searched.groupby("relation")
+    }
     rows, ppl_rows, para_rows = [], [], []
     for relation, ids in groups.items():
         rng = seeded_rng(config.seed, relation)
@@ -151,15 +176,16 @@ def update_facts(
         for fact_id in candidates:
             if done == config.facts_per_relation:
                 break
-            edit = _plan_edit(adapter, fact_id, relation, ids, groups, prompts, kns, config, rng, skips)
+            edit = _plan_edit(adapter, fact_id, relation, ids, population.get(relation, ids), groups, prompts, kns, config,
+                              rng, skips)
             if edit is None:
                 continue
             done += 1
             prompt, old_id, new_id, neurons, intra, inter = edit.prompt, edit.old_id, edit.new_id, edit.neurons, edit.intra, edit.inter
             before = answer_distribution(adapter, prompt.encoded)
-            (p_intra, t_intra), (p_inter, t_inter) = _p_top1(adapter, intra), _p_top1(adapter, inter)
+            (p_intra, t_intra, l_intra), (p_inter, t_inter, l_inter) = _p_top1(adapter, intra), _p_top1(adapter, inter)
             paraphrases = [p for p in prompts.of(fact_id) if p.template_id != prompt.template_id]
-            _, t_para = _p_top1(adapter, paraphrases)
+            _, t_para, _ = _p_top1(adapter, paraphrases)
             sets = [("knowledge", neurons)]
             if config.random_control:
                 sets.append(("random", random_neurons(len(neurons), adapter.n_layers, adapter.n_neurons, rng, kns[fact_id])))
@@ -169,8 +195,8 @@ def update_facts(
                 slots = updated_value_slots(adapter, chosen, old_id, new_id, config.lambda1, config.lambda2, signs)
                 with edited_value_slots(adapter, slots):
                     after = answer_distribution(adapter, prompt.encoded)
-                    (q_intra, u_intra), (q_inter, u_inter) = _p_top1(adapter, intra), _p_top1(adapter, inter)
-                    _, u_para = _p_top1(adapter, paraphrases)
+                    (q_intra, u_intra, m_intra), (q_inter, u_inter, m_inter) = _p_top1(adapter, intra), _p_top1(adapter, inter)
+                    _, u_para, _ = _p_top1(adapter, paraphrases)
                 top1 = int(after.argmax())
                 rows.append(
                     {"fact_id": fact_id, "relation": relation, "neuron_set": name, "n_neurons": len(chosen),
@@ -184,14 +210,16 @@ def update_facts(
                      "ppl_inter_before": perplexity(p_inter), "ppl_inter_after": perplexity(q_inter),
                      "sign_aware": config.sign_aware}
                 )
-                for scope, group, ps, qs, ts, us in (("intra", intra, p_intra, q_intra, t_intra, u_intra),
-                                                     ("inter", inter, p_inter, q_inter, t_inter, u_inter)):
+                for scope, group, ps, qs, ts, us, ls, ms in (
+                    ("intra", intra, p_intra, q_intra, t_intra, u_intra, l_intra, m_intra),
+                    ("inter", inter, p_inter, q_inter, t_inter, u_inter, l_inter, m_inter),
+                ):
                     ppl_rows += [
                         {"fact_id": fact_id, "neuron_set": name, "scope": scope, "eval_fact_id": p.fact_id,
                          "template_id": p.template_id, "p_before": a, "p_after": b, "top1_changed": t != u,
                          "correct_before": t == p.encoded.target_id, "correct_after": u == p.encoded.target_id,
-                         "new_after": u == new_id}
-                        for p, a, b, t, u in zip(group, ps, qs, ts, us)
+                         "new_after": u == new_id, "logp_before": la, "logp_after": lb}
+                        for p, a, b, t, u, la, lb in zip(group, ps, qs, ts, us, ls, ms)
                     ]
                 para_rows += [
                     {"fact_id": fact_id, "neuron_set": name, "template_id": p.template_id,
@@ -203,7 +231,8 @@ def update_facts(
     tag = tag_of(refined)
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     ppl_prompts = pd.DataFrame(ppl_rows, columns=["fact_id", "neuron_set", "scope", "eval_fact_id", "template_id", "p_before",
-                                                  "p_after", "top1_changed", "correct_before", "correct_after", "new_after"])
+                                                  "p_after", "top1_changed", "correct_before", "correct_after", "new_after",
+                                                  "logp_before", "logp_after"])
     para = pd.DataFrame(para_rows, columns=["fact_id", "neuron_set", "template_id", "correct_before", "changed", "success"])
     summary = [_summarise(table, ppl_prompts, para, name, tag, config.seed)
                for name in (["knowledge", "random"] if config.random_control else ["knowledge"])]
@@ -213,34 +242,37 @@ def update_facts(
 
 
 def _plan_edit(
-    adapter: ModelAdapter, fact_id: str, relation: str, ids: list[str], groups: dict[str, list[str]],
+    adapter: ModelAdapter, fact_id: str, relation: str, ids: list[str], population: list[str], groups: dict[str, list[str]],
     prompts: FactPrompts, kns: dict, config: UpdateConfig, rng, skips: SkipLog,
 ) -> PlannedEdit | None:
     """Everything one edit needs, or None (with the reason logged)."""
     own = prompts.of(fact_id)
     if not own:
         return None
-    correct = [p for p in own if int(answer_distribution(adapter, p.encoded).argmax()) == p.encoded.target_id]
-    if not correct:
-        skips.add("the model answers none of the fact's prompts correctly", relation, fact_id)
-        return None
-    prompt = rng.choice(correct)
-    neurons = exclusive_neurons(fact_id, kns, ids, config.max_share)
+    neurons = exclusive_neurons(fact_id, kns, population, config.max_share)
     if not neurons:
         skips.add(f"no knowledge neuron shared by fewer than {config.max_share:.0%} of the relation's other facts", relation, fact_id)
         return None
+    prompt = rng.choice(own)  # one prompt, as the official script draws it
+    if int(answer_distribution(adapter, prompt.encoded).argmax()) != prompt.encoded.target_id:
+        skips.add("the model answers the drawn prompt wrongly", relation, fact_id, f"template {prompt.template_id}")
+        return None
     template = prompts.relations[relation].templates[prompt.template_id]
     old_object = prompts.facts[fact_id]["object"]
-    new_ids = {}
-    for obj in sorted({prompts.facts[f]["object"] for f in ids} - {old_object}):
-        try:
-            new_ids[obj] = adapter.answer_token(obj, template)
-        except MultiTokenObject:
-            continue
-    if not new_ids:
+    new_ids: dict[str, int] = {}
+
+    def single_token(obj: str) -> bool:
+        if obj not in new_ids:
+            try:
+                new_ids[obj] = adapter.answer_token(obj, template)
+            except MultiTokenObject:
+                new_ids[obj] = -1
+        return new_ids[obj] >= 0
+
+    new_object = draw_new_object(old_object, [prompts.facts[f]["object"] for f in ids], rng, single_token)
+    if new_object is None:
         skips.add("no other single-token object in the relation to update to", relation, fact_id)
         return None
-    new_object = rng.choice(sorted(new_ids))
     intra_ids = [f for f in ids if f != fact_id and prompts.of(f)]
     intra = [p for f in rng.sample(intra_ids, min(config.intra_facts, len(intra_ids))) for p in prompts.of(f)]
     other_relations = sorted(r for r in groups if r != relation)
@@ -253,6 +285,46 @@ def _plan_edit(
     return PlannedEdit(prompt, prompt.encoded.target_id, new_ids[new_object], new_object, neurons, intra, inter)
 
 
+def draw_new_object(old_object: str, objects: list[str], rng, usable=lambda obj: True) -> str | None:
+    """t' for an edit: the object of a fact drawn uniformly among the relation's facts whose object differs
+    from t (and is ``usable``: single-token for the model). Drawn by fact, as the official script does
+    (``random.choice`` over the relation's facts until the object differs), so an object held by many
+    facts comes up more often than under a draw among distinct objects. None when there is none."""
+    partners = [obj for obj in objects if obj != old_object and usable(obj)]
+    return rng.choice(partners) if partners else None
+
+
+def delta_ppl(ppl_prompts: pd.DataFrame, source: str = "p") -> float:
+    r"""Table 6's Delta PPL as the official script averages it, over the edits e of one neuron set and scope:
+
+        PPL = exp( mean_e log PPL_e ),   Delta PPL = PPL_after - PPL_before,
+
+    with each edit's log PPL_e (``evaluation.log_perplexity``) from the stored probabilities
+    (``source="p"``: infinite once a p is 0 in float32) or from the stored log-softmax values
+    (``"logp"``: finite)."""
+    if not len(ppl_prompts):
+        return float("nan")
+    out = []
+    for when in ("before", "after"):
+        if source == "p":
+            logs = ppl_prompts[f"p_{when}"].map(lambda p: math.log(p) if p > 0 else -math.inf)
+        else:
+            logs = ppl_prompts[f"logp_{when}"]
+        per_edit = [log_perplexity(group.tolist()) for _, group in logs.groupby(ppl_prompts["fact_id"])]
+        mean = sum(per_edit) / len(per_edit)
+        out.append(math.exp(mean) if mean < 709.78 else math.inf)
+    return out[1] - out[0] if math.isfinite(out[0]) else math.nan
+
+
+def median_delta_ppl(ppl_prompts: pd.DataFrame) -> float:
+    """The median over edits of each edit's own Delta PPL (from log-probabilities): robust to a few edits
+    that send one answer's probability to 0."""
+    if not len(ppl_prompts):
+        return float("nan")
+    per_edit = [delta_ppl(group, "logp") for _, group in ppl_prompts.groupby("fact_id")]
+    return float(pd.Series(per_edit).median())
+
+
 def _summarise(table: pd.DataFrame, ppl_prompts: pd.DataFrame, para: pd.DataFrame, name: str, tag: dict, seed: int) -> UpdateSummary:
     rows = table[table["neuron_set"] == name] if len(table) else table
     ppl = ppl_prompts[ppl_prompts["neuron_set"] == name]
@@ -262,9 +334,9 @@ def _summarise(table: pd.DataFrame, ppl_prompts: pd.DataFrame, para: pd.DataFram
     def percent(frame: pd.DataFrame, column: str) -> float:
         return float(frame[column].mean() * 100) if len(frame) else float("nan")
 
-    def delta(scope: str) -> float:
+    def delta(scope: str, how: str = "p") -> float:
         sel = ppl[ppl["scope"] == scope]
-        return perplexity(sel["p_after"].tolist()) - perplexity(sel["p_before"].tolist()) if len(sel) else float("nan")
+        return delta_ppl(sel, how) if how != "median" else median_delta_ppl(sel)
 
     n = len(rows)
     return UpdateSummary(
@@ -274,4 +346,6 @@ def _summarise(table: pd.DataFrame, ppl_prompts: pd.DataFrame, para: pd.DataFram
         delta_intra_ppl=delta("intra"), delta_inter_ppl=delta("inter"),
         paraphrase_change_rate=percent(para, "changed"), paraphrase_success_rate=percent(para, "success"),
         intra_changed_rate=percent(intra, "top1_changed"), intra_new_rate=percent(intra, "new_after"), seed=seed,
+        delta_intra_ppl_logspace=delta("intra", "logp"), delta_inter_ppl_logspace=delta("inter", "logp"),
+        delta_intra_ppl_median=delta("intra", "median"), delta_inter_ppl_median=delta("inter", "median"),
     )

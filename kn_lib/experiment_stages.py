@@ -137,13 +137,22 @@ class Experiment:
 class Statistics(Experiment):
     name, help = "statistics", "knowledge neurons per fact, layer distribution, shared neurons (Fig. 3, Table 2; needs refine)"
     tables, compares_baseline = ("table", "layers", "pairs"), True
-    options = (Option("max_pairs", int, None, "fact pairs per kind (intra/inter) before sampling (default 100000)"), SEED_OPTION)
+    options = (Option("max_pairs", int, None, "intra-relation fact pairs before sampling (default 100000)"),
+               Option("inter_pairs", str, None, "official (default: 100 partners per fact, relation first) or uniform "
+                                                "(ours: every cross-relation pair)"),
+               SEED_OPTION)
 
     def config(self, settings):
         from .experiments import StatisticsConfig
 
-        max_pairs = settings.param("max_pairs")
-        return StatisticsConfig(**({} if max_pairs is None else {"max_pairs": int(max_pairs)}), seed=_experiment_seed(settings))
+        given = {}
+        if settings.param("max_pairs") is not None:
+            given["max_pairs"] = int(settings.param("max_pairs"))
+        if settings.param("inter_pairs") is not None:
+            if settings.param("inter_pairs") not in ("official", "uniform"):
+                raise KnUsageError(f"--inter-pairs must be official or uniform, got {settings.param('inter_pairs')!r}")
+            given["inter_pairs"] = settings.param("inter_pairs")
+        return StatisticsConfig(**given, seed=_experiment_seed(settings))
 
     def run(self, adapter, refined, facts, settings, inputs):
         from .experiments import neuron_statistics

@@ -6,9 +6,15 @@
 * mean intersection size of the knowledge-neuron sets of fact pairs of the same relation (intra) and of
   different relations (inter) (Table 2).
 
-Pairs are all pairs when there are at most ``max_pairs`` of a kind, otherwise ``max_pairs`` pairs drawn
-uniformly with replacement (seeded). The official script takes all intra pairs and 100 random
-inter-relation partners per fact; both are estimates of the same mean.
+Every searched fact takes part, with or without knowledge neurons (an empty set shares nothing), as
+in the official ``2_analyze_kn.py``. Intra-relation pairs: all pairs of facts of a relation (when there
+are more than ``max_pairs``, that many drawn uniformly with replacement, seeded). Inter-relation pairs
+(``StatisticsConfig.inter_pairs``):
+
+* ``"official"`` (default): per fact, ``partners_per_fact`` (100) partners, each drawn by choosing
+  another relation uniformly, then a fact of it uniformly. This weights pairs towards small relations,
+  so its mean is *not* the mean over all cross-relation pairs when relations differ in size;
+* ``"uniform"`` (ours): all cross-relation pairs (or ``max_pairs`` of them drawn uniformly).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import itertools
 import random
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Literal, Mapping, Sequence
 
 import pandas as pd
 
@@ -27,8 +33,14 @@ from .neuron_sets import check_refined, neurons_by_fact
 
 @dataclass(frozen=True)
 class StatisticsConfig:
-    max_pairs: int = 100_000  # per kind (intra / inter); more pairs than this are sampled
+    max_pairs: int = 100_000  # intra pairs (and inter pairs under "uniform"); more than this are sampled
     seed: int = 0
+    inter_pairs: Literal["official", "uniform"] = "official"  # how inter-relation partners are drawn
+    partners_per_fact: int = 100  # official: 100 random partners per fact
+
+    def __post_init__(self) -> None:
+        if self.inter_pairs not in ("official", "uniform"):
+            raise ValueError(f"inter_pairs must be 'official' or 'uniform', got {self.inter_pairs!r}")
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,18 @@ def _intra_pairs(groups: list[list[str]], max_pairs: int, rng: random.Random) ->
     return [tuple(rng.sample(g, 2)) for g in chosen], True  # type: ignore[misc]
 
 
+def _inter_pairs_official(groups: list[list[str]], partners: int, rng: random.Random) -> list[tuple[str, str]]:
+    """2_analyze_kn.py: for every fact, ``partners`` draws of (another relation uniformly, then a fact of it)."""
+    if len(groups) < 2:
+        return []
+    pairs = []
+    for i, group in enumerate(groups):
+        others = [g for j, g in enumerate(groups) if j != i]
+        for fact in group:
+            pairs += [(fact, rng.choice(rng.choice(others))) for _ in range(partners)]
+    return pairs
+
+
 def _inter_pairs(groups: list[list[str]], max_pairs: int, rng: random.Random) -> tuple[list[tuple[str, str]], bool]:
     n = sum(len(g) for g in groups)
     total = (n * n - sum(len(g) ** 2 for g in groups)) // 2
@@ -126,7 +150,10 @@ def neuron_statistics(
     groups = [list(rows["fact_id"]) for _, rows in per_fact.groupby("relation", sort=True)]
     rng = random.Random(config.seed)
     intra, intra_sampled = _intra_pairs(groups, config.max_pairs, rng)
-    inter, inter_sampled = _inter_pairs(groups, config.max_pairs, rng)
+    if config.inter_pairs == "official":
+        inter, inter_sampled = _inter_pairs_official(groups, config.partners_per_fact, rng), True
+    else:
+        inter, inter_sampled = _inter_pairs(groups, config.max_pairs, rng)
     if not intra:
         skips.add("no intra-relation fact pair (every relation has one fact)")
     if not inter:

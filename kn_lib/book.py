@@ -24,6 +24,7 @@ class BookSample:
     facts_per_relation: int | None = 10
     method: str = "ig"  # the method of the run; experiment stages also hold the activation baseline
     relations: tuple[str, ...] | None = None  # None: the preset's (all 34 for book-sample)
+    share_rule: str = "official"  # refinement rule of the run: "official" (default) or "paper" (the text's)
 
     def _overrides(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -33,6 +34,8 @@ class BookSample:
             out["method"] = self.method
         if self.relations is not None:
             out["relations"] = list(self.relations)
+        if self.share_rule != "official":
+            out["share_rule"] = self.share_rule
         return out
 
     def settings(self):

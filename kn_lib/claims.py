@@ -1,18 +1,30 @@
-"""Does a claim of the paper hold here? Bootstrap confidence intervals and a three-way verdict.
+"""Does a claim of the paper hold here? Bootstrap confidence intervals and a verdict that follows from them.
 
 The book's "Does it hold?" chapter puts each claim of Dai et al. (2022) next to our estimate with a
 95% bootstrap interval. Resampling is by *cluster* where observations are not independent: prompts of
 one fact, facts of one relation. A relation-averaged number (Figures 4-5) is resampled over relations,
 a per-fact one over facts, so the interval reflects the variation the paper's average hides.
 
-Verdicts compare our interval with the paper's value and with the null (no effect, ``null``):
+Effect claims ("suppressing KNs lowers p") compare our interval with "no effect" (``null``) and with the
+paper's effect (``effect = paper - null``); in the paper's direction:
 
-* **holds**: the interval lies on the paper's side of the null and reaches at least half of the
-  paper's effect (``effect = paper - null``): same direction, comparable size;
-* **weaker**: same direction as the paper by the point estimate, but the interval touches the null
-  or stays below half the paper's effect;
-* **reversed**: the point estimate is on the other side of the null;
-* **no data**: nothing to estimate from (e.g. no fact could be edited), so no verdict.
+* **stronger**: the interval's lower end exceeds the paper's effect;
+* **holds**: the interval excludes "no effect" on the paper's side and the estimate reaches at least
+  half the paper's effect;
+* **weaker**: the estimate is on the paper's side, but the interval touches "no effect" or the
+  estimate is below half the paper's effect;
+* **reversed**: the interval excludes "no effect" on the other side;
+* **inconclusive**: the interval straddles "no effect" and the estimate is not on the paper's side;
+* **no data**: fewer than 5 clusters, or a zero-width interval from fewer than 10 (nothing to
+  resample: the interval says nothing), or nothing to estimate at all.
+
+Ceiling claims ("other relations' perplexity stays similar": the paper reports a small side effect)
+compare our interval with the paper's value: **holds** when the interval's upper end is at most the
+paper's value, **reversed** when its lower end exceeds it (more collateral damage than the paper
+reports), **inconclusive** when it contains it; **no data** as above.
+
+A claim row also says whether it tests the paper's own metric or one of our variants (``kind``), so
+that the two are tallied apart.
 """
 
 from __future__ import annotations
@@ -75,29 +87,62 @@ def bootstrap_ci(
     return Interval(estimate, float(low), float(high), k, n_boot, level, seed)
 
 
+MIN_CLUSTERS = 5  # fewer clusters than this: no verdict
+MIN_CLUSTERS_ZERO_WIDTH = 10  # a zero-width interval from fewer clusters than this: no verdict
+VERDICTS = ("stronger", "holds", "weaker", "inconclusive", "reversed", "no data")
+PAPER_METRIC, OUR_VARIANT = "paper's metric", "our variant"
+
+
+def _no_data(ours: Interval) -> bool:
+    if not (np.isfinite(ours.estimate) and np.isfinite(ours.low) and np.isfinite(ours.high)):
+        return True
+    if ours.n_clusters < MIN_CLUSTERS:
+        return True
+    return ours.low == ours.high and ours.n_clusters < MIN_CLUSTERS_ZERO_WIDTH
+
+
 def verdict(paper: float, ours: Interval, null: float = 0.0) -> str:
-    """holds / weaker / reversed (see the module docstring) for a paper value against our interval."""
+    """The verdict of an effect claim (see the module docstring) for a paper value against our interval."""
     effect = paper - null
     if effect == 0:
         raise ValueError("the paper's value equals the null: no direction to test")
-    if not np.isfinite(ours.estimate):
+    if _no_data(ours):
         return "no data"
     sign = float(np.sign(effect))
     est = sign * (ours.estimate - null)  # in the paper's direction: > 0 agrees with the paper
-    ends = sorted((sign * (ours.low - null), sign * (ours.high - null)))
-    low, high = ends
-    if est <= 0:
+    low, high = sorted((sign * (ours.low - null), sign * (ours.high - null)))
+    if high < 0:
         return "reversed"
-    if low > 0 and high >= 0.5 * abs(effect):
+    if low > abs(effect):
+        return "stronger"
+    if low > 0 and est >= 0.5 * abs(effect):
         return "holds"
-    return "weaker"
+    if est > 0:
+        return "weaker"
+    return "inconclusive"
 
 
-def claim_row(claim: str, where: str, paper: float, ours: Interval, null: float = 0.0, unit: str = "") -> dict:
-    """One row of the claims table: the paper's number, ours with its interval, and the verdict."""
+def ceiling_verdict(paper: float, ours: Interval) -> str:
+    """The verdict of a ceiling claim: is our side effect at most the paper's (see the module docstring)?"""
+    if _no_data(ours):
+        return "no data"
+    if ours.high <= paper:
+        return "holds"
+    if ours.low > paper:
+        return "reversed"
+    return "inconclusive"
+
+
+def claim_row(
+    claim: str, where: str, paper: float, ours: Interval, null: float = 0.0, unit: str = "", kind: str = PAPER_METRIC,
+    ceiling: bool = False, note: str = "",
+) -> dict:
+    """One row of the claims table: the paper's number, ours with its interval and n, and the verdict."""
     return {
-        "claim": claim, "where": where, "paper": paper, "ours": ours.estimate, "ci_low": ours.low, "ci_high": ours.high,
-        "null": null, "unit": unit, "verdict": verdict(paper, ours, null), "n_clusters": ours.n_clusters,
+        "claim": claim, "where": where, "kind": kind, "paper": paper, "ours": ours.estimate, "ci_low": ours.low,
+        "ci_high": ours.high, "null": null, "unit": unit,
+        "verdict": ceiling_verdict(paper, ours) if ceiling else verdict(paper, ours, null),
+        "n_clusters": ours.n_clusters, "test": "ceiling" if ceiling else "effect", "note": note,
     }
 
 
@@ -142,6 +187,27 @@ def _erase_contrast(frame: pd.DataFrame) -> float:
     return float(np.mean(out)) if out else float("nan")
 
 
+def _erase_other_change(frame: pd.DataFrame) -> float:
+    """Mean over erased relations of the other relations' perplexity change, in % (Table 5)."""
+    from .experiments.evaluation import perplexity
+
+    out = []
+    for _, group in frame.groupby("erased_relation"):
+        sel = group[group["scope"] == "other"]
+        if sel.empty:
+            return float("nan")
+        before, after = perplexity(sel["p_before"].tolist()), perplexity(sel["p_after"].tolist())
+        out.append(100 * (after - before) / before)
+    return float(np.mean(out)) if out else float("nan")
+
+
+def _delta_ppl(frame: pd.DataFrame, scope: str, source: str = "logp") -> float:
+    from .experiments.update_facts import delta_ppl
+
+    sel = frame[(frame["scope"] == scope) & (frame["neuron_set"] == "knowledge")]
+    return delta_ppl(sel, source) if len(sel) else float("nan")
+
+
 def paper_claims(tables: dict[str, pd.DataFrame], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """One row per claim of the paper that the stored results can test, with the paper's number
     (``kn_lib.paper``), ours, a 95% bootstrap interval and the verdict (``claim_row``).
@@ -149,7 +215,8 @@ def paper_claims(tables: dict[str, pd.DataFrame], n_boot: int = 1000, seed: int 
     ``tables`` (as the ``kn`` stages store them; any may be missing, its claims are left out):
     ``pairs`` (statistics), ``suppress`` (suppress-amplify ``by_relation``), ``bingrel``
     (bingrel ``by_relation``), ``bingrel_abs`` (the same over |activation|, e.g. from
-    ``bingrel_activation.mean_activation(..., absolute=True)``), ``update`` (update ``table``), ``erase`` (erase ``table``).
+    ``bingrel_activation.mean_activation(..., absolute=True)``), ``update`` (update ``table``), ``ppl_prompts``
+    (update ``ppl_prompts``), ``erase`` (erase ``table``).
     """
     from . import paper
 
@@ -194,7 +261,7 @@ def paper_claims(tables: dict[str, pd.DataFrame], n_boot: int = 1000, seed: int 
             rows.append(claim_row(
                 claim.format(other), "Table 4", p("bing_t1_ours") - p(key),
                 bootstrap_ci(ig, lambda f, o=other: _paired_relation_diff(f, "activation", "type", "T1", o), "relation", **boot),
-                unit="activation"))
+                unit="activation", kind=PAPER_METRIC if name == "bingrel" else OUR_VARIANT))
     if "update" in tables:
         upd = tables["update"]
         for metric, kn, rnd in (("changed", "update_change_rate_kn", "update_change_rate_random"),
@@ -203,6 +270,16 @@ def paper_claims(tables: dict[str, pd.DataFrame], n_boot: int = 1000, seed: int 
             rows.append(claim_row(
                 f"editing KNs updates facts: {label} rate, KNs minus random neurons", "Table 6", p(kn) - p(rnd),
                 bootstrap_ci(upd, lambda f, m=metric: _rate_diff(f, m), "fact_id", **boot), unit="points"))
+    if "ppl_prompts" in tables and len(tables["ppl_prompts"]):
+        ppl = tables["ppl_prompts"]
+        for scope, key, what in (("intra", "update_intra_ppl_kn", "other facts of the relation"),
+                                 ("inter", "update_inter_ppl_kn", "facts of other relations")):
+            official = _delta_ppl(ppl, scope, "p")
+            rows.append(claim_row(
+                f"editing KNs barely changes the perplexity of {what} (Delta PPL at most the paper's)", "Table 6", p(key),
+                bootstrap_ci(ppl[ppl["neuron_set"] == "knowledge"], lambda f, s=scope: _delta_ppl(f, s), "fact_id", **boot),
+                ceiling=True, note=f"from log-probabilities; the paper's formula on float32 p gives {official:.3g}"
+                + (" (an answer probability underflows to 0)" if not np.isfinite(official) else "")))
     if "erase" in tables:
         er = tables["erase"][tables["erase"]["method"] == "ig"] if "method" in tables["erase"] else tables["erase"]
         paper_contrast = np.mean([
@@ -212,6 +289,10 @@ def paper_claims(tables: dict[str, pd.DataFrame], n_boot: int = 1000, seed: int 
         rows.append(claim_row(
             "erasing a relation's top KNs hurts that relation more than the others (PPL change, difference)", "Table 5",
             float(paper_contrast), bootstrap_ci(er, _erase_contrast, "fact_id", **boot), unit="points"))
+        paper_other = np.mean([100 * (v["other_after"] - v["other_before"]) / v["other_before"] for v in paper.ERASE.values()])
+        rows.append(claim_row(
+            "erasing a relation leaves the other relations' perplexity similar (PPL change at most the paper's)", "Table 5",
+            float(paper_other), bootstrap_ci(er, _erase_other_change, "fact_id", **boot), unit="%", ceiling=True))
     return pd.DataFrame(rows)
 
 

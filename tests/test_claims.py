@@ -4,11 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kn_lib.claims import Interval, bootstrap_ci, claim_row, verdict
+from kn_lib.claims import Interval, bootstrap_ci, ceiling_verdict, claim_row, verdict
 
 
-def _iv(est, low, high):
-    return Interval(est, low, high, 10, 100, 0.95, 0)
+def _iv(est, low, high, n=10):
+    return Interval(est, low, high, n, 100, 0.95, 0)
 
 
 def test_interval_covers_the_mean_of_normal_samples_and_is_reproducible():
@@ -39,26 +39,53 @@ def test_empty_frame_gives_nan_and_bad_level_raises():
 
 
 @pytest.mark.parametrize(
-    "paper, est, low, high, expected",
+    "paper, est, low, high, n, expected",
     [
-        (-29.0, -25.0, -35.0, -15.0, "holds"),  # negative claim, same size
-        (-29.0, -5.0, -8.0, -2.0, "weaker"),  # right direction, far smaller
-        (-29.0, -5.0, -20.0, 3.0, "weaker"),  # touches the null
-        (-29.0, 4.0, 1.0, 7.0, "reversed"),  # other direction
-        (31.0, 40.0, 20.0, 60.0, "holds"),
-        (31.0, -1.0, -5.0, 10.0, "reversed"),
+        # negative claim (Figure 4: -29 %), every branch
+        (-29.0, -45.0, -60.0, -35.0, 10, "stronger"),  # the whole interval beyond the paper's effect
+        (-29.0, -25.0, -35.0, -15.0, 10, "holds"),  # excludes 0 on the paper's side, estimate >= half
+        (-29.0, -15.0, -20.0, -10.0, 10, "holds"),  # estimate just over half (14.5)
+        (-29.0, -5.0, -8.0, -2.0, 10, "weaker"),  # right side, far smaller than half
+        (-29.0, -20.0, -40.0, 3.0, 10, "weaker"),  # estimate large but the interval touches 0
+        (-29.0, 1.0, -10.0, 12.0, 10, "inconclusive"),  # straddles 0, estimate on the other side
+        (-29.0, 0.0, -10.0, 12.0, 10, "inconclusive"),  # straddles 0, estimate exactly 0
+        (-29.0, 4.0, 1.0, 7.0, 10, "reversed"),  # excludes 0 on the other side
+        (31.0, 40.0, 20.0, 60.0, 10, "holds"),
+        (31.0, -1.0, -5.0, 10.0, 10, "inconclusive"),  # used to be "reversed" on the estimate alone
+        (31.0, 8.0, 2.0, 200.0, 10, "weaker"),  # a wide interval never holds on its upper end
+        # no data: too few clusters, or a zero-width interval from few clusters
+        (31.0, 40.0, 20.0, 60.0, 4, "no data"),
+        (31.0, 40.0, 40.0, 40.0, 9, "no data"),
+        (31.0, 40.0, 40.0, 40.0, 10, "stronger"),  # zero width from 10 clusters: a real (if odd) interval
+        (31.0, float("nan"), float("nan"), float("nan"), 10, "no data"),
     ],
 )
-def test_verdicts(paper, est, low, high, expected):
-    assert verdict(paper, _iv(est, low, high)) == expected
+def test_verdicts(paper, est, low, high, n, expected):
+    assert verdict(paper, _iv(est, low, high, n)) == expected
+
+
+@pytest.mark.parametrize(
+    "paper, est, low, high, n, expected",
+    [
+        (4.9, 2.0, 0.5, 4.0, 10, "holds"),  # at most the paper's side effect
+        (4.9, 4.0, 1.0, 9.0, 10, "inconclusive"),  # the interval contains the paper's value
+        (4.9, 400.0, 100.0, 900.0, 10, "reversed"),  # more collateral damage than the paper reports
+        (4.9, 400.0, 100.0, 900.0, 3, "no data"),
+    ],
+)
+def test_ceiling_verdicts(paper, est, low, high, n, expected):
+    assert ceiling_verdict(paper, _iv(est, low, high, n)) == expected
+    assert claim_row("c", "Table 5", paper, _iv(est, low, high, n), ceiling=True)["verdict"] == expected
 
 
 def test_verdict_against_a_non_zero_null_and_row():
     # "KNs overlap more within a relation than across": paper 1.23 vs null 0.09 (the inter-relation value)
     assert verdict(1.23, _iv(0.9, 0.7, 1.1), null=0.09) == "holds"
-    assert verdict(1.23, _iv(0.05, 0.0, 0.1), null=0.09) == "reversed"
+    assert verdict(1.23, _iv(0.05, 0.0, 0.1), null=0.09) == "inconclusive"  # 0.1 > 0.09: touches the null
+    assert verdict(1.23, _iv(0.03, 0.0, 0.08), null=0.09) == "reversed"
     row = claim_row("x", "Table 2", 1.23, _iv(0.9, 0.7, 1.1), null=0.09)
     assert row["verdict"] == "holds" and row["paper"] == 1.23 and row["ci_low"] == 0.7
+    assert row["n_clusters"] == 10 and row["kind"] == "paper's metric"
     with pytest.raises(ValueError):
         verdict(0.0, _iv(1, 0, 2))
     # nothing measured (e.g. no edit possible): no verdict rather than a false "reversed"
@@ -70,10 +97,10 @@ def test_paper_claims_on_synthetic_tables_follow_the_data():
 
     rng = np.random.default_rng(0)
     rels = [f"P{i}" for i in range(1, 9)]
-    # suppress-amplify by_relation: KNs lower p by ~30 % (suppress) and raise it by ~30 % (amplify), baseline ~0
+    # suppress-amplify by_relation: KNs lower p by ~25 % (suppress) and raise it by ~25 % (amplify), baseline ~0
     rows = []
     for r in rels:
-        for method, size in (("ig", 0.3), ("activation", 0.0)):
+        for method, size in (("ig", 0.25), ("activation", 0.0)):
             rows.append({"relation": r, "scope": "own", "operation": "suppress", "method": method,
                          "change_ratio": -size + rng.normal(0, 0.02)})
             rows.append({"relation": r, "scope": "own", "operation": "amplify", "method": method,
@@ -81,7 +108,7 @@ def test_paper_claims_on_synthetic_tables_follow_the_data():
     claims = paper_claims({"suppress": pd.DataFrame(rows)}, n_boot=200).set_index("claim")
     assert claims.loc["suppressing KNs lowers p(answer)", "verdict"] == "holds"
     assert claims.loc["amplifying KNs raises p(answer)", "verdict"] == "reversed"
-    assert claims.loc["suppressing KNs lowers p(answer)", "ours"] == pytest.approx(-30, abs=3)
+    assert claims.loc["suppressing KNs lowers p(answer)", "ours"] == pytest.approx(-25, abs=3)
 
 
 def test_edit_reach_rates_and_intervals():

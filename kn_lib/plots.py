@@ -282,3 +282,43 @@ def share_plot(
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     fig.legend(handles=handles, loc="upper center", ncol=2, fontsize=9, frameon=False)
     return fig
+
+
+def verdict_colours() -> dict[str, tuple]:
+    """One colour per verdict of ``kn_lib.claims`` (colour-blind palette): agreement in blue / green,
+    "weaker" orange, "reversed" vermillion (a warning), "inconclusive" and "no data" greys."""
+    c = sns.color_palette(PALETTE, 10)
+    return {"stronger": c[0], "holds": c[2], "weaker": c[1], "inconclusive": c[7], "reversed": c[3],
+            "no data": (0.8, 0.8, 0.8)}
+
+
+def claims_forest(claims, wrap: int = 95):
+    """The claims chapter's forest plot: one row per claim (its own x scale and unit), the paper's value
+    (black diamond), ours with its 95% interval coloured by verdict, "no effect" dashed; one legend."""
+    import textwrap
+
+    from matplotlib.lines import Line2D
+
+    colours = verdict_colours()
+    rows = list(claims.itertuples(index=False))
+    fig, axes = plt.subplots(len(rows), 1, figsize=(9, 1.05 * len(rows) + 1.0), squeeze=False)
+    for ax, r in zip(axes[:, 0], rows):
+        colour = colours.get(r.verdict, "grey")
+        if np.isfinite(r.ours) and np.isfinite(r.ci_low):
+            ax.errorbar([r.ours], [0], xerr=[[r.ours - r.ci_low], [r.ci_high - r.ours]], fmt="o", color=colour, capsize=4)
+        ax.plot([r.paper], [0], marker="D", color="black", linestyle="none")
+        if getattr(r, "test", "effect") == "effect":
+            ax.axvline(r.null, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_yticks([])
+        title = f"{r.claim} [{r.verdict}; n = {r.n_clusters}]"
+        ax.set_title("\n".join(textwrap.wrap(title, wrap)), fontsize=9, loc="left")
+        ax.set_xlabel(r.unit, fontsize=8, labelpad=1)
+        ax.tick_params(axis="x", labelsize=8)
+    handles = [Line2D([], [], marker="D", color="black", linestyle="none", label="paper")]
+    handles += [Line2D([], [], marker="o", color=colours[v], label=f"ours: {v}") for v in colours
+                if v in set(claims["verdict"])]
+    handles.append(Line2D([], [], color="grey", linestyle="--", label="no effect"))
+    fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 5), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (1.05 * len(rows) + 1.0)))
+    return fig

@@ -39,6 +39,16 @@ def test_most_frequent_neurons_are_zeroed_and_restored(tiny):
     assert summary.erased_n_prompts == len(erased) and summary.n_neurons == 2
 
 
+def test_top_k_counts_every_fact_of_the_relation_and_reports_how_many_were_erased(tiny_llama):
+    """Official 7_erase_knowledge.py: Counter over every fact's knowledge neurons, most_common(20). P19's
+    facts hold 4 distinct neurons, so 4 are erased, not 20; the accuracy before erasing is reported."""
+    result = erase_relations(tiny_llama, refined_table(KNS), FACTS, RELATIONS, EraseConfig(relations=("P19",)))
+    assert result.by_relation.loc[0, "n_neurons"] == 4 == len(result.neurons)
+    assert result.neurons["n_facts"].tolist() == [3, 2, 1, 1]  # (2, 7), (1, 3), then (0, 1), (0, 9)
+    erased = result.table[result.table.scope == "erased"]
+    assert result.by_relation.loc[0, "erased_accuracy_before"] == pytest.approx(erased.correct_before.mean())
+
+
 def test_default_relations_and_gaps_are_reported(tiny_bert):
     """The paper's four relations by default; those without facts or neurons are named, not dropped."""
     assert EraseConfig().relations == ("P19", "P27", "P106", "P937") and EraseConfig().top_k == 20

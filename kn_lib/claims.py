@@ -215,8 +215,8 @@ def paper_claims(tables: dict[str, pd.DataFrame], n_boot: int = 1000, seed: int 
     ``tables`` (as the ``kn`` stages store them; any may be missing, its claims are left out):
     ``pairs`` (statistics), ``suppress`` (suppress-amplify ``by_relation``), ``bingrel``
     (bingrel ``by_relation``), ``bingrel_abs`` (the same over |activation|, e.g. from
-    ``bingrel_activation.mean_activation(..., absolute=True)``), ``update`` (update ``table``), ``ppl_prompts``
-    (update ``ppl_prompts``), ``erase`` (erase ``table``).
+    ``bingrel_activation.mean_activation(..., absolute=True)``), ``update`` (update ``table``), ``update_signed``
+    (the same for the sign-aware edit, our variant), ``ppl_prompts`` (update ``ppl_prompts``), ``erase`` (erase ``table``).
     """
     from . import paper
 
@@ -262,14 +262,16 @@ def paper_claims(tables: dict[str, pd.DataFrame], n_boot: int = 1000, seed: int 
                 claim.format(other), "Table 4", p("bing_t1_ours") - p(key),
                 bootstrap_ci(ig, lambda f, o=other: _paired_relation_diff(f, "activation", "type", "T1", o), "relation", **boot),
                 unit="activation", kind=PAPER_METRIC if name == "bingrel" else OUR_VARIANT))
-    if "update" in tables:
-        upd = tables["update"]
+    for name, suffix, kind in (("update", "", PAPER_METRIC), ("update_signed", " (sign-aware edit, lambda2 = 2)", OUR_VARIANT)):
+        if name not in tables:
+            continue
+        upd = tables[name]
         for metric, kn, rnd in (("changed", "update_change_rate_kn", "update_change_rate_random"),
                                 ("success", "update_success_rate_kn", "update_success_rate_random")):
             label = "change" if metric == "changed" else "success"
             rows.append(claim_row(
-                f"editing KNs updates facts: {label} rate, KNs minus random neurons", "Table 6", p(kn) - p(rnd),
-                bootstrap_ci(upd, lambda f, m=metric: _rate_diff(f, m), "fact_id", **boot), unit="points"))
+                f"editing KNs updates facts: {label} rate, KNs minus random neurons{suffix}", "Table 6", p(kn) - p(rnd),
+                bootstrap_ci(upd, lambda f, m=metric: _rate_diff(f, m), "fact_id", **boot), unit="points", kind=kind))
     if "ppl_prompts" in tables and len(tables["ppl_prompts"]):
         ppl = tables["ppl_prompts"]
         for scope, key, what in (("intra", "update_intra_ppl_kn", "other facts of the relation"),

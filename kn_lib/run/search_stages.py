@@ -18,11 +18,13 @@ from typing import Callable, Iterable, Mapping
 
 import pandas as pd
 
-from .adapters import ModelAdapter
-from .data import Relation
-from .pipeline import KNConfig, find_knowledge_neurons
-from .refine import Neuron, adaptive_share_threshold, neuron_shares, refine_fact
-from .stages import Job, RunSettings, Stage, StageContext, chunks, common_key_settings, ig_settings, register_stage
+from ..adapters import ModelAdapter
+from ..data import Relation
+from ..pipeline import KNConfig, find_knowledge_neurons
+from ..refine import Neuron, adaptive_share_threshold, neuron_shares, refine_fact
+from .registry import (  # noqa: F401  (MissingInputs: raised here)
+    Job, MissingInputs, RunSettings, Stage, StageContext, chunks, common_key_settings, ig_settings, register_stage,
+)
 
 # column -> dtype of every stored table (fixed, so empty shards and reloaded tables keep their types)
 SCHEMAS: dict[str, dict[str, str]] = {
@@ -131,15 +133,11 @@ def _attribute_compute(ctx: StageContext, job: Job, adapter: ModelAdapter, on_fa
 
 
 def _refine_key(settings: RunSettings) -> dict:
-    from .results import cache_key
+    from .store import cache_key
 
     c = settings.config
     return {"attribute_key": cache_key(_attribute_key(settings)), "facts_per_relation": settings.facts_per_relation,
             "p_start": c.p_start, "p_step": c.p_step, "kn_low": c.kn_low, "kn_high": c.kn_high}
-
-
-class MissingInputs(RuntimeError):
-    """A stage's input stage has not finished the shards it needs."""
 
 
 def _refine_plan(ctx: StageContext) -> list[Job]:
@@ -179,4 +177,3 @@ REFINE = register_stage(Stage(
     tables=("refined", "thresholds"), key_settings=_refine_key, plan=_refine_plan, compute=_refine_compute,
     needs_model=False, depends=("attribute",), covers=lambda entry, job: True,  # the key fixes the sample
 ))
-from . import experiment_stages  # noqa: E402,F401  (registers the experiments as stages, after the two above)

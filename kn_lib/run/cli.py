@@ -81,10 +81,17 @@ def _common(parser: argparse.ArgumentParser, with_preset_default: bool = True) -
     h.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line (``kn: error: ...``) instead of usage and error."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"kn: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .registry import stage_registry
 
-    parser = argparse.ArgumentParser(prog="kn", description="Knowledge neurons (Dai et al. 2022): run the reproduction's stages.")
+    parser = _Parser(prog="kn", description="Knowledge neurons (Dai et al. 2022): run the reproduction's stages.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, stage in stage_registry().items():
         p = sub.add_parser(name, help=stage.help, description=stage.help)
@@ -161,10 +168,10 @@ def _run(args: argparse.Namespace) -> int:
         args.model, args.preset, relations=args.relations, facts_per_relation=args.facts_per_relation, seed=args.seed,
         steps=args.steps, method=args.method, chunk_size=args.chunk_size, device=args.device, params=params,
     )
-    check_writable(root)  # after the arguments: a bad one leaves nothing behind
     if args.backend == "ray":
         import_ray()
     check_model(args.model)
+    check_writable(root)  # after the arguments: a bad one leaves nothing behind
     if args.threads:
         import torch
 

@@ -254,6 +254,9 @@ class ResultStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(self.dir)
         with self._locked():
+            for claim in (self.dir / CLAIMS).glob("*.json"):  # left by killed runs
+                if _stale(_read_claim(claim) or {}):
+                    claim.unlink(missing_ok=True)
             if self.exists():
                 try:
                     found = self.manifest().get("settings")

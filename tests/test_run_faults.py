@@ -88,11 +88,19 @@ def test_truncated_manifest(finished, capsys):
     code, _, err = kn(capsys, "refine", *OPTIONS, "--out", str(finished))  # its input: one line, what to do
     assert code == 1
     assert one_line(err).startswith(f"kn: error: {store.manifest_path}: damaged manifest") and "`kn attribute`" in err
-    code, _, err = kn(capsys, "attribute", *OPTIONS, "--out", str(finished))  # moves it aside, recomputes
-    assert code == 0
-    assert one_line(err).startswith(f"kn: warning: {store.manifest_path}: damaged manifest") and "moved to manifest.json.damaged-" in err
+    before = {p: p.stat().st_mtime_ns for p in store.dir.rglob("*.parquet")}
+    (store.dir / "prompts" / "P140" / "chunk-00001.parquet").unlink()  # one shard incomplete on disk
+    code, out, err = kn(capsys, "attribute", *OPTIONS, "--out", str(finished))  # moves it aside, recovers, computes
+    assert code == 0 and "(1 computed, 3 reused)" in out
+    assert one_line(err) == (f"kn: warning: {store.manifest_path}: damaged manifest moved to {store.manifest_path.name}.damaged-"
+                             f"{err.split('.damaged-')[1].split(';')[0]}; 3 of 4 shards recovered from their files, the rest "
+                             "will be computed\n")
     assert len(intact(store)) == 4
     assert len(list(store.dir.glob("manifest.json.damaged-*"))) == 1
+    unchanged = {p for p, t in before.items() if p.exists() and p.stat().st_mtime_ns == t}
+    assert len(unchanged) == 9  # the 3 recovered shards' files were not rewritten
+    code, out, err = kn(capsys, "refine", *OPTIONS, "--out", str(finished))
+    assert code == 0 and "(0 computed, 2 reused)" in out
 
 
 # -- disk full, permission denied, interrupted ------------------------------------------------------

@@ -134,7 +134,11 @@ def run_stage(
     store = results.ResultStore(root, settings.model, spec.name, key)
     ctx = StageContext(spec.name, settings, root)
     jobs = spec.plan(ctx)  # before anything is written: bad options and missing inputs fail here
-    store.create(key_settings)
+    aside = store.create(key_settings)
+    if aside is not None:
+        recovered = _recover_shards(store, spec, jobs)
+        warnings.warn(f"{store.manifest_path}: damaged manifest moved to {aside.name}; {recovered} of {len(jobs)} shards "
+                      "recovered from their files, the rest will be computed", results.DamagedManifestWarning, stacklevel=2)
     summary = StageSummary(spec.name, settings.model, key, store.dir, shards=len(jobs), facts=sum(len(j.facts) for j in jobs))
 
     entries = store.entries()
@@ -188,6 +192,26 @@ def run_stage(
         _count_skips(summary, spec, store, jobs)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _recover_shards(store: results.ResultStore, spec: Stage, jobs: list[Job]) -> int:
+    """After a damaged manifest: list again the shards whose files hold exactly the job's facts (every
+    table with a ``fact_id`` column, together naming each fact: true of ``attribute``, whose prompts and
+    skips cover every fact; other stages' shards are recomputed). Returns how many were recovered."""
+    import pandas as pd
+
+    recovered = 0
+    for job in jobs:
+        paths = {table: store.shard_path(job.shard, table) for table in spec.tables}
+        if not all(path.is_file() for path in paths.values()):
+            continue
+        try:
+            ids = set().union(*(set(pd.read_parquet(path, columns=["fact_id"])["fact_id"]) for path in paths.values()))
+        except Exception:  # noqa: BLE001  (unreadable, no fact_id column: recompute)
+            continue
+        if ids == set(job.fact_ids):
+            recovered += store.adopt(job.shard, paths, {"relation": job.relation, "fact_ids": job.fact_ids})
+    return recovered
 
 
 def _claimed(store: results.ResultStore, spec: Stage, jobs: list[Job], owner: str, claimed: set[str],

@@ -20,7 +20,8 @@ Layout::
   ``KN_CLAIM_STALE_SECONDS`` (another host; default a day) is taken over.
 * A manifest entry is never replaced by one covering fewer facts (a small sample racing a large one).
 * A damaged ``manifest.json`` (truncated, not JSON) raises ``DamagedManifest`` naming the file; a run
-  with the same settings moves it aside (``manifest.json.damaged-<time>``) and starts a new one.
+  with the same settings moves it aside (``manifest.json.damaged-<time>``), starts a new one and lists
+  again the shards whose files on disk hold exactly their facts (``adopt``; the runner checks them).
 * Files follow the umask (the temporary files they start as are private).
 
 ``kn_lib.run.results.load`` reads a table back over all finished shards, for the book.
@@ -246,13 +247,16 @@ class ResultStore:
 
     @property
     def _fix(self) -> str:
-        return f"rerun `kn {self.stage}` with the same options to move it aside and recompute its shards"
+        return (f"rerun `kn {self.stage}` with the same options to move it aside (shards are recovered from their files "
+                "where they can be, the rest recomputed)")
 
-    def create(self, settings: Mapping[str, Any], description: Mapping[str, Any] | None = None) -> None:
+    def create(self, settings: Mapping[str, Any], description: Mapping[str, Any] | None = None) -> Path | None:
         """Create the directory and manifest, or check that an existing one holds these settings.
-        A damaged manifest is moved aside (``manifest.json.damaged-<time>``) and a new one started."""
+        A damaged manifest is moved aside (``manifest.json.damaged-<time>``, returned) and a new one
+        started, which ``adopt`` can refill from the shard files on disk."""
         self.dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(self.dir)
+        aside = None
         with self._locked():
             for claim in (self.dir / CLAIMS).glob("*.json"):  # left by killed runs
                 if _stale(_read_claim(claim) or {}):
@@ -260,21 +264,20 @@ class ResultStore:
             if self.exists():
                 try:
                     found = self.manifest().get("settings")
-                except DamagedManifest as err:
+                except DamagedManifest:
                     aside = self.manifest_path.with_name(f"{MANIFEST}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
                     os.replace(self.manifest_path, aside)
-                    warnings.warn(f"{str(err).split(';')[0]}: moved to {aside.name}; its shards will be recomputed",
-                                  DamagedManifestWarning, stacklevel=2)
                 else:
                     if json.loads(json.dumps(settings, default=str)) != found:
                         raise RuntimeError(f"{self.dir}: manifest settings differ from this run's (hash collision?)")
-                    return
+                    return None
             manifest = {
                 "format": FORMAT, "model": self.model, "stage": self.stage, "key": self.key,
                 "settings": settings, **(description or {}),
                 "created": _now(), "created_by": provenance(), "shards": {},
             }
             self._write_manifest(manifest)
+        return aside
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -334,6 +337,22 @@ class ResultStore:
             manifest["shards"][shard] = entry
             self._write_manifest(manifest)
         return entry
+
+    def adopt(self, shard: str, paths: Mapping[str, Path], meta: Mapping[str, Any]) -> bool:
+        """Record a shard whose table files are on disk but not in the manifest (after a damaged one was
+        moved aside), with the checksums of the files as they are; the caller checked their content.
+        False when the shard is listed already."""
+        import pyarrow.parquet as pq
+
+        with self._locked():
+            manifest = self.manifest()
+            if shard in manifest["shards"]:
+                return False
+            info = {table: {"path": path.relative_to(self.dir).as_posix(), "sha256": sha256_file(path),
+                            "rows": pq.ParquetFile(path).metadata.num_rows} for table, path in paths.items()}
+            manifest["shards"][shard] = {"tables": info, **meta, "finished": _now(), "git_commit": None, "recovered": _now()}
+            self._write_manifest(manifest)
+        return True
 
     # claims --------------------------------------------------------------------------------------
     def _claim_path(self, shard: str) -> Path:

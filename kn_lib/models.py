@@ -61,7 +61,7 @@ def describe(name: str) -> str:
 
 def load_model(name: str = DEFAULT_MODEL, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> ModelAdapter:
     """Model, tokenizer and family adapter in one object (``adapter.model``, ``adapter.tokenizer``)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
     offline = _offline_models()
     if name in offline:

@@ -138,6 +138,19 @@ class Relation:
     type: str  # "1-1", "N-1" or "N-M"
     templates: tuple[str, ...]
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not self.id:
+            raise TypeError(f"Relation id: expected a relation id such as 'P36', got {self.id!r}")
+        if isinstance(self.templates, str) or not all(isinstance(t, str) for t in self.templates):
+            raise TypeError(f"Relation {self.id}: templates must be a sequence of str such as ('[X] was born in [Y] .',), "
+                            f"got {self.templates!r}")
+        object.__setattr__(self, "templates", tuple(self.templates))
+        for template in self.templates:
+            for slot in ("[X]", "[Y]"):
+                if template.count(slot) != 1:
+                    raise ValueError(f"Relation {self.id}: template {template!r} must contain {slot} exactly once "
+                                     "([X]: the subject, [Y]: the object to predict)")
+
 
 def load_templates(relation_id: str, source: DataSource | None = None) -> tuple[str, ...]:
     """The PARAREL templates of a relation, each checked to hold exactly one [X] and one [Y]."""
@@ -189,6 +202,7 @@ def relation_ids(source: DataSource | None = None) -> list[str]:
 
 def load_relations(ids: Iterable[str] | None = None, source: DataSource | None = None) -> dict[str, Relation]:
     """Relations with their templates; by default the paper's 34 (PARAREL relations with >= 4 templates)."""
+    ids = _relation_id_list(ids, "load_relations")
     source = source or DataSource()
     meta = _relations_meta(source)
     known = relation_ids(source)
@@ -213,7 +227,7 @@ def load_facts(relations: Iterable[str] | None = None, source: DataSource | None
     import datasets
 
     source = source or DataSource()
-    rels = load_relations(relations, source)
+    rels = load_relations(_relation_id_list(relations, "load_facts"), source)
     pairs = _query_pairs(source)
     cols: dict[str, list] = {k: [] for k in ("fact_id", "relation", "relation_label", "relation_type", "subject", "object")}
     for rid, rel in rels.items():
@@ -242,7 +256,7 @@ def load_prompts(relations: Iterable[str] | None = None, source: DataSource | No
     import datasets
 
     source = source or DataSource()
-    rels = load_relations(relations, source)
+    rels = load_relations(_relation_id_list(relations, "load_prompts"), source)
     pairs = _query_pairs(source)
     cols: dict[str, list] = {k: [] for k in ("fact_id", "relation", "template_id", "template", "prompt", "subject", "object")}
     for rid, rel in rels.items():
@@ -273,3 +287,59 @@ def relation_summary(source: DataSource | None = None):
              "prompts": n_facts * len(rel.templates)}
         )
     return pd.DataFrame(rows)
+
+
+# -- checking what callers pass --------------------------------------------------------------------
+
+FACT_FIELDS = ("fact_id", "relation", "subject", "object")
+
+
+def _relation_id_list(ids: Iterable[str] | None, caller: str) -> list[str] | None:
+    """``ids`` as a list of relation ids; a str (``"P36"``) or anything but str items is a TypeError."""
+    if ids is None:
+        return None
+    if isinstance(ids, str):
+        raise TypeError(f"{caller}: expected a list of relation ids such as [{ids!r}], got the str {ids!r}")
+    if isinstance(ids, Relation) or isinstance(ids, dict):
+        raise TypeError(f"{caller}: expected a list of relation ids such as ['P19', 'P36'], got a {type(ids).__name__}")
+    ids = list(ids)
+    wrong = [i for i in ids if not isinstance(i, str)]
+    if wrong:
+        raise TypeError(f"{caller}: expected relation ids (str such as 'P36'), got {type(wrong[0]).__name__} {wrong[0]!r}")
+    return ids
+
+
+def as_facts(facts: Any) -> list[dict]:
+    """Facts as a list of dicts with ``fact_id``, ``relation``, ``subject``, ``object``: from a list of
+    dicts, a ``datasets.Dataset`` (``load_facts``) or a pandas DataFrame with those columns."""
+    import pandas as pd
+
+    if isinstance(facts, pd.DataFrame):
+        facts = facts.to_dict("records")
+    if isinstance(facts, (str, bytes)) or (isinstance(facts, dict) and "fact_id" in facts):
+        hint = "; wrap a single fact in a list" if isinstance(facts, dict) else ""
+        raise TypeError(f"expected facts: a list of dicts with {', '.join(FACT_FIELDS)} (or load_facts' Dataset), "
+                        f"got a {type(facts).__name__}{hint}")
+    try:
+        facts = list(facts)
+    except TypeError:
+        raise TypeError(f"expected facts: a list of dicts with {', '.join(FACT_FIELDS)}, got a {type(facts).__name__}") from None
+    for i, fact in enumerate(facts):
+        if not hasattr(fact, "keys"):
+            raise TypeError(f"fact {i}: expected a dict with {', '.join(FACT_FIELDS)}, got {type(fact).__name__} {fact!r:.60}")
+        missing = [k for k in FACT_FIELDS if k not in fact]
+        if missing:
+            raise ValueError(f"fact {i}: missing {', '.join(missing)} (a fact needs {', '.join(FACT_FIELDS)})")
+    return facts
+
+
+def as_relations(relations: Any) -> dict[str, Relation]:
+    """Relations as ``{id: Relation}`` (what ``load_relations`` returns); a list of ``Relation`` is accepted."""
+    if isinstance(relations, Relation):
+        relations = [relations]
+    if isinstance(relations, (list, tuple)) and all(isinstance(r, Relation) for r in relations):
+        relations = {r.id: r for r in relations}
+    if not hasattr(relations, "items") or not all(isinstance(r, Relation) for r in relations.values()):
+        raise TypeError(f"expected relations: {{id: Relation}} as load_relations returns, got a {type(relations).__name__}"
+                        + (f" {relations!r}" if isinstance(relations, str) else ""))
+    return dict(relations)

@@ -11,8 +11,9 @@ Names:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -60,7 +61,7 @@ def describe(name: str) -> str:
 
 def load_model(name: str = DEFAULT_MODEL, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> ModelAdapter:
     """Model, tokenizer and family adapter in one object (``adapter.model``, ``adapter.tokenizer``)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
     offline = _offline_models()
     if name in offline:
@@ -68,18 +69,45 @@ def load_model(name: str = DEFAULT_MODEL, device: str | torch.device = "cpu", dt
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
         model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=dtype)
         return CausalLMAdapter(model.to(device), tokenizer, name)
-    try:
-        config = AutoConfig.from_pretrained(name)
-    except (OSError, ValueError) as err:
-        raise UnknownModel(
-            f"{name}: not an offline model ({', '.join(offline)}) and not loadable from a model hub ({err.__class__.__name__})"
-        ) from None
+    config = hub_config(name)
     tokenizer = AutoTokenizer.from_pretrained(name)
     if getattr(config, "is_decoder", False) or any(a.endswith("ForCausalLM") for a in config.architectures or []):
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
         return CausalLMAdapter(model.to(device), tokenizer, name)
     model = AutoModelForMaskedLM.from_pretrained(name, dtype=dtype)
     return MaskedLMAdapter(model.to(device), tokenizer, name)
+
+
+def hub_offline() -> bool:
+    """Whether the user asked for no model hub (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hub_config(name: str, known: Sequence[str] = OFFLINE_MODELS):
+    """A Hugging Face model's config: from a local copy or the hub cache, else from the hub in one
+    attempt (``transformers`` alone retries for ~20 s when there is no network); ``UnknownModel`` in
+    one line (naming the ``known`` models) when neither has it, at once when ``HF_HUB_OFFLINE`` is set."""
+    from transformers import AutoConfig
+
+    if not isinstance(name, str) or not name.strip():
+        raise UnknownModel(f"{name!r}: expected a model name (str), e.g. {DEFAULT_MODEL!r} or 'bert-base-cased'")
+    known = f"known without a model hub: {', '.join(known)}"
+    try:
+        return AutoConfig.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError):
+        pass
+    if hub_offline():
+        raise UnknownModel(f"{name}: unknown model: no local copy, and HF_HUB_OFFLINE is set ({known})")
+    try:
+        import huggingface_hub
+
+        huggingface_hub.model_info(name, timeout=10)
+    except Exception as err:  # not found, malformed id, no network: all mean "cannot load"
+        raise UnknownModel(f"{name}: unknown model ({known}; Hugging Face hub: {err.__class__.__name__})") from None
+    try:
+        return AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise UnknownModel(f"{name}: not loadable from the model hub ({err.__class__.__name__}: {err})") from None
 
 
 def adapter_for(model: torch.nn.Module, tokenizer, name: str = "") -> ModelAdapter:

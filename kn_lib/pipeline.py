@@ -21,9 +21,9 @@ from tqdm.auto import tqdm
 
 from .adapters import EncodedPrompt, ModelAdapter, MultiTokenObject, UnusablePrompt
 from .attribution import IGConfig, activation_attribution, integrated_gradients_many
-from .data import Relation
+from .data import Relation, as_facts, as_relations
 from .refine import (
-    OFFICIAL_MAX_EVALUATIONS, OFFICIAL_MIN_COUNT, Neuron, ShareRule, adaptive_share_threshold, coarse_neurons,
+    OFFICIAL_MAX_EVALUATIONS, OFFICIAL_MIN_COUNT, SHARE_RULES, Neuron, ShareRule, adaptive_share_threshold, coarse_neurons,
     neuron_shares, refine_fact,
 )
 
@@ -60,6 +60,27 @@ class KNConfig:
         row["threshold"] = self.coarse_threshold
         row.update({f"ig_{k}": v for k, v in asdict(self.ig).items()})
         return row
+
+    def __post_init__(self) -> None:
+        """Ranges of the settings: a bad one fails here, in words, not later as a ZeroDivisionError or
+        a coarse set holding every neuron."""
+        if self.method not in ("ig", "activation"):
+            raise ValueError(f"KNConfig: method must be 'ig' or 'activation', got {self.method!r}")
+        if not isinstance(self.ig, IGConfig):
+            raise TypeError(f"KNConfig: ig must be an IGConfig, got {type(self.ig).__name__}")
+        threshold = getattr(self, "threshold", None)
+        if threshold is not None and not 0 <= threshold < 1:
+            raise ValueError(f"KNConfig: threshold t must be in [0, 1) (coarse neurons score > t x the prompt's maximum), got {threshold}")
+        if not 0 < self.p_start <= 1:
+            raise ValueError(f"KNConfig: p_start must be in (0, 1] (a share of prompts), got {self.p_start}")
+        if not 0 < self.p_step < 1:
+            raise ValueError(f"KNConfig: p_step must be in (0, 1), got {self.p_step}")
+        if not 0 <= self.kn_low <= self.kn_high:
+            raise ValueError(f"KNConfig: need 0 <= kn_low <= kn_high, got kn_low={self.kn_low}, kn_high={self.kn_high}")
+        if self.share_rule not in SHARE_RULES:
+            raise ValueError(f"KNConfig: share_rule must be one of {', '.join(SHARE_RULES)}, got {self.share_rule!r}")
+        if self.max_evaluations < 1 or self.min_count < 1:
+            raise ValueError(f"KNConfig: max_evaluations and min_count must be >= 1, got {self.max_evaluations}, {self.min_count}")
 
 
 @dataclass
@@ -114,7 +135,7 @@ def find_knowledge_neurons(
     progress: bool = True,
 ) -> KNResult:
     """Run the paper's pipeline on ``facts`` (rows with fact_id, relation, subject, object)."""
-    facts = list(facts)
+    facts, relations = as_facts(facts), as_relations(relations)
     prompt_rows, coarse_rows, skipped = [], [], []
     coarse_sets: dict[str, dict[str, list[set]]] = {}
     for fact in tqdm(facts, desc=f"{config.method} attribution", unit="fact", disable=not progress):

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import MIRROR
-from kn_lib import results
-from kn_lib.cli import main
+from kn_lib.run import results
+from kn_lib.run.cli import main
 
 os.environ.setdefault("KN_DATA_MIRROR", str(MIRROR))
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +86,7 @@ def test_bad_option_value_is_an_argparse_error(capsys):
 def test_console_script_exit_status_without_traceback(tmp_path):
     """The real process: exit status 2 and a single stderr line (no traceback)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "kn_lib.cli", "attribute", "--relations", "P0", "--out", str(tmp_path)],
+        [sys.executable, "-m", "kn_lib.run.cli", "attribute", "--relations", "P0", "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, env={**os.environ, "KN_DATA_MIRROR": os.environ["KN_DATA_MIRROR"]},
     )
     assert proc.returncode == 2

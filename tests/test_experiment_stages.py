@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from conftest import MIRROR
-from kn_lib import results
-from kn_lib.cli import main
-from kn_lib.experiment_stages import EXPERIMENT_STAGES
-from kn_lib.kn_stages import MissingInputs
-from kn_lib.results import ResultStore, cache_key
-from kn_lib.runner import run_stage
-from kn_lib.stages import PRESETS, KnUsageError, settings_for, stage_registry
+from kn_lib.run import results
+from kn_lib.run.cli import main
+from kn_lib.run.experiment_stages import EXPERIMENT_STAGES
+from kn_lib.run.registry import MissingInputs
+from kn_lib.run.results import ResultStore, cache_key
+from kn_lib.run.runner import run_stage
+from kn_lib.run.registry import PRESETS, KnUsageError, settings_for, stage_registry
 
 os.environ.setdefault("KN_DATA_MIRROR", str(MIRROR))
 RELATIONS = "P30,P36"  # P36 has BINGREL sentences with both head and tail; 4 facts in all: quick

@@ -10,8 +10,9 @@ import sys
 import pandas as pd
 import pytest
 
-from kn_lib import results
-from kn_lib.results import CorruptShard, ResultsNotFound, ResultStore, cache_key
+from kn_lib.run import results
+from kn_lib.run import store as store_module
+from kn_lib.run.results import CorruptShard, ResultsNotFound, ResultStore, cache_key
 
 SETTINGS = {"model": "m", "ig": {"steps": 20, "rule": "right"}, "threshold": 0.2, "seed": 0}
 
@@ -73,19 +74,19 @@ def test_same_key_with_other_settings_is_refused(store):
 
 
 def test_atomic_writes_leave_no_temporary_file(tmp_path):
-    results.write_parquet_atomic(tmp_path / "x" / "t.parquet", frame(2))
-    results.write_atomic(tmp_path / "m.json", b"{}")
+    store_module.write_parquet_atomic(tmp_path / "x" / "t.parquet", frame(2))
+    store_module.write_atomic(tmp_path / "m.json", b"{}")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["m.json", "t.parquet", "x"]
 
 
 def test_stale_temporary_files_of_dead_processes_are_removed(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
-    stale = tmp_path / f".t.parquet.{results._HOST}.{dead}.abc.tmp"
-    live = tmp_path / f".t.parquet.{results._HOST}.{os.getpid()}.abc.tmp"
+    stale = tmp_path / f".t.parquet.{store_module._HOST}.{dead}.abc.tmp"
+    live = tmp_path / f".t.parquet.{store_module._HOST}.{os.getpid()}.abc.tmp"
     other_host = tmp_path / f".t.parquet.elsewhere.{dead}.abc.tmp"
     for p in (stale, live, other_host):
         p.write_bytes(b"partial")
-    assert results.remove_stale_temps(tmp_path) == [stale]
+    assert store_module.remove_stale_temps(tmp_path) == [stale]
     assert live.exists() and other_host.exists()
 
 

@@ -17,12 +17,12 @@ import pytest
 import torch
 
 from conftest import MIRROR
-from kn_lib import results
-from kn_lib.model_hooks import load_adapter
+from kn_lib.run import results
+from kn_lib.model_registry import load_adapter
 from kn_lib.pipeline import find_knowledge_neurons
-from kn_lib.results import CorruptShardWarning, ResultStore, cache_key
-from kn_lib.runner import SHARD_DELAY_ENV, run_stage
-from kn_lib.stages import settings_for, stage_registry
+from kn_lib.run.results import CorruptShardWarning, ResultStore, cache_key
+from kn_lib.run.runner import SHARD_DELAY_ENV, run_stage
+from kn_lib.run.registry import settings_for, stage_registry
 
 os.environ.setdefault("KN_DATA_MIRROR", str(MIRROR))
 RELATIONS = "P30,P140"  # 4 templates each: quick
@@ -125,7 +125,7 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_result(tmp_path):
     killed_root, clean_root = tmp_path / "killed", tmp_path / "clean"
     store = ResultStore(killed_root, settings.model, "attribute", cache_key(stage_registry()["attribute"].key_settings(settings)))
     env = {**os.environ, SHARD_DELAY_ENV: "0.4", "OMP_NUM_THREADS": "1", "KN_DATA_MIRROR": os.environ["KN_DATA_MIRROR"]}
-    cmd = [sys.executable, "-m", "kn_lib.cli", "attribute", "--model", settings.model, "--relations", RELATIONS,
+    cmd = [sys.executable, "-m", "kn_lib.run.cli", "attribute", "--model", settings.model, "--relations", RELATIONS,
            "--facts-per-relation", "6", "--steps", "3", "--chunk-size", "2", "--device", "cpu", "--threads", "1",
            "--preset", "smoke", "--out", str(killed_root), "--no-progress"]
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -213,7 +213,7 @@ def test_larger_sample_reuses_finished_chunks(tmp_path):
 
 
 def test_refine_without_attribution_says_what_to_run(tmp_path):
-    from kn_lib.kn_stages import MissingInputs
+    from kn_lib.run.registry import MissingInputs
 
     with pytest.raises(MissingInputs, match="run `kn attribute`"):
         run("refine", tiny_settings(), tmp_path)
@@ -235,7 +235,7 @@ def test_ray_backend_writes_the_same_shards_as_local(tmp_path):
 
 
 def test_reason_category_strips_templates_quoted_either_way():
-    from kn_lib.runner import reason_category
+    from kn_lib.run.runner import reason_category
 
     assert reason_category("'[Y] is the capital of [X].': [Y] precedes [X], a causal model cannot predict it") == "[Y] precedes [X]"
     # repr() uses double quotes for a template holding an apostrophe; its commas must not split the reason

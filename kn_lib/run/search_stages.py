@@ -19,12 +19,13 @@ from typing import Callable, Iterable, Mapping
 
 import pandas as pd
 
-from .adapters import ModelAdapter
-from .data import Relation
-from .pipeline import THRESHOLD_COLUMNS, KNConfig, find_knowledge_neurons, refine_coarse
-from .refine import Neuron
-from .stages import (
-    Job, RunSettings, Stage, StageContext, chunks, common_key_settings, ig_settings, register_stage, stored_threshold,
+from ..adapters import ModelAdapter
+from ..data import Relation
+from ..pipeline import THRESHOLD_COLUMNS, KNConfig, find_knowledge_neurons, refine_coarse
+from ..refine import Neuron
+from .registry import (  # noqa: F401  (MissingInputs: raised here)
+    Job, MissingInputs, RunSettings, Stage, StageContext, chunks, common_key_settings, ig_settings, register_stage,
+    stored_threshold,
 )
 
 # column -> dtype of every stored table (fixed, so empty shards and reloaded tables keep their types)
@@ -138,17 +139,13 @@ def _attribute_compute(ctx: StageContext, job: Job, adapter: ModelAdapter, on_fa
 
 
 def _refine_key(settings: RunSettings) -> dict:
-    from .results import cache_key
+    from .store import cache_key
 
     c = settings.config
     return {"attribute_key": cache_key(_attribute_key(settings)), "facts_per_relation": settings.facts_per_relation,
             "p_start": c.p_start, "p_step": c.p_step, "kn_low": c.kn_low, "kn_high": c.kn_high,
             "threshold": c.coarse_threshold, "share_rule": c.share_rule, "max_evaluations": c.max_evaluations,
             "min_count": c.min_count}
-
-
-class MissingInputs(RuntimeError):
-    """A stage's input stage has not finished the shards it needs."""
 
 
 def _refine_plan(ctx: StageContext) -> list[Job]:
@@ -189,4 +186,3 @@ REFINE = register_stage(Stage(
     tables=("refined", "thresholds"), key_settings=_refine_key, plan=_refine_plan, compute=_refine_compute,
     needs_model=False, depends=("attribute",), covers=lambda entry, job: True,  # the key fixes the sample
 ))
-from . import experiment_stages  # noqa: E402,F401  (registers the experiments as stages, after the two above)

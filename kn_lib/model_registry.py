@@ -1,4 +1,4 @@
-"""Model names beyond ``models.load_model``: a registry of builders, with two tiny random models.
+"""A registry of model builders: names beyond ``models.load_model``, with two tiny random models.
 
 The runner and the ``kn`` command load models by *name* (a Ray worker gets a name, never a model), so
 a test or smoke run needs a name for a model it can build without downloads. ``register_model`` adds
@@ -32,51 +32,37 @@ class RegisteredModel:
     build: Callable[[str], models.ModelAdapter]  # device -> adapter
 
 
-MODEL_HOOKS: dict[str, RegisteredModel] = {}
+MODEL_BUILDERS: dict[str, RegisteredModel] = {}
 
 
 def register_model(name: str, description: str, build: Callable[[str], models.ModelAdapter]) -> None:
     """Make ``name`` loadable by the runner and ``kn --model``; the builder must be deterministic."""
-    MODEL_HOOKS[name] = RegisteredModel(description, build)
+    MODEL_BUILDERS[name] = RegisteredModel(description, build)
 
 
 def known_names() -> list[str]:
     """Names that load without a model hub: registered ones and the offline GGUF models."""
-    return [*models.OFFLINE_MODELS, *MODEL_HOOKS]
+    return [*models.OFFLINE_MODELS, *MODEL_BUILDERS]
 
 
 def describe_model(name: str) -> str:
     """What results record next to the model name."""
-    return MODEL_HOOKS[name].description if name in MODEL_HOOKS else models.describe(name)
+    return MODEL_BUILDERS[name].description if name in MODEL_BUILDERS else models.describe(name)
 
 
 def check_model(name: str) -> None:
     """Raise ``models.UnknownModel`` early (before any work), in one line, when the name cannot load.
 
-    Checks a local copy first, then asks the hub once (``transformers`` itself would retry for ~30 s
-    and log each retry when there is no network)."""
-    if name in MODEL_HOOKS or name in models.OFFLINE_MODELS:
+    Checks a local copy first, then asks the hub once (``models.hub_config``)."""
+    if name in MODEL_BUILDERS or name in models.OFFLINE_MODELS:
         return
-    from transformers import AutoConfig
-
-    try:
-        AutoConfig.from_pretrained(name, local_files_only=True)  # a local directory or the hub cache
-        return
-    except (OSError, ValueError):
-        pass
-    known = f"known without a model hub: {', '.join(known_names())}"
-    try:
-        import huggingface_hub
-
-        huggingface_hub.model_info(name, timeout=10)
-    except Exception as err:  # not found, malformed id, offline mode, no network: all mean "cannot load"
-        raise models.UnknownModel(f"{name}: unknown model ({known}; Hugging Face hub: {err.__class__.__name__})") from None
+    models.hub_config(name, known_names())
 
 
 def load_adapter(name: str, device: str = "cpu") -> models.ModelAdapter:
     """A registered model, or whatever ``models.load_model`` makes of the name."""
-    if name in MODEL_HOOKS:
-        return MODEL_HOOKS[name].build(device)
+    if name in MODEL_BUILDERS:
+        return MODEL_BUILDERS[name].build(device)
     return models.load_model(name, device=device)
 
 

@@ -5,20 +5,31 @@
     kn refine    --model tiny-random-llama --relations P19,P36 --facts-per-relation 4
     kn info                                               # data counts, presets, stages, results
 
-One subcommand per registered stage (``kn_lib.stages.register_stage``), all with the same options; a
-stage's own ``Option``s are added to its subcommand. Rerunning a command resumes it: finished shards
-are kept. Bad input (unknown model, relation, preset; unwritable output) exits with status 2 and a
-one-line message.
+One subcommand per registered stage (``kn_lib.run.registry.register_stage``), all with the same
+options; a stage's own ``Option``s are added to its subcommand. Rerunning a command resumes it:
+finished shards are kept. ``kn info --verify`` also checks every shard's checksum.
+
+Every fault ends in one line on stderr (``kn: error: ...``) and an exit status:
+
+* 2, usage: bad arguments, unknown model, relation or preset, an unwritable ``--out``, a stage run
+  before its inputs, ``--backend ray`` without ray. Arguments are checked before anything is written.
+* 1, runtime: disk full, permission denied, a damaged manifest or corrupt shard of an input stage,
+  bad data files; ``kn info --verify`` that found damage. Finished shards are kept; rerun to resume.
+* 130: interrupted (Ctrl-C); finished shards are kept; rerun to resume.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
+EXIT_RUNTIME = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+RESUME = "finished shards are kept; rerun the same command to resume"
 
 
 def _positive_int(text: str) -> int:
@@ -31,14 +42,24 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def _facts(text: str) -> int | None:
     return None if text == "all" else _positive_int(text)
 
 
 def _common(parser: argparse.ArgumentParser, with_preset_default: bool = True) -> None:
-    from .models import DEFAULT_MODEL
+    from ..models import DEFAULT_MODEL
     from .results import default_root
-    from .stages import DEFAULT_PRESET, PRESETS
+    from .registry import DEFAULT_PRESET, PRESETS
 
     g = parser.add_argument_group("what to run")
     g.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL}); see `kn info`")
@@ -46,7 +67,7 @@ def _common(parser: argparse.ArgumentParser, with_preset_default: bool = True) -
                    help=f"fact sample and stage chain (default {DEFAULT_PRESET}); the options below override it")
     g.add_argument("--relations", help="comma-separated relation ids, e.g. P19,P36 (default: the preset's)")
     g.add_argument("--facts-per-relation", type=_facts, help="facts sampled per relation, or 'all' (default: the preset's)")
-    g.add_argument("--seed", type=int, help="seed of the fact sample (default: the preset's, 0)")
+    g.add_argument("--seed", type=_seed, help="seed of the fact sample (default: the preset's, 0)")
     g.add_argument("--steps", type=_positive_int, help="integrated-gradients steps m (default 20, the paper's)")
     g.add_argument("--method", choices=["ig", "activation"], help="attribution: ig (default) or the activation baseline")
     g.add_argument("--threshold", type=float, help="coarse threshold t (default 0.2 for ig, 0.5 for activation: the official script's)")
@@ -63,10 +84,17 @@ def _common(parser: argparse.ArgumentParser, with_preset_default: bool = True) -
     h.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .stages import stage_registry
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line (``kn: error: ...``) instead of usage and error."""
 
-    parser = argparse.ArgumentParser(prog="kn", description="Knowledge neurons (Dai et al. 2022): run the reproduction's stages.")
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"kn: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .registry import stage_registry
+
+    parser = _Parser(prog="kn", description="Knowledge neurons (Dai et al. 2022): run the reproduction's stages.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, stage in stage_registry().items():
         p = sub.add_parser(name, help=stage.help, description=stage.help)
@@ -80,44 +108,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(command_stages=None)
     p = sub.add_parser("info", help="data counts, presets, stages, models and results present")
     p.add_argument("--out", type=Path, default=None, help="results root to list")
+    p.add_argument("--verify", action="store_true", help="check every shard's checksum (exit status 1 when any fails)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "info":
-            print(info(args.out))
-            return 0
-        return _run(args)
-    except KeyboardInterrupt:
-        print("kn: interrupted; rerun the same command to resume (finished shards are kept)", file=sys.stderr)
-        return 130
-    except _user_errors() as err:
-        message = " ".join(str(err).split())  # one line, whatever the exception held
-        print(f"kn: error: {message}", file=sys.stderr)
-        return EXIT_USAGE
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_line
+        try:
+            if args.command == "info":
+                text, damaged = _info(args.out, args.verify)
+                print(text)
+                return EXIT_RUNTIME if damaged and args.verify else 0
+            return _run(args)
+        except KeyboardInterrupt:
+            return _fail(f"interrupted; {RESUME}", EXIT_INTERRUPTED, prefix="kn: ")
+        except _user_errors() as err:
+            return _fail(str(err), EXIT_USAGE)
+        except _runtime_errors() as err:
+            return _fail(str(err), EXIT_RUNTIME)
+        except OSError as err:  # disk full, permission denied, ...
+            where = f": {err.filename}" if getattr(err, "filename", None) else ""
+            resume = f"; {RESUME}" if args.command != "info" else ""
+            return _fail(f"{err.strerror or err}{where}{resume}", EXIT_RUNTIME)
+
+
+def _fail(message: str, status: int, prefix: str = "kn: error: ") -> int:
+    print(prefix + " ".join(message.split()), file=sys.stderr)  # one line, whatever the exception held
+    return status
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print("kn: warning: " + " ".join(str(message).split()), file=sys.stderr)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from .data import DataError
-    from .kn_stages import MissingInputs
-    from .models import UnknownModel
-    from .results import CorruptShard, ResultsNotFound
+    from ..models import UnknownModel
+    from .registry import KnUsageError, MissingInputs
+    from .results import ResultsNotFound
     from .runner import RayNotInstalled
-    from .stages import KnUsageError
 
-    return (KnUsageError, DataError, UnknownModel, MissingInputs, RayNotInstalled, CorruptShard, ResultsNotFound)
+    return (KnUsageError, UnknownModel, MissingInputs, RayNotInstalled, ResultsNotFound)
+
+
+def _runtime_errors() -> tuple[type[BaseException], ...]:
+    from ..data import DataError
+    from .store import CorruptShard, DamagedManifest
+
+    return (DataError, CorruptShard, DamagedManifest)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .model_hooks import check_model
+    from ..model_registry import check_model
     from .results import default_root
     from .runner import check_writable, import_ray, run_stage
-    from .stages import PRESETS, settings_for
+    from .registry import PRESETS, settings_for
 
     root = args.out if args.out is not None else default_root()
-    check_writable(root)
     params = {k[len("param_"):]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
     settings = settings_for(
         args.model, args.preset, relations=args.relations, facts_per_relation=args.facts_per_relation, seed=args.seed,
@@ -126,6 +174,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.backend == "ray":
         import_ray()
     check_model(args.model)
+    check_writable(root)  # after the arguments: a bad one leaves nothing behind
     if args.threads:
         import torch
 
@@ -140,12 +189,18 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def info(out: Path | None = None) -> str:
-    """Data counts, presets, stages, models known offline, and the results present under ``out``."""
-    from . import data
-    from .model_hooks import describe_model, known_names
-    from .results import default_root, stores
-    from .stages import PRESETS, stage_registry
+def info(out: Path | None = None, verify: bool = False) -> str:
+    """Data counts, presets, stages, models known offline, and the results present under ``out``; a
+    damaged store is marked and the listing goes on; ``verify`` checks every shard's checksum."""
+    return _info(out, verify)[0]
+
+
+def _info(out: Path | None, verify: bool) -> tuple[str, int]:
+    """The ``info`` text and the number of damaged stores found."""
+    from .. import data
+    from ..model_registry import describe_model, known_names
+    from .registry import PRESETS, stage_registry
+    from .store import DamagedManifest, default_root, stores
 
     lines = []
     summary = data.relation_summary()
@@ -163,19 +218,34 @@ def info(out: Path | None = None) -> str:
         lines.append(f"  {name:18s} {describe_model(name)}")
     root = out if out is not None else default_root()
     lines.append(f"results under {root}:")
-    found = False
+    found = damaged = 0
     if root.is_dir():
         for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
             for stage_dir in sorted(p for p in model_dir.iterdir() if p.is_dir()):
                 for store in stores(root, model_dir.name, stage_dir.name):
-                    m = store.manifest()
+                    found += 1
+                    name = f"{model_dir.name}/{stage_dir.name}/{store.key}"
+                    try:
+                        m = store.manifest()
+                        bad = store.verify() if verify else {}
+                    except DamagedManifest as err:
+                        lines.append(f"  {name}: DAMAGED: {' '.join(str(err).split())}")
+                        damaged += 1
+                        continue
                     s = m["settings"]
                     brief = ", ".join(f"{k}={s[k]}" for k in ("method", "seed", "facts_per_relation", "attribute_key") if k in s)
-                    lines.append(f"  {model_dir.name}/{stage_dir.name}/{store.key}: {len(m['shards'])} shards ({brief})")
-                    found = True
+                    checked = ""
+                    if verify:
+                        checked = f"; {len(m['shards']) - len(bad)} intact" + (f", {len(bad)} DAMAGED" if bad else "")
+                    lines.append(f"  {name}: {len(m['shards'])} shards ({brief}{checked})")
+                    for shard, reason in list(bad.items())[:5]:
+                        lines.append(f"    {shard}: {reason}; rerun `kn {stage_dir.name}` with the same options to recompute it")
+                    if len(bad) > 5:
+                        lines.append(f"    ... and {len(bad) - 5} more")
+                    damaged += bool(bad)
     if not found:
         lines.append("  (none)")
-    return "\n".join(lines)
+    return "\n".join(lines), damaged
 
 
 if __name__ == "__main__":

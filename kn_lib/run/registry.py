@@ -2,9 +2,10 @@
 
 A *stage* (``Stage``) turns settings into sharded result tables: ``plan`` lists the shards (``Job``),
 ``compute`` fills one shard, ``key_settings`` says which settings its results depend on (their hash is
-the results directory's key). The built-in stages ``attribute`` and ``refine`` live in
-``kn_lib.kn_stages``; an experiment adds its own with ``register_stage`` and the ``kn`` command, the
-runner (local or Ray) and ``results.load`` pick it up.
+the results directory's key). This module imports no stage: the definitions import it and register
+themselves (``kn_lib.run.search_stages``: ``attribute`` and ``refine``; ``kn_lib.run.experiment_stages``:
+the paper's experiments), and ``kn_lib.run``'s ``__init__`` imports them, so the ``kn`` command, the
+runner (local or Ray) and ``results.load`` find every stage here.
 
 The fact sample is model independent: per relation, the facts of ``query_pairs.json`` in an order
 drawn with ``(seed, relation)``, first ``facts_per_relation`` of them. A larger sample with the same
@@ -20,15 +21,19 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from . import data, sources
-from .attribution import IGConfig
-from .pipeline import KNConfig
+from .. import data, sources
+from ..attribution import IGConfig
+from ..pipeline import KNConfig
 
 DEFAULT_CHUNK = 8  # facts per attribution shard: small enough to lose little to a crash
 
 
 class KnUsageError(ValueError):
     """Bad input from the user (unknown relation, preset, unwritable output...); one-line message."""
+
+
+class MissingInputs(RuntimeError):
+    """A stage's input stage has not finished the shards it needs."""
 
 
 @dataclass(frozen=True)
@@ -127,13 +132,14 @@ def settings_for(
     params: Mapping[str, Any] | None = None,
 ) -> RunSettings:
     """Settings of a preset (default ``book-sample``) with the given fields overridden; validated."""
-    stage_registry()  # stage modules register their presets on import
     name = preset or DEFAULT_PRESET
     if name not in PRESETS:
         raise KnUsageError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
     base = PRESETS[name]
     if isinstance(relations, str):
-        relations = [r.strip() for r in relations.split(",") if r.strip()]
+        given, relations = relations, [r.strip() for r in relations.split(",") if r.strip()]
+        if not relations:
+            raise KnUsageError(f"--relations {given!r}: no relation id (expected e.g. P19,P36)")
     rel = tuple(relations) if relations else base.relations
     if rel is not None:
         known = data.relation_ids()
@@ -144,6 +150,8 @@ def settings_for(
     n = facts_per_relation if facts_per_relation is not None else base.facts_per_relation
     if n is not None and n < 1:
         raise KnUsageError(f"--facts-per-relation must be >= 1, got {n}")
+    if seed is not None and (not isinstance(seed, int) or seed < 0):
+        raise KnUsageError(f"--seed must be an integer >= 0, got {seed}")
     config = KNConfig()
     if method is not None:
         if method not in ("ig", "activation"):
@@ -200,7 +208,7 @@ class StageContext:
 
     def inputs(self, stage: str):
         """The results store of another stage for the same settings (e.g. refine reads attribute)."""
-        from .results import ResultStore, cache_key
+        from .store import ResultStore, cache_key
 
         spec = stage_registry()[stage]
         return ResultStore(self.root, self.settings.model, stage, cache_key(spec.key_settings(self.settings)))
@@ -244,8 +252,7 @@ def register_stage(stage: Stage) -> Stage:
 
 
 def stage_registry() -> dict[str, Stage]:
-    from . import kn_stages  # noqa: F401  (registers the built-in stages)
-
+    """Every registered stage by name (filled when ``kn_lib.run`` imports the stage definitions)."""
     return _STAGES
 
 
@@ -255,8 +262,8 @@ def chunks(facts: Sequence[Mapping], size: int) -> list[tuple[Mapping, ...]]:
 
 def common_key_settings(settings: RunSettings) -> dict[str, Any]:
     """What every model-based stage depends on: model, data, seed, kn_lib version."""
-    from . import __version__
-    from .model_hooks import describe_model
+    from .. import __version__
+    from ..model_registry import describe_model
 
     return {
         "model": settings.model, "model_description": describe_model(settings.model), "data_sha256": data_checksums(),
@@ -279,7 +286,7 @@ def ig_settings(config: KNConfig) -> dict[str, Any]:
 
 
 __all__ = [
-    "DEFAULT_CHUNK", "DEFAULT_PRESET", "IGConfig", "Job", "KNConfig", "KnUsageError", "Option", "PRESETS", "Preset",
+    "DEFAULT_CHUNK", "DEFAULT_PRESET", "IGConfig", "Job", "KNConfig", "KnUsageError", "MissingInputs", "Option", "PRESETS", "Preset",
     "RunSettings", "Stage", "StageContext", "chunks", "common_key_settings", "data_checksums", "register_preset",
     "register_stage", "settings_for", "stage_registry", "stored_threshold",
 ]

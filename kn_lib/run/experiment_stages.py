@@ -43,11 +43,12 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
-from .kn_stages import MissingInputs, REFINE
-from .results import ResultStore, cache_key
-from .stages import (
-    DEFAULT_CHUNK, IGConfig, Job, KNConfig, KnUsageError, Option, Preset, RunSettings, Stage, StageContext, data_checksums, register_preset, register_stage,
+from .registry import (
+    DEFAULT_CHUNK, IGConfig, Job, KNConfig, KnUsageError, MissingInputs, Option, Preset, RunSettings, Stage, StageContext,
+    data_checksums, register_preset, register_stage,
 )
+from .search_stages import REFINE
+from .store import ResultStore, cache_key
 
 BASELINE = "activation"  # the paper's baseline attribution method
 
@@ -143,7 +144,7 @@ class Statistics(Experiment):
                SEED_OPTION)
 
     def config(self, settings):
-        from .experiments import StatisticsConfig
+        from ..experiments import StatisticsConfig
 
         given = {}
         if settings.param("max_pairs") is not None:
@@ -155,7 +156,7 @@ class Statistics(Experiment):
         return StatisticsConfig(**given, seed=_experiment_seed(settings))
 
     def run(self, adapter, refined, facts, settings, inputs):
-        from .experiments import neuron_statistics
+        from ..experiments import neuron_statistics
 
         return neuron_statistics(refined, inputs["searched"], adapter.n_layers if adapter is not None else None, self.config(settings))
 
@@ -169,7 +170,7 @@ class SuppressAmplify(Experiment):
                SEED_OPTION)
 
     def config(self, settings):
-        from .experiments import ManipulationConfig
+        from ..experiments import ManipulationConfig
 
         unrelated, averaging = settings.param("unrelated"), settings.param("averaging")
         if averaging is not None and averaging not in ("official", "kn_only"):
@@ -178,7 +179,7 @@ class SuppressAmplify(Experiment):
                                   **({} if averaging is None else {"averaging": averaging}))
 
     def run(self, adapter, refined, facts, settings, inputs):
-        from .experiments import suppress_and_amplify
+        from ..experiments import suppress_and_amplify
 
         return suppress_and_amplify(adapter, refined, facts, settings.load_relations(), self.config(settings))
 
@@ -194,13 +195,13 @@ class BingRel(Experiment):
     )
 
     def config(self, settings):
-        from .experiments import BingRelConfig
+        from ..experiments import BingRelConfig
 
         given = {k: settings.param(k) for k in ("max_sentences", "max_words", "max_tokens")}
         return BingRelConfig(seed=_experiment_seed(settings), **{k: int(v) for k, v in given.items() if v is not None})
 
     def run(self, adapter, refined, facts, settings, inputs):
-        from .experiments import bingrel_activation
+        from ..experiments import bingrel_activation
 
         return bingrel_activation(adapter, refined, inputs["bags"], self.config(settings))
 
@@ -224,13 +225,13 @@ class Update(Experiment):
                "random_control": ("random_control", _bool), "sign_aware": ("sign_aware", _bool)}
 
     def config(self, settings):
-        from .experiments import UpdateConfig
+        from ..experiments import UpdateConfig
 
         given = {field: cast(settings.param(opt)) for opt, (field, cast) in self._fields.items() if settings.param(opt) is not None}
         return UpdateConfig(seed=_experiment_seed(settings), **given)
 
     def run(self, adapter, refined, facts, settings, inputs):
-        from .experiments import update_facts
+        from ..experiments import update_facts
 
         return update_facts(adapter, refined, facts, settings.load_relations(), self.config(settings), inputs.get("searched"))
 
@@ -250,8 +251,8 @@ class Erase(Experiment):
     )
 
     def config(self, settings):
-        from .experiments import EraseConfig
-        from .experiments.erase_relations import PAPER_RELATIONS
+        from ..experiments import EraseConfig
+        from ..experiments.erase_relations import PAPER_RELATIONS
 
         sample = settings.relation_ids()
         given = settings.param("erase_relations")
@@ -270,7 +271,7 @@ class Erase(Experiment):
         return EraseConfig(relations=erase, seed=_experiment_seed(settings), **extra)
 
     def run(self, adapter, refined, facts, settings, inputs):
-        from .experiments import erase_relations
+        from ..experiments import erase_relations
 
         return erase_relations(adapter, refined, facts, settings.load_relations(), self.config(settings))
 
@@ -294,8 +295,8 @@ def _key_settings(experiment: Experiment) -> Callable[[RunSettings], dict]:
         if experiment.compares_baseline and settings.config.method != BASELINE:
             out["baseline_refine_key"] = cache_key(REFINE.key_settings(_with_method(settings, BASELINE)))
         if experiment.needs_bags:
-            from . import sources
-            from .bingrel import BAGS_FILE
+            from .. import sources
+            from ..bingrel import BAGS_FILE
 
             out["bags_sha256"] = {r: sources.SHA256.get(BAGS_FILE.format(relation=r)) for r in settings.relation_ids()}
             out["data_sha256"] = data_checksums()
@@ -346,7 +347,7 @@ def _compute(experiment: Experiment) -> Callable[..., dict]:
             searched = prompts[prompts["fact_id"].isin(wanted)] if len(prompts) else pd.DataFrame(columns=["fact_id", "relation"])
             inputs["searched"] = searched[["fact_id", "relation"]].drop_duplicates().reset_index(drop=True)
         if experiment.needs_bags:
-            from .bingrel import load_bags
+            from ..bingrel import load_bags
 
             inputs["bags"] = load_bags(relations)
         result = experiment.run(adapter, refined, list(job.facts), settings, inputs)

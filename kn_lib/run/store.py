@@ -14,8 +14,17 @@ Layout::
 * Every file is written to a temporary name and renamed into place (``os.replace``), and a shard's
   manifest entry is written after its files: a run killed at any moment leaves finished shards, at most
   unlisted files that the next run overwrites, and temporary files that the next run removes.
+* A shard being computed is *claimed* (``.claims/<shard>.json`` with the pid, host and start time of
+  the run), so a second run with the same settings computes other shards and waits for this one
+  instead of repeating it; a claim whose process is dead (same host) or that is older than
+  ``KN_CLAIM_STALE_SECONDS`` (another host; default a day) is taken over.
+* A manifest entry is never replaced by one covering fewer facts (a small sample racing a large one).
+* A damaged ``manifest.json`` (truncated, not JSON) raises ``DamagedManifest`` naming the file; a run
+  with the same settings moves it aside (``manifest.json.damaged-<time>``), starts a new one and lists
+  again the shards whose files on disk hold exactly their facts (``adopt``; the runner checks them).
+* Files follow the umask (the temporary files they start as are private).
 
-``load(model, stage, ...)`` concatenates a table over all finished shards in one call, for the book.
+``kn_lib.run.results.load`` reads a table back over all finished shards, for the book.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import pandas as pd
 
@@ -53,6 +62,14 @@ class CorruptShardWarning(UserWarning):
     """A finished shard failed its checksum and will be recomputed."""
 
 
+class DamagedManifest(RuntimeError):
+    """``manifest.json`` cannot be read (truncated, not JSON, not a manifest)."""
+
+
+class DamagedManifestWarning(UserWarning):
+    """A run moved a damaged manifest aside and started a new one."""
+
+
 def default_root() -> Path:
     """``$KN_RESULTS_DIR``, else ``data/results`` of the checkout kn_lib runs from, else ``./data/results``.
 
@@ -61,7 +78,7 @@ def default_root() -> Path:
     """
     if os.environ.get("KN_RESULTS_DIR"):
         return Path(os.environ["KN_RESULTS_DIR"])
-    checkout = Path(__file__).resolve().parents[1]
+    checkout = Path(__file__).resolve().parents[2]
     if (checkout / "pyproject.toml").is_file():
         return checkout / "data" / "results"
     return Path("data") / "results"
@@ -85,10 +102,10 @@ def sha256_file(path: Path) -> str:
 def provenance() -> dict[str, Any]:
     """kn_lib version and, when kn_lib runs from a git checkout, its commit and whether kn_lib/ has
     uncommitted changes (recorded, not part of the key: a commit that changes nothing keeps results)."""
-    from . import __version__
+    from .. import __version__
 
     out: dict[str, Any] = {"kn_lib_version": __version__, "git_commit": None, "git_dirty": None}
-    checkout = Path(__file__).resolve().parents[1]
+    checkout = Path(__file__).resolve().parents[2]
     if not (checkout / ".git").exists():
         return out
     try:
@@ -117,10 +134,25 @@ def _temp_in(directory: Path, name: str) -> Path:
     return Path(tmp)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux says it (``os.umask`` sets it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _commit(tmp: Path, dest: Path) -> None:
-    """fsync, then rename into place: readers see the old file or the whole new one, never a part."""
+    """fsync, then rename into place: readers see the old file or the whole new one, never a part.
+    The file gets the mode a plain ``open`` would give it (``mkstemp`` makes it private)."""
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
+        os.fchmod(f.fileno(), 0o666 & ~_umask())
     os.replace(tmp, dest)
 
 
@@ -186,9 +218,8 @@ class ShardCheck:
 class ResultStore:
     """The shards of one (model, stage, key) directory and their manifest.
 
-    Only one process (the run's driver) writes a store at a time in normal use; the manifest is
-    nevertheless updated under an exclusive lock on the directory, read-modify-write, so that two
-    runs with the same settings interleave safely.
+    The manifest is updated under an exclusive lock on the directory, read-modify-write, and shards
+    are claimed while they are computed, so that two runs with the same settings share the work.
     """
 
     def __init__(self, root: Path | str, model: str, stage: str, key: str) -> None:
@@ -206,24 +237,47 @@ class ResultStore:
     def manifest(self) -> dict[str, Any]:
         if not self.exists():
             raise ResultsNotFound(f"{self.dir}: no results (no {MANIFEST})")
-        return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        try:
+            found = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DamagedManifest(f"{self.manifest_path}: damaged manifest ({err}); {self._fix}") from None
+        if not (isinstance(found, dict) and isinstance(found.get("shards"), dict) and "settings" in found):
+            raise DamagedManifest(f"{self.manifest_path}: damaged manifest (not a results manifest); {self._fix}")
+        return found
 
-    def create(self, settings: Mapping[str, Any], description: Mapping[str, Any] | None = None) -> None:
-        """Create the directory and manifest, or check that an existing one holds these settings."""
+    @property
+    def _fix(self) -> str:
+        return (f"rerun `kn {self.stage}` with the same options to move it aside (shards are recovered from their files "
+                "where they can be, the rest recomputed)")
+
+    def create(self, settings: Mapping[str, Any], description: Mapping[str, Any] | None = None) -> Path | None:
+        """Create the directory and manifest, or check that an existing one holds these settings.
+        A damaged manifest is moved aside (``manifest.json.damaged-<time>``, returned) and a new one
+        started, which ``adopt`` can refill from the shard files on disk."""
         self.dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(self.dir)
+        aside = None
         with self._locked():
+            for claim in (self.dir / CLAIMS).glob("*.json"):  # left by killed runs
+                if _stale(_read_claim(claim) or {}):
+                    claim.unlink(missing_ok=True)
             if self.exists():
-                found = self.manifest().get("settings")
-                if json.loads(json.dumps(settings, default=str)) != found:
-                    raise RuntimeError(f"{self.dir}: manifest settings differ from this run's (hash collision?)")
-                return
+                try:
+                    found = self.manifest().get("settings")
+                except DamagedManifest:
+                    aside = self.manifest_path.with_name(f"{MANIFEST}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+                    os.replace(self.manifest_path, aside)
+                else:
+                    if json.loads(json.dumps(settings, default=str)) != found:
+                        raise RuntimeError(f"{self.dir}: manifest settings differ from this run's (hash collision?)")
+                    return None
             manifest = {
                 "format": FORMAT, "model": self.model, "stage": self.stage, "key": self.key,
                 "settings": settings, **(description or {}),
                 "created": _now(), "created_by": provenance(), "shards": {},
             }
             self._write_manifest(manifest)
+        return aside
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -258,18 +312,75 @@ class ResultStore:
                 return ShardCheck(False, f"checksum mismatch: {info['path']}")
         return ShardCheck(True)
 
+    def verify(self) -> dict[str, str]:
+        """Every finished shard checked against its checksums: shard -> why it failed (empty: all intact)."""
+        return {shard: check.reason for shard, entry in sorted(self.entries().items())
+                if not (check := self.check(shard, entry)).ok}
+
     def write_shard(self, shard: str, tables: Mapping[str, pd.DataFrame], meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Write a shard's tables, then record them in the manifest (the commit point)."""
-        info = {}
-        for table, frame in tables.items():
-            path = self.shard_path(shard, table)
-            info[table] = {"path": path.relative_to(self.dir).as_posix(), "sha256": write_parquet_atomic(path, frame), "rows": len(frame)}
-        entry = {"tables": info, **(meta or {}), "finished": _now(), "git_commit": provenance()["git_commit"]}
+        """Write a shard's tables, then record them in the manifest (the commit point).
+
+        Under the directory lock, so that a run finishing the same shard at the same moment waits; an
+        intact entry covering more facts than this one (a larger sample's) is kept, and returned."""
         with self._locked():
             manifest = self.manifest()
+            old = manifest["shards"].get(shard)
+            new_facts = set((meta or {}).get("fact_ids", ()))
+            if old is not None and set(old.get("fact_ids", ())) > new_facts and self.check(shard, old).ok:
+                return old
+            info = {}
+            for table, frame in tables.items():
+                path = self.shard_path(shard, table)
+                info[table] = {"path": path.relative_to(self.dir).as_posix(), "sha256": write_parquet_atomic(path, frame),
+                               "rows": len(frame)}
+            entry = {"tables": info, **(meta or {}), "finished": _now(), "git_commit": provenance()["git_commit"]}
             manifest["shards"][shard] = entry
             self._write_manifest(manifest)
         return entry
+
+    def adopt(self, shard: str, paths: Mapping[str, Path], meta: Mapping[str, Any]) -> bool:
+        """Record a shard whose table files are on disk but not in the manifest (after a damaged one was
+        moved aside), with the checksums of the files as they are; the caller checked their content.
+        False when the shard is listed already."""
+        import pyarrow.parquet as pq
+
+        with self._locked():
+            manifest = self.manifest()
+            if shard in manifest["shards"]:
+                return False
+            info = {table: {"path": path.relative_to(self.dir).as_posix(), "sha256": sha256_file(path),
+                            "rows": pq.ParquetFile(path).metadata.num_rows} for table, path in paths.items()}
+            manifest["shards"][shard] = {"tables": info, **meta, "finished": _now(), "git_commit": None, "recovered": _now()}
+            self._write_manifest(manifest)
+        return True
+
+    # claims --------------------------------------------------------------------------------------
+    def _claim_path(self, shard: str) -> Path:
+        return self.dir / CLAIMS / f"{shard.replace('/', '__')}.json"
+
+    def claim(self, shard: str, owner: str, covered: Callable[[Mapping[str, Any]], bool] | None = None) -> str:
+        """Claim a shard before computing it: ``"mine"`` (compute it, then ``release``), ``"done"`` (an
+        intact entry that ``covered`` accepts exists: nothing to do) or ``"theirs"`` (a live run
+        computes it: wait). A claim of a dead process is taken over."""
+        path = self._claim_path(shard)
+        with self._locked():
+            entry = self.entries().get(shard)
+            if entry is not None and covered is not None and covered(entry) and self.check(shard, entry).ok:
+                return "done"
+            held = _read_claim(path)
+            if held is not None and held.get("owner") != owner and not _stale(held):
+                return "theirs"
+            record = {"owner": owner, "pid": os.getpid(), "host": _HOST, "started": time.time()}
+            write_atomic(path, json.dumps(record).encode())
+        return "mine"
+
+    def release(self, shard: str, owner: str) -> None:
+        """Drop this run's claim of a shard (another run's claim is left alone)."""
+        path = self._claim_path(shard)
+        with self._locked():
+            held = _read_claim(path)
+            if held is not None and held.get("owner") == owner:
+                path.unlink(missing_ok=True)
 
     def read(self, table: str, shards: Iterable[str] | None = None, verify: bool = True) -> pd.DataFrame:
         """One table over the given (default: all) finished shards, in shard-name order."""
@@ -284,12 +395,36 @@ class ResultStore:
             if verify:
                 check = self.check(name, entries[name])
                 if not check.ok:
-                    raise CorruptShard(f"{self.dir}: shard {name}: {check.reason}; rerun the stage to recompute it")
+                    raise CorruptShard(f"{self.dir}: shard {name}: {check.reason}; rerun `kn {self.stage}` with the same "
+                                       "options to recompute it")
             frames.append(pd.read_parquet(self.dir / entries[name]["tables"][table]["path"]))
         return concat(frames)
 
     def tables(self) -> list[str]:
         return sorted({t for e in self.entries().values() for t in e["tables"]})
+
+
+CLAIMS = ".claims"  # claims of shards being computed (hidden: not a table)
+CLAIM_STALE_ENV = "KN_CLAIM_STALE_SECONDS"  # a claim from another host older than this is taken over
+
+
+def _read_claim(path: Path) -> dict[str, Any] | None:
+    try:
+        held = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}  # unreadable: stale
+    return held if isinstance(held, dict) else {}
+
+
+def _stale(claim: Mapping[str, Any]) -> bool:
+    """A claim nobody will finish: its process is dead (this host), or it is older than the limit (another host)."""
+    if not {"pid", "host", "started"} <= claim.keys():
+        return True
+    if claim["host"] == _HOST:
+        return not _alive(int(claim["pid"]))
+    return time.time() - float(claim["started"]) > float(os.environ.get(CLAIM_STALE_ENV) or 24 * 3600)
 
 
 def concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -315,78 +450,3 @@ def warn_corrupt(store: ResultStore, shard: str, reason: str) -> None:
     warnings.warn(f"{store.dir}: shard {shard}: {reason}; recomputing it", CorruptShardWarning, stacklevel=3)
 
 
-# -- reading results for the book ------------------------------------------------------------------
-
-
-def load(
-    model: str,
-    stage: str,
-    table: str | None = None,
-    *,
-    preset: str | None = None,
-    key: str | None = None,
-    root: Path | str | None = None,
-    as_dataset: bool = False,
-    verify: bool = True,
-    **overrides: Any,
-):
-    """A stage's table for a model, concatenated over its shards: a DataFrame (or ``datasets.Dataset``).
-
-    Which results: ``key`` names a settings directory; or ``preset`` (plus overrides of its settings,
-    as the ``kn`` command takes them: ``facts_per_relation=``, ``steps=``, ...) recomputes the key the
-    run used and keeps the preset's facts only; with neither, the only key present is used (several
-    present: an error listing them). ``table`` defaults to the stage's main table (``refined`` for
-    ``refine``, ``coarse`` for ``attribute``). Every file is checked against its manifest checksum.
-    """
-    root = Path(root) if root is not None else default_root()
-    fact_ids = relation_ids = None
-    if preset is not None or overrides:
-        from .stages import settings_for, stage_registry
-
-        settings = settings_for(model=model, preset=preset, **overrides)
-        spec = stage_registry()[stage]
-        store = ResultStore(root, model, stage, cache_key(spec.key_settings(settings)))
-        if not store.exists():
-            raise ResultsNotFound(f"no {stage} results for {model} with these settings at {store.dir}; run `kn {stage}` first")
-        fact_ids = set(settings.selected_fact_ids())
-        relation_ids = set(settings.relation_ids())
-    elif key is not None:
-        store = ResultStore(root, model, stage, key)
-        if not store.exists():
-            raise ResultsNotFound(f"no {stage} results for {model} with key {key} under {root}")
-    else:
-        found = stores(root, model, stage)
-        if not found:
-            raise ResultsNotFound(f"no {stage} results for {model} under {root}")
-        if len(found) > 1:
-            raise ResultsNotFound(
-                f"{len(found)} settings keys for {model}/{stage} under {root} ({', '.join(s.key for s in found)}): "
-                "pass key= or preset="
-            )
-        store = found[0]
-    if table is None:
-        from .stages import stage_registry
-
-        spec = stage_registry().get(stage)
-        table = spec.tables[0] if spec else store.tables()[0]
-    frame = store.read(table, verify=verify)
-    if fact_ids is not None and "fact_id" in frame.columns:  # the attribute stage may hold a larger sample
-        frame = frame[frame["fact_id"].isin(fact_ids)].reset_index(drop=True)
-    if relation_ids is not None and "relation" in frame.columns:
-        frame = frame[frame["relation"].isin(relation_ids)].reset_index(drop=True)
-    if as_dataset:
-        import datasets
-
-        return datasets.Dataset.from_pandas(frame, preserve_index=False)
-    return frame
-
-
-def manifest(model: str, stage: str, key: str | None = None, root: Path | str | None = None) -> dict[str, Any]:
-    """The manifest of a results directory (the only one, or ``key``), e.g. for a chapter's caption."""
-    root = Path(root) if root is not None else default_root()
-    if key is not None:
-        return ResultStore(root, model, stage, key).manifest()
-    found = stores(root, model, stage)
-    if len(found) != 1:
-        raise ResultsNotFound(f"{len(found)} settings keys for {model}/{stage} under {root}: pass key=")
-    return found[0].manifest()

@@ -1,0 +1,20 @@
+"""The ``kn`` run machinery: stages over sharded, resumable, checksummed results.
+
+Modules, each importing only those listed before it (``tests/test_import_graph.py`` checks it):
+
+* ``store``: results on disk (Parquet shards, manifest, checksums, atomic writes, shard claims);
+* ``registry``: run settings, presets, the ``Stage`` type and the registry that stages register into
+  (it imports no stage);
+* ``search_stages``: the knowledge-neuron search as two stages, ``attribute`` and ``refine``;
+* ``experiment_stages``: the paper's experiments as stages (``statistics``, ``suppress-amplify``, ...);
+* ``results``: reading a stage's table back by preset and options (``results.load``, for the book);
+* ``runner``: runs a stage's shards locally or on Ray, resuming finished ones;
+* ``cli``: the ``kn`` command.
+
+This package's ``__init__`` is the one entry that imports the stage definitions, so importing anything
+from ``kn_lib.run`` finds every stage in ``registry.stage_registry()``. The science (``data``,
+``models``, ``attribution``, ``refine``, ``pipeline``, ``experiments``) never imports ``kn_lib.run``.
+"""
+
+from . import search_stages  # noqa: F401  (registers attribute, refine)
+from . import experiment_stages  # noqa: F401  (registers the experiments, after refine)

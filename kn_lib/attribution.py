@@ -9,8 +9,12 @@ Two implementations compute the same numbers:
 
 * ``method="reference"``: the straightforward one, one forward + backward of the whole prompt per layer
   and batch of steps. Kept as the ground truth that faster paths are tested against.
-* ``method="fast"`` (default): the steps of several layers share one batch, and for causal LMs the
-  prompt prefix runs once, its key/value cache is reused and only the last token is recomputed per step.
+* ``method="fast"`` (default): the layers run bottom-up once on one batch that grows as it climbs:
+  each (prompt, layer, step) row joins at its own scaled layer from the recorded hidden state, so no row
+  computes a layer below the one it scales; for causal LMs the prompt prefix runs once, its key/value
+  cache is reused and only the last token is computed per row.
+* ``method="packed"``: the previous fast path, kept for comparison in ``benchmarks/``: fixed-size passes
+  of (layer, step) rows that all start at the pass's lowest scaled layer.
 """
 
 from __future__ import annotations
@@ -35,8 +39,11 @@ class IGConfig:
     # "right": alpha = k/m, k = 1..m (the paper); "left": k = 0..m-1 (official scripts);
     # "gauss-legendre": m Gauss-Legendre nodes on [0, 1] (an option: exact for polynomials of degree 2m-1)
     rule: Rule = "right"
-    method: Literal["fast", "reference"] = "fast"
-    batch_rows: int = 200  # (layer, step) rows per forward pass in the fast path; steps per pass in the reference
+    method: Literal["fast", "packed", "reference"] = "fast"
+    # fast: (prompt, step) units per pass, each one row per scaled layer (so a pass grows from batch_rows
+    # rows at its lowest scaled layer to len(layers) x batch_rows at the top); packed: rows per pass;
+    # reference: steps per pass. Results do not depend on it (beyond float rounding).
+    batch_rows: int = 200
     # "bfloat16": matrix products in bf16 under autocast (an option, with its error measured in benchmarks/)
     precision: Precision = "float32"
 
@@ -47,8 +54,8 @@ class IGConfig:
             raise ValueError(f"rule must be 'right', 'left' or 'gauss-legendre', got {self.rule!r}")
         if self.precision not in ("float32", "bfloat16"):
             raise ValueError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
-        if self.method not in ("fast", "reference"):
-            raise ValueError(f"method must be 'fast' or 'reference', got {self.method!r}")
+        if self.method not in ("fast", "packed", "reference"):
+            raise ValueError(f"method must be 'fast', 'packed' or 'reference', got {self.method!r}")
         if self.batch_rows < 1:
             raise ValueError(f"batch_rows must be >= 1, got {self.batch_rows}")
 
@@ -100,6 +107,8 @@ def integrated_gradients_many(
     with torch.autocast(adapter.device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
         if config.method == "reference":
             grads = [_gradient_sums_reference(adapter, p, layers, a, alphas, weights, config.batch_rows) for p, a in zip(prompts, acts)]
+        elif config.method == "packed":
+            grads = _gradient_sums_packed(adapter, prompts, layers, acts, alphas, weights, config.batch_rows)
         else:
             grads = _gradient_sums_fast(adapter, prompts, layers, acts, alphas, weights, config.batch_rows)
     return [(a[layers] * g).float() for a, g in zip(acts, grads)]
@@ -130,8 +139,76 @@ def _gradient_sums_reference(adapter, prompt, layers, acts, alphas, weights, ste
     return out
 
 
-def _gradient_sums_fast(adapter, prompts, layers, acts, alphas, weights, rows_per_pass) -> list[torch.Tensor]:
-    """Same sums as the reference, with four exact savings:
+HEAD_ROWS = 512  # rows per chunk of the vocabulary projection + softmax in the fast path (bounds its memory)
+
+
+def _gradient_sums_fast(adapter, prompts, layers, acts, alphas, weights, units_per_pass) -> list[torch.Tensor]:
+    """Same sums as the reference, computed at (close to) the FLOP floor:
+
+    * scaling layer l changes nothing below l, so each (prompt, layer, step) row *joins the batch at
+      its own scaled layer* from the hidden state recorded there (``ModelAdapter.growing_batch``): the
+      layers run bottom-up once, block l on the rows scaled at l or below, and no row computes a layer
+      below its own;
+    * causal LMs: scaling the answer position changes nothing at earlier positions, so each prefix
+      runs once and its key/value cache serves every row (cut per layer to the rows present there);
+      only the last token is computed;
+    * the rows of all prompts (padded and masked) share the batch, for big matrix products;
+    * masked LMs: the vocabulary head runs at the answer position only; for every model it runs in
+      chunks of ``HEAD_ROWS`` rows with its own backward, so the [rows, vocab] logits never all exist;
+    * gradients are taken w.r.t. the scaled activations only (no weight gradients).
+    """
+    batch = _Batch(adapter, prompts)
+    hidden_in, returns_tuple = adapter.block_inputs(**batch.forward_kwargs(torch.arange(len(prompts))))
+    order = sorted(range(len(layers)), key=lambda i: layers[i])  # rows sorted by the layer they join at
+    units = torch.cartesian_prod(torch.arange(len(prompts)), torch.arange(len(alphas))).reshape(-1, 2)  # (prompt, step)
+    acts_all = torch.stack(acts)  # [P, L, N] float64
+    out = [torch.zeros(len(layers), a.shape[1], dtype=torch.float64) for a in acts]
+    for chunk in units.split(units_per_pass):
+        u_prompt, u_step = chunk[:, 0], chunk[:, 1]
+        n = len(chunk)
+        row_prompt = u_prompt.repeat(len(order))
+        row_step = u_step.repeat(len(order))
+        row_index = torch.tensor(order).repeat_interleave(n)  # index into ``layers`` of each row's scaled layer
+        row_layer = torch.tensor([layers[i] for i in order]).repeat_interleave(n)
+        scaled = alphas[row_step, None] * acts_all[row_prompt, row_layer]
+        scaled = scaled.to(batch.device, batch.dtype).requires_grad_(True)  # [rows, N]
+        active = [int((row_layer <= layer).sum()) for layer in range(adapter.n_layers)]
+        joining: list[torch.Tensor | None] = [None] * adapter.n_layers
+        hooks = []
+        for layer in range(adapter.n_layers):
+            start = active[layer - 1] if layer else 0
+            if active[layer] > start:
+                joining[layer] = hidden_in[layer][row_prompt[start : active[layer]].to(batch.device)]
+                rows = torch.arange(start, active[layer])
+                hooks.append(_patch_rows(adapter, layer, rows, batch.pos[row_prompt[rows]], scaled))
+        try:
+            with adapter.growing_batch(active, joining, returns_tuple):
+                hidden = adapter.final_hidden(**batch.forward_kwargs(row_prompt, active))
+        finally:
+            for h in hooks:
+                h.remove()
+        hidden = batch.answer_hidden(hidden, row_prompt)  # [rows, d_model]
+        grad_hidden = _head_gradient(adapter, hidden.detach(), batch.targets[row_prompt.to(batch.device)])
+        (grad,) = torch.autograd.grad(hidden, scaled, grad_hidden)
+        grad = grad.double().cpu() * weights[row_step, None]
+        for p in range(len(prompts)):
+            mine = row_prompt == p
+            out[p].index_add_(0, row_index[mine], grad[mine])
+    return out
+
+
+def _head_gradient(adapter: ModelAdapter, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """d p(target) / d hidden for each row, the vocabulary head run in chunks of ``HEAD_ROWS`` rows."""
+    grads = []
+    for h, t in zip(hidden.split(HEAD_ROWS), targets.split(HEAD_ROWS)):
+        h = h.requires_grad_(True)
+        p_answer = adapter.head(h).float().softmax(-1).gather(1, t[:, None])
+        grads.append(torch.autograd.grad(p_answer.sum(), h)[0])
+    return torch.cat(grads)
+
+
+def _gradient_sums_packed(adapter, prompts, layers, acts, alphas, weights, rows_per_pass) -> list[torch.Tensor]:
+    """The previous fast path (kept to measure against): same sums as the reference, with four exact savings:
 
     * causal LMs: scaling the answer position changes nothing at earlier positions, so each prefix
       runs once and its key/value cache serves every step; only the last token is recomputed;
@@ -208,20 +285,31 @@ class _Batch:
                 self.mask[i, : len(p.input_ids)] = 1
             self.pos = torch.tensor([p.answer_pos for p in prompts])
 
-    def forward_kwargs(self, rows: torch.Tensor) -> dict:
-        """Model inputs for batch rows that belong to the given prompts."""
+    def forward_kwargs(self, rows: torch.Tensor, active: list[int] | None = None) -> dict:
+        """Model inputs for batch rows that belong to the given prompts. With ``active`` (for
+        ``ModelAdapter.growing_batch``), layer l's key/value cache holds only the first ``active[l]`` rows."""
         if not self.causal:
             return {"input_ids": self.ids[rows], "attention_mask": self.mask[rows]}
         past = None
         if self.cache is not None:
-            past = copy.deepcopy(self.cache)
-            past.batch_select_indices(rows.to(self.device))
+            index = rows.to(self.device)
+            if active is None:
+                past = copy.deepcopy(self.cache)
+                past.batch_select_indices(index)
+            else:
+                past = self.adapter.cache_for_rows(self.cache, [index[:a] for a in active])
         ones = torch.ones(len(rows), 1, dtype=torch.long, device=self.device)
         return {
             "input_ids": self.last[rows], "attention_mask": torch.cat([self.prefix_mask[rows], ones], 1),
             "position_ids": self.position[rows], self.adapter.cache_argument: past, "use_cache": past is not None,
             "logits_to_keep": 1,
         }
+
+    def answer_hidden(self, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Final hidden states [rows, d_model] at each row's answer position."""
+        if self.causal:
+            return hidden[:, -1]
+        return hidden[torch.arange(len(rows)), self.pos[rows]]
 
     def logits(self, output, rows: torch.Tensor) -> torch.Tensor:
         """Logits [rows, vocab] at each row's answer position."""

@@ -201,8 +201,9 @@ def _head_gradient(adapter: ModelAdapter, hidden: torch.Tensor, targets: torch.T
     """d p(target) / d hidden for each row, the vocabulary head run in chunks of ``HEAD_ROWS`` rows."""
     grads = []
     for h, t in zip(hidden.split(HEAD_ROWS), targets.split(HEAD_ROWS)):
-        h = h.requires_grad_(True)
-        p_answer = adapter.head(h).float().softmax(-1).gather(1, t[:, None])
+        h = h.detach().requires_grad_(True)
+        # the head gets a non-leaf copy: torch's FlopCounterMode cannot take gradients of a module's leaf input
+        p_answer = adapter.head(h.view_as(h)).float().softmax(-1).gather(1, t[:, None])
         grads.append(torch.autograd.grad(p_answer.sum(), h)[0])
     return torch.cat(grads)
 

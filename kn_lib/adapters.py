@@ -185,27 +185,27 @@ class ModelAdapter:
         """Run the blocks one at a time on a batch that grows as it climbs (the fast attribution path).
 
         Batch rows are sorted by the block where they *join*: block ``l`` runs on the first ``active[l]``
-        rows only; rows ``active[l-1]:active[l]`` enter there with hidden state ``joining[l]`` (their
-        recorded input of block ``l``), so no row computes a block below the one it joins at. Rows
-        beyond ``active[l]`` pass block ``l`` untouched (placeholders, replaced when they join). The
-        block's other inputs (attention mask, position embeddings, ...) are cut to the active rows; a
-        key/value cache must already hold ``active[l]`` rows in layer ``l`` (``CausalLMAdapter.cache_for_rows``).
+        rows only, the ``active[l-1]`` rows coming out of block ``l-1`` and, after them, the rows that join
+        here, entering with hidden state ``joining[l]`` (their recorded input of block ``l``); so no row
+        computes a block below the one it joins at, and blocks with no row do not run. The model's
+        forward supplies the other block inputs (attention mask, position embeddings, ...) for all
+        ``active[-1]`` rows; each block gets them cut to its rows. A key/value cache must already hold
+        ``active[l]`` rows in layer ``l`` (``CausalLMAdapter.cache_for_rows``).
         """
+        total = active[-1]
 
         def runner(layer: int, block_forward: Callable):
             def forward(hidden_states, *args, **kwargs):
                 n_before, n = (active[layer - 1] if layer else 0), active[layer]
-                total = hidden_states.shape[0]
-                if n == 0:
+                if n == 0:  # no row yet: the input (the embeddings) passes on untouched
                     return (hidden_states,) if returns_tuple else hidden_states
-                hidden = hidden_states[:n_before]
-                if n > n_before:
-                    hidden = torch.cat([hidden, joining[layer].to(hidden.dtype)]) if n_before else joining[layer]
-                out = block_forward(hidden, *_first_rows(args, total, n), **_first_rows(kwargs, total, n))
-                new = out[0] if isinstance(out, tuple) else out
-                if n < total:
-                    new = torch.cat([new, hidden_states[n:]])
-                return (new, *out[1:]) if isinstance(out, tuple) else new
+                if n_before == 0:  # the first rows: the block's input is theirs alone
+                    hidden = joining[layer]
+                elif n > n_before:
+                    hidden = torch.cat([hidden_states, joining[layer].to(hidden_states.dtype)])
+                else:
+                    hidden = hidden_states
+                return block_forward(hidden, *_first_rows(args, total, n), **_first_rows(kwargs, total, n))
 
             return forward
 
@@ -216,6 +216,24 @@ class ModelAdapter:
         finally:
             for block in self.blocks:
                 del block.forward
+
+    @torch.no_grad()
+    def record(self, positions: torch.Tensor, **forward_kwargs) -> tuple[list[torch.Tensor], torch.Tensor, bool]:
+        """One forward pass recording the hidden state entering every block, the FFN activations
+        [batch, n_layers, n_neurons] at one position per batch row, and whether blocks return tuples."""
+        acts: list[torch.Tensor] = [None] * self.n_layers  # type: ignore[list-item]
+        rows = torch.arange(len(positions))
+
+        def hook(layer):
+            return lambda m, args: acts.__setitem__(layer, args[0][rows, positions.to(args[0].device)].detach().clone())
+
+        handles = [proj.register_forward_pre_hook(hook(layer)) for layer, proj in enumerate(self.projections)]
+        try:
+            inputs, returns_tuple = self.block_inputs(**forward_kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+        return inputs, torch.stack(acts, 1), returns_tuple
 
     def final_hidden(self, **forward_kwargs) -> torch.Tensor:
         """The last hidden state [batch, seq, d_model] that the vocabulary head reads (no head computed)."""

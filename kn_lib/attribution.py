@@ -102,15 +102,17 @@ def integrated_gradients_many(
     """``integrated_gradients`` of several prompts (e.g. a fact's paraphrases); the fast path puts
     them in one batch (padded, with an attention mask) for bigger matrix products."""
     layers = list(range(adapter.n_layers)) if layers is None else list(layers)
-    acts = [adapter.activations(p).double() for p in prompts]  # each [L, N]
     alphas, weights = quadrature(config.steps, config.rule)
+    if config.method == "fast":  # reads the activations in its own batched pass
+        with torch.autocast(adapter.device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
+            acts, grads = _gradient_sums_fast(adapter, prompts, layers, alphas, weights, config.batch_rows)
+        return [(a[layers] * g).float() for a, g in zip(acts, grads)]
+    acts = [adapter.activations(p).double() for p in prompts]  # each [L, N]
     with torch.autocast(adapter.device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
         if config.method == "reference":
             grads = [_gradient_sums_reference(adapter, p, layers, a, alphas, weights, config.batch_rows) for p, a in zip(prompts, acts)]
-        elif config.method == "packed":
-            grads = _gradient_sums_packed(adapter, prompts, layers, acts, alphas, weights, config.batch_rows)
         else:
-            grads = _gradient_sums_fast(adapter, prompts, layers, acts, alphas, weights, config.batch_rows)
+            grads = _gradient_sums_packed(adapter, prompts, layers, acts, alphas, weights, config.batch_rows)
     return [(a[layers] * g).float() for a, g in zip(acts, grads)]
 
 
@@ -142,8 +144,8 @@ def _gradient_sums_reference(adapter, prompt, layers, acts, alphas, weights, ste
 HEAD_ROWS = 512  # rows per chunk of the vocabulary projection + softmax in the fast path (bounds its memory)
 
 
-def _gradient_sums_fast(adapter, prompts, layers, acts, alphas, weights, units_per_pass) -> list[torch.Tensor]:
-    """Same sums as the reference, computed at (close to) the FLOP floor:
+def _gradient_sums_fast(adapter, prompts, layers, alphas, weights, units_per_pass) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Activations [L, N] and the reference's weighted gradient sums, computed at (close to) the FLOP floor:
 
     * scaling layer l changes nothing below l, so each (prompt, layer, step) row *joins the batch at
       its own scaled layer* from the hidden state recorded there (``ModelAdapter.growing_batch``): the
@@ -152,35 +154,34 @@ def _gradient_sums_fast(adapter, prompts, layers, acts, alphas, weights, units_p
     * causal LMs: scaling the answer position changes nothing at earlier positions, so each prefix
       runs once and its key/value cache serves every row (cut per layer to the rows present there);
       only the last token is computed;
-    * the rows of all prompts (padded and masked) share the batch, for big matrix products;
+    * the rows of all prompts (padded and masked) share the batch, for big matrix products; one
+      unscaled pass of all prompts records the activations and the hidden states the rows join from;
     * masked LMs: the vocabulary head runs at the answer position only; for every model it runs in
       chunks of ``HEAD_ROWS`` rows with its own backward, so the [rows, vocab] logits never all exist;
-    * gradients are taken w.r.t. the scaled activations only (no weight gradients).
+    * gradients are taken w.r.t. the scaled activations only (no weight gradients), one leaf per layer.
     """
     batch = _Batch(adapter, prompts)
-    hidden_in, returns_tuple = adapter.block_inputs(**batch.forward_kwargs(torch.arange(len(prompts))))
+    hidden_in, acts_all, returns_tuple = adapter.record(batch.pos, **batch.forward_kwargs(torch.arange(len(prompts))))
+    acts_all = acts_all.double().cpu()  # [P, L, N]
     order = sorted(range(len(layers)), key=lambda i: layers[i])  # rows sorted by the layer they join at
     units = torch.cartesian_prod(torch.arange(len(prompts)), torch.arange(len(alphas))).reshape(-1, 2)  # (prompt, step)
-    acts_all = torch.stack(acts)  # [P, L, N] float64
-    out = [torch.zeros(len(layers), a.shape[1], dtype=torch.float64) for a in acts]
+    out = [torch.zeros(len(layers), acts_all.shape[2], dtype=torch.float64) for _ in prompts]
     for chunk in units.split(units_per_pass):
         u_prompt, u_step = chunk[:, 0], chunk[:, 1]
         n = len(chunk)
-        row_prompt = u_prompt.repeat(len(order))
-        row_step = u_step.repeat(len(order))
-        row_index = torch.tensor(order).repeat_interleave(n)  # index into ``layers`` of each row's scaled layer
+        # one leaf [n, N] per entry of ``layers``, in the order the rows join
+        scaled = [(alphas[u_step, None] * acts_all[u_prompt, layers[i]]).to(batch.device, batch.dtype).requires_grad_(True) for i in order]
         row_layer = torch.tensor([layers[i] for i in order]).repeat_interleave(n)
-        scaled = alphas[row_step, None] * acts_all[row_prompt, row_layer]
-        scaled = scaled.to(batch.device, batch.dtype).requires_grad_(True)  # [rows, N]
+        row_prompt = u_prompt.repeat(len(order))
         active = [int((row_layer <= layer).sum()) for layer in range(adapter.n_layers)]
         joining: list[torch.Tensor | None] = [None] * adapter.n_layers
         hooks = []
         for layer in range(adapter.n_layers):
             start = active[layer - 1] if layer else 0
             if active[layer] > start:
-                joining[layer] = hidden_in[layer][row_prompt[start : active[layer]].to(batch.device)]
-                rows = torch.arange(start, active[layer])
-                hooks.append(_patch_rows(adapter, layer, rows, batch.pos[row_prompt[rows]], scaled))
+                joining[layer] = hidden_in[layer][u_prompt.to(batch.device)].repeat(layers.count(layer), *[1] * (hidden_in[layer].dim() - 1))
+                mine = torch.cat([s for s, i in zip(scaled, order) if layers[i] == layer])
+                hooks.append(_patch_joining_rows(adapter, layer, start, batch.pos[row_prompt[start : active[layer]]], mine))
         try:
             with adapter.growing_batch(active, joining, returns_tuple):
                 hidden = adapter.final_hidden(**batch.forward_kwargs(row_prompt, active))
@@ -189,12 +190,24 @@ def _gradient_sums_fast(adapter, prompts, layers, acts, alphas, weights, units_p
                 h.remove()
         hidden = batch.answer_hidden(hidden, row_prompt)  # [rows, d_model]
         grad_hidden = _head_gradient(adapter, hidden.detach(), batch.targets[row_prompt.to(batch.device)])
-        (grad,) = torch.autograd.grad(hidden, scaled, grad_hidden)
-        grad = grad.double().cpu() * weights[row_step, None]
-        for p in range(len(prompts)):
-            mine = row_prompt == p
-            out[p].index_add_(0, row_index[mine], grad[mine])
-    return out
+        grads = torch.autograd.grad(hidden, scaled, grad_hidden)
+        for i, g in zip(order, grads):
+            g = g.double().cpu() * weights[u_step, None]
+            for p in range(len(prompts)):
+                out[p][i] += g[u_prompt == p].sum(0)
+    return list(acts_all), out
+
+
+def _patch_joining_rows(adapter: ModelAdapter, layer: int, start: int, positions: torch.Tensor, scaled: torch.Tensor):
+    """Hook: in a growing batch, rows ``start:`` of layer ``layer`` (those joining there) get the FFN
+    activation ``scaled`` [rows, N] at their positions."""
+
+    def hook(module, args):
+        patched = args[0].clone()
+        patched[torch.arange(start, len(patched)), positions.to(patched.device)] = scaled.to(patched.dtype)
+        return (patched, *args[1:])
+
+    return adapter.projections[layer].register_forward_pre_hook(hook)
 
 
 def _head_gradient(adapter: ModelAdapter, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

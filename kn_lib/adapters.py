@@ -222,10 +222,12 @@ class ModelAdapter:
         """One forward pass recording the hidden state entering every block, the FFN activations
         [batch, n_layers, n_neurons] at one position per batch row, and whether blocks return tuples."""
         acts: list[torch.Tensor] = [None] * self.n_layers  # type: ignore[list-item]
-        rows = torch.arange(len(positions))
-
         def hook(layer):
-            return lambda m, args: acts.__setitem__(layer, args[0][rows, positions.to(args[0].device)].detach().clone())
+            def read(module, args):
+                rows = torch.arange(len(positions), device=args[0].device)
+                acts[layer] = args[0][rows, positions.to(args[0].device)].detach().clone()
+
+            return read
 
         handles = [proj.register_forward_pre_hook(hook(layer)) for layer, proj in enumerate(self.projections)]
         try:

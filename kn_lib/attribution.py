@@ -204,7 +204,7 @@ def _patch_joining_rows(adapter: ModelAdapter, layer: int, start: int, positions
 
     def hook(module, args):
         patched = args[0].clone()
-        patched[torch.arange(start, len(patched)), positions.to(patched.device)] = scaled.to(patched.dtype)
+        patched[torch.arange(start, len(patched), device=patched.device), positions.to(patched.device)] = scaled.to(patched.dtype)
         return (patched, *args[1:])
 
     return adapter.projections[layer].register_forward_pre_hook(hook)
@@ -323,7 +323,7 @@ class _Batch:
         """Final hidden states [rows, d_model] at each row's answer position."""
         if self.causal:
             return hidden[:, -1]
-        return hidden[torch.arange(len(rows)), self.pos[rows]]
+        return hidden[torch.arange(len(rows), device=hidden.device), self.pos[rows].to(hidden.device)]
 
     def logits(self, output, rows: torch.Tensor) -> torch.Tensor:
         """Logits [rows, vocab] at each row's answer position."""

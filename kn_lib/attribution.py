@@ -40,9 +40,10 @@ class IGConfig:
     # "gauss-legendre": m Gauss-Legendre nodes on [0, 1] (an option: exact for polynomials of degree 2m-1)
     rule: Rule = "right"
     method: Literal["fast", "packed", "reference"] = "fast"
-    # fast: (prompt, step) units per pass, each one row per scaled layer (so a pass grows from batch_rows
-    # rows at its lowest scaled layer to len(layers) x batch_rows at the top); packed: rows per pass;
-    # reference: steps per pass. Results do not depend on it (beyond float rounding).
+    # fast: token rows per pass at its lowest scaled layer: batch_rows (prompt, step) units when each row
+    # is one token (causal LMs, key/value cache), batch_rows // sequence length otherwise (masked LMs);
+    # each unit brings one row per scaled layer, so the batch grows len(layers)-fold to the top.
+    # packed: (layer, step) rows per pass; reference: steps per pass. Results do not depend on it.
     batch_rows: int = 200
     # "bfloat16": matrix products in bf16 under autocast (an option, with its error measured in benchmarks/)
     precision: Precision = "float32"
@@ -144,7 +145,7 @@ def _gradient_sums_reference(adapter, prompt, layers, acts, alphas, weights, ste
 HEAD_ROWS = 512  # rows per chunk of the vocabulary projection + softmax in the fast path (bounds its memory)
 
 
-def _gradient_sums_fast(adapter, prompts, layers, alphas, weights, units_per_pass) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _gradient_sums_fast(adapter, prompts, layers, alphas, weights, batch_rows) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Activations [L, N] and the reference's weighted gradient sums, computed at (close to) the FLOP floor:
 
     * scaling layer l changes nothing below l, so each (prompt, layer, step) row *joins the batch at
@@ -166,6 +167,7 @@ def _gradient_sums_fast(adapter, prompts, layers, alphas, weights, units_per_pas
     order = sorted(range(len(layers)), key=lambda i: layers[i])  # rows sorted by the layer they join at
     units = torch.cartesian_prod(torch.arange(len(prompts)), torch.arange(len(alphas))).reshape(-1, 2)  # (prompt, step)
     out = [torch.zeros(len(layers), acts_all.shape[2], dtype=torch.float64) for _ in prompts]
+    units_per_pass = max(1, batch_rows // batch.tokens_per_row)  # bounds the memory of masked LMs' whole sequences
     for chunk in units.split(units_per_pass):
         u_prompt, u_step = chunk[:, 0], chunk[:, 1]
         n = len(chunk)
@@ -298,6 +300,7 @@ class _Batch:
                 self.ids[i, : len(p.input_ids)] = p.input_ids
                 self.mask[i, : len(p.input_ids)] = 1
             self.pos = torch.tensor([p.answer_pos for p in prompts])
+        self.tokens_per_row = 1 if self.causal else self.ids.shape[1]
 
     def forward_kwargs(self, rows: torch.Tensor, active: list[int] | None = None) -> dict:
         """Model inputs for batch rows that belong to the given prompts. With ``active`` (for

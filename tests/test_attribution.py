@@ -123,9 +123,9 @@ def test_fast_path_rows_join_at_their_own_layer(tiny, layers):
 
     prompts = [tiny.encode(TEMPLATE, SUBJECT, OBJECT), tiny.encode("the capital of [X] is the city of [Y] .", "france", "paris")]
     steps, units_per_pass = 5, 4  # 2 prompts x 5 steps = 10 (prompt, step) units: passes of 4, 4 and 2
-    seen = _rows_per_layer(
-        tiny, lambda: integrated_gradients_many(tiny, prompts, layers, IGConfig(steps=steps, batch_rows=units_per_pass))
-    )
+    tokens_per_row = 1 if tiny.family == "causal" else max(len(p.input_ids) for p in prompts)  # masked LMs: whole sequences
+    config = IGConfig(steps=steps, batch_rows=units_per_pass * tokens_per_row)
+    seen = _rows_per_layer(tiny, lambda: integrated_gradients_many(tiny, prompts, layers, config))
     # before the passes, unscaled runs of at most one row per prompt go through every block (activations,
     # the causal prefix cache, recorded block inputs); the top block also sees the 3 passes
     n_unscaled = len(seen[-1]) - 3

@@ -26,7 +26,9 @@ fact only (its per-prompt time is then what is compared); 0 means all.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -62,6 +64,12 @@ def matmul_gflops(rows: int, inner: int = 576, out: int = 1536, repeats: int = 3
     for _ in range(repeats):
         torch.nn.functional.linear(x, w)
     return repeats * 2 * rows * inner * out / (time.perf_counter() - start) / 1e9
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def load_1min() -> float:
@@ -115,6 +123,22 @@ def machine_rows(when: str) -> list[dict]:
              "cpus": os.cpu_count(), "load_1min": load_1min()} for r in (20, 200, 600, 2000)]
 
 
+def write(rows: list[dict], machine: pd.DataFrame, names: list[str], args, commit: str) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    ref = frame[frame.path == "reference"].groupby("fact_id")["seconds_per_prompt"].mean()
+    frame["speedup_vs_reference"] = frame["fact_id"].map(ref) / frame["seconds_per_prompt"]
+    ref_cpu = frame[frame.path == "reference"].groupby("fact_id")["cpu_seconds_per_prompt"].mean()
+    frame["cpu_speedup_vs_reference"] = frame["fact_id"].map(ref_cpu) / frame["cpu_seconds_per_prompt"]
+    frame["gflops_peak_fp32"] = machine["gflops_fp32"].max()
+    frame["threads"], frame["cpus"] = torch.get_num_threads(), os.cpu_count()
+    frame["shared_machine"] = frame[["load_1min_before", "load_1min_after"]].max(axis=1) > args.threads + 0.5
+    frame["device"], frame["commit"] = "cpu", commit
+    frame["date_utc"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
+    frame.to_csv(args.out / "attribution_speed.csv", index=False)
+    machine.to_csv(args.out / "machine.csv", index=False)
+    return frame
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -122,11 +146,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (set explicitly)")
     parser.add_argument("--reference-prompts", type=int, default=0, help="reference on the first N prompts of each fact (0: all)")
     parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset of " + ",".join(PATHS))
+    parser.add_argument("--count-flops", default="reference,packed,fast", help="paths whose FLOPs are counted (untimed runs)")
+    parser.add_argument("--steps", type=int, default=20, help="m (20: the paper; fewer only for a smoke test)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     names = args.paths.split(",")
+    for name in PATHS:
+        PATHS[name] = dataclasses.replace(PATHS[name], steps=args.steps)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
 
     machine = machine_rows("start")
@@ -143,13 +171,14 @@ def main() -> None:
             todo = prompts[: args.reference_prompts or None] if name == "reference" else prompts
             before = load_1min()
             with PeakRSS() as rss:
-                start = time.perf_counter()
+                cpu, start = cpu_seconds(), time.perf_counter()
                 scores[name] = integrated_gradients_many(adapter, todo, config=PATHS[name])
-                seconds = time.perf_counter() - start
+                seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
             rows.append({"model": args.model, "fact_id": fact_id, "path": name, "method": PATHS[name].method,
                          "precision": PATHS[name].precision, "prompts": len(todo), "prompts_in_fact": len(prompts),
                          "tokens_mean": sum(len(p.input_ids) for p in todo) / len(todo), "seconds": seconds,
                          "seconds_per_prompt": seconds / len(todo), "seconds_9_prompts": 9 * seconds / len(todo),
+                         "cpu_seconds": cpu, "cpu_seconds_per_prompt": cpu / len(todo),
                          "peak_rss_mb": rss.peak, "load_1min_before": before, "load_1min_after": load_1min()})
             print(f"{fact_id} {name:10s} {len(todo)} prompts {seconds:8.2f} s  {9 * seconds / len(todo):7.2f} s/9 prompts  "
                   f"RSS {rss.peak:6.0f} MB  load {before:.1f}", flush=True)
@@ -159,7 +188,7 @@ def main() -> None:
             todo = prompts[: args.reference_prompts or None] if name == "reference" else prompts
             if name == "fast-bf16" and "fast" in flops:
                 flops[name] = flops["fast"]
-            elif name != "fast-bf16":
+            elif name != "fast-bf16" and name in args.count_flops.split(","):
                 flops[name] = path_flops(adapter, todo, name, PATHS[name])
         for row in rows[-len(order):]:
             name, n = row["path"], row["prompts"]
@@ -168,26 +197,17 @@ def main() -> None:
             if ref is not None:
                 diffs = [float((a - b).abs().max() / b.abs().max()) for a, b in zip(mine, ref)]
                 row["max_rel_diff_vs_reference"] = max(diffs)
-            fl = flops.get(name, flops.get("fast"))
+            fl = flops.get(name)
             if fl is not None:
                 row["gflop"] = fl / 1e9
                 row["gflop_per_prompt"] = fl / 1e9 / n
                 row["gflops_achieved"] = fl / 1e9 / row["seconds"]
 
-    machine += machine_rows("end")
-    machine = pd.DataFrame(machine)
-    frame = pd.DataFrame(rows)
-    frame["speedup_vs_reference"] = frame.apply(
-        lambda r: frame[(frame.fact_id == r.fact_id) & (frame.path == "reference")]["seconds_per_prompt"].mean() / r.seconds_per_prompt,
-        axis=1) if "reference" in names else float("nan")
-    frame["gflops_peak_fp32"] = machine["gflops_fp32"].max()
-    frame["threads"], frame["cpus"] = torch.get_num_threads(), os.cpu_count()
-    frame["shared_machine"] = (frame[["load_1min_before", "load_1min_after"]].max(axis=1) > args.threads + 0.5)
-    frame["device"], frame["commit"] = "cpu", commit
-    frame["date_utc"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
-    frame.to_csv(args.out / "attribution_speed.csv", index=False)
-    machine.to_csv(args.out / "machine.csv", index=False)
+        frame = write(rows, pd.DataFrame(machine), names, args, commit)  # after every fact: a partial run keeps its rows
 
+    machine += machine_rows("end")
+    frame = write(rows, pd.DataFrame(machine), names, args, commit)
+    machine = pd.DataFrame(machine)
     print(f"\nmodel: {describe(args.model)}; threads {torch.get_num_threads()}; machine fp32 peak {machine['gflops_fp32'].max():.0f} GFLOPS")
     summary = frame.groupby("path")[["seconds_per_prompt", "seconds_9_prompts", "gflop_per_prompt", "gflops_achieved",
                                       "speedup_vs_reference", "peak_rss_mb", "load_1min_before"]].mean()

@@ -104,9 +104,8 @@ def integrated_gradients_many(
     them in one batch (padded, with an attention mask) for bigger matrix products."""
     layers = list(range(adapter.n_layers)) if layers is None else list(layers)
     alphas, weights = quadrature(config.steps, config.rule)
-    if config.method == "fast":  # reads the activations in its own batched pass
-        with torch.autocast(adapter.device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
-            acts, grads = _gradient_sums_fast(adapter, prompts, layers, alphas, weights, config.batch_rows)
+    if config.method == "fast":  # reads the activations (in fp32) in its own batched pass
+        acts, grads = _gradient_sums_fast(adapter, prompts, layers, alphas, weights, config.batch_rows, config.precision)
         return [(a[layers] * g).float() for a, g in zip(acts, grads)]
     acts = [adapter.activations(p).double() for p in prompts]  # each [L, N]
     with torch.autocast(adapter.device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
@@ -145,7 +144,7 @@ def _gradient_sums_reference(adapter, prompt, layers, acts, alphas, weights, ste
 HEAD_ROWS = 512  # rows per chunk of the vocabulary projection + softmax in the fast path (bounds its memory)
 
 
-def _gradient_sums_fast(adapter, prompts, layers, alphas, weights, batch_rows) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _gradient_sums_fast(adapter, prompts, layers, alphas, weights, batch_rows, precision="float32") -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Activations [L, N] and the reference's weighted gradient sums, computed at (close to) the FLOP floor:
 
     * scaling layer l changes nothing below l, so each (prompt, layer, step) row *joins the batch at
@@ -184,15 +183,17 @@ def _gradient_sums_fast(adapter, prompts, layers, alphas, weights, batch_rows) -
                 joining[layer] = hidden_in[layer][u_prompt.to(batch.device)].repeat(layers.count(layer), *[1] * (hidden_in[layer].dim() - 1))
                 mine = torch.cat([s for s, i in zip(scaled, order) if layers[i] == layer])
                 hooks.append(_patch_joining_rows(adapter, layer, start, batch.pos[row_prompt[start : active[layer]]], mine))
+        autocast = torch.autocast(adapter.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
         try:
-            with adapter.growing_batch(active, joining, returns_tuple):
+            with adapter.growing_batch(active, joining, returns_tuple), autocast:
                 hidden = adapter.final_hidden(**batch.forward_kwargs(row_prompt, active))
         finally:
             for h in hooks:
                 h.remove()
         hidden = batch.answer_hidden(hidden, row_prompt)  # [rows, d_model]
-        grad_hidden = _head_gradient(adapter, hidden.detach(), batch.targets[row_prompt.to(batch.device)])
-        grads = torch.autograd.grad(hidden, scaled, grad_hidden)
+        with autocast:
+            grad_hidden = _head_gradient(adapter, hidden.detach(), batch.targets[row_prompt.to(batch.device)])
+        grads = torch.autograd.grad(hidden, scaled, grad_hidden.to(hidden.dtype))
         for i, g in zip(order, grads):
             g = g.double().cpu() * weights[u_step, None]
             for p in range(len(prompts)):

@@ -1,31 +1,39 @@
-"""Reference vs fast integrated gradients on the real offline model, in one run on one machine.
+"""Reference, packed and fast integrated gradients on the real offline model, in one run on one machine.
 
-    .venv/bin/python benchmarks/attribution_speed.py [--facts 3] [--reference-prompts 3] [--model smollm2-135m]
+    .venv/bin/python benchmarks/attribution_speed.py [--facts 2] [--threads 2] [--reference-prompts 0] [--model smollm2-135m]
 
-Prints and writes ``benchmarks/results/attribution_speed.csv`` (one row per prompt x setting) and
-``benchmarks/results/machine.csv`` (the measured fp32 matrix-multiply throughput of this machine):
+The three exact paths (``IGConfig.method``) on the same facts, every prompt of each fact in one call of
+``integrated_gradients_many`` (the path the ``kn`` command takes), paper settings (m = 20, right
+Riemann sum, all layers, fp32), plus the ``fast`` path with bfloat16 products:
 
-* seconds per prompt and per fact (m = 20, all layers), reference vs fast, and the speed-up ratio;
-* seconds per fact of the path the ``kn`` command takes: all of a fact's prompts in one batch
-  (``integrated_gradients_many``), written to ``benchmarks/results/fact_speed.csv``;
-* achieved GFLOPS (FLOPs counted by ``torch.utils.flop_counter``) against the measured matmul peak;
-* peak resident memory of the process after each setting;
-* max attribution difference of each setting from the paper's settings on the fast path;
-* for the options (Gauss-Legendre with fewer steps, bfloat16), how often the refined knowledge
-  neurons change compared with the paper's settings.
+* ``reference``: one forward + backward of the whole prompt per layer and batch of steps;
+* ``packed``: the previous fast path (fixed passes of 200 (layer, step) rows that start at the pass's
+  lowest scaled layer, key/value cache of the prefix);
+* ``fast``: the default, rows join one growing batch at their own scaled layer (no recomputation).
 
-The reference takes ~10x longer, so it runs on the first ``--reference-prompts`` prompts only; the
-per-fact time of the reference is projected from its per-prompt time. Timings vary between runs on
-a shared machine; the ratios, measured in the same run, are what to compare.
+The paths run interleaved (fact by fact, in rotating order) so that a change of the machine's load
+touches all of them. Writes ``benchmarks/results/attribution_speed.csv`` (one row per fact x path:
+seconds, s/prompt, s per 9-prompt fact, GFLOP, GFLOPS achieved, peak RSS during the run, largest
+difference from the reference, the load average before and after) and ``benchmarks/results/machine.csv``
+(the measured fp32 matrix-product throughput at the start and at the end, with the load).
+
+FLOPs are counted (``torch.utils.flop_counter``) in separate, untimed runs, so the counter's per-operator
+overhead does not inflate the timed ones; the reference's count is extrapolated exactly from m = 1 and
+m = 2 (it is affine in m). ``--reference-prompts N`` times the reference on the first N prompts of each
+fact only (its per-prompt time is then what is compared); 0 means all.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import resource
+import subprocess
 import sys
+import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -33,13 +41,18 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from kn_lib import data
-from kn_lib.attribution import IGConfig, integrated_gradients, integrated_gradients_many
+from kn_lib.attribution import IGConfig, integrated_gradients_many
 from kn_lib.models import describe, load_model
-from kn_lib.pipeline import encode_fact, predict
-from kn_lib.refine import adaptive_share_threshold, coarse_neurons, refine_fact
+from kn_lib.pipeline import encode_fact
 
 OUT = Path(__file__).parent / "results"
 SAMPLE = ("P36/17", "P37/4", "P1412/9", "P103/4", "P36/24")  # facts SmolLM2 answers for some prompt; fixed
+PATHS = {
+    "reference": IGConfig(method="reference"),
+    "packed": IGConfig(method="packed"),
+    "fast": IGConfig(method="fast"),
+    "fast-bf16": IGConfig(method="fast", precision="bfloat16"),
+}
 
 
 def matmul_gflops(rows: int, inner: int = 576, out: int = 1536, repeats: int = 30) -> float:
@@ -53,113 +66,153 @@ def matmul_gflops(rows: int, inner: int = 576, out: int = 1536, repeats: int = 3
     return repeats * 2 * rows * inner * out / (time.perf_counter() - start) / 1e9
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def cpu_seconds() -> float:
+    """User + system CPU time of this process (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
-def timed_attribution(adapter, prompt, config: IGConfig) -> tuple[torch.Tensor, float, float]:
-    """Scores, seconds, and FLOPs (counted on a separate, untimed run would double the cost; the
-    counter's overhead is small next to the matrix products, so one counted run is timed)."""
+def load_1min() -> float:
+    return os.getloadavg()[0]
+
+
+class PeakRSS:
+    """The largest resident set size (MB) of this process while the block runs, sampled every 20 ms."""
+
+    def __enter__(self):
+        self.peak, self._stop = self._rss(), threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    def _poll(self):
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> float:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+
+def count_flops(fn) -> float:
     counter = FlopCounterMode(display=False)
-    start = time.perf_counter()
     with counter:
-        scores = integrated_gradients(adapter, prompt, config=config)
-    return scores, time.perf_counter() - start, counter.get_total_flops()
+        fn()
+    return counter.get_total_flops()
+
+
+def path_flops(adapter, prompts, name: str, config: IGConfig) -> float:
+    if name == "reference":  # affine in m: F(m) = F(1) + (m - 1) (F(2) - F(1))
+        f1, f2 = (count_flops(lambda m=m: integrated_gradients_many(adapter, prompts, config=IGConfig(method="reference", steps=m)))
+                  for m in (1, 2))
+        return f1 + (config.steps - 1) * (f2 - f1)
+    return count_flops(lambda: integrated_gradients_many(adapter, prompts, config=config))
+
+
+def machine_rows(when: str) -> list[dict]:
+    return [{"when": when, "rows": r, "gflops_fp32": matmul_gflops(r), "threads": torch.get_num_threads(),
+             "cpus": os.cpu_count(), "load_1min": load_1min()} for r in (20, 200, 600, 2000)]
+
+
+def write(rows: list[dict], machine: pd.DataFrame, names: list[str], args, commit: str) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    ref = frame[frame.path == "reference"].groupby("fact_id")["seconds_per_prompt"].mean()
+    frame["speedup_vs_reference"] = frame["fact_id"].map(ref) / frame["seconds_per_prompt"]
+    ref_cpu = frame[frame.path == "reference"].groupby("fact_id")["cpu_seconds_per_prompt"].mean()
+    frame["cpu_speedup_vs_reference"] = frame["fact_id"].map(ref_cpu) / frame["cpu_seconds_per_prompt"]
+    frame["gflops_peak_fp32"] = machine["gflops_fp32"].max()
+    frame["threads"], frame["cpus"] = torch.get_num_threads(), os.cpu_count()
+    frame["shared_machine"] = frame[["load_1min_before", "load_1min_after"]].max(axis=1) > args.threads + 0.5
+    frame["device"], frame["commit"] = "cpu", commit
+    frame["date_utc"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
+    frame.to_csv(args.out / "attribution_speed.csv", index=False)
+    machine.to_csv(args.out / "machine.csv", index=False)
+    return frame
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--facts", type=int, default=3, help="facts from the fixed sample")
-    parser.add_argument("--reference-prompts", type=int, default=3)
+    parser.add_argument("--facts", type=int, default=2, help="facts from the fixed sample")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (set explicitly)")
+    parser.add_argument("--reference-prompts", type=int, default=0, help="reference on the first N prompts of each fact (0: all)")
+    parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset of " + ",".join(PATHS))
+    parser.add_argument("--count-flops", default="reference,packed,fast", help="paths whose FLOPs are counted (untimed runs)")
+    parser.add_argument("--steps", type=int, default=20, help="m (20: the paper; fewer only for a smoke test)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
+    names = args.paths.split(",")
+    for name in PATHS:
+        PATHS[name] = dataclasses.replace(PATHS[name], steps=args.steps)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
 
-    machine = pd.DataFrame(
-        [{"rows": r, "gflops_fp32": matmul_gflops(r), "threads": torch.get_num_threads(), "cpus": os.cpu_count()} for r in (20, 200, 600)]
-    )
-    print(machine.to_string(index=False))
-    machine.to_csv(args.out / "machine.csv", index=False)
-    peak = machine["gflops_fp32"].max()
-
+    machine = machine_rows("start")
     adapter = load_model(args.model)
-    settings = {
-        "fast": IGConfig(),
-        "reference": IGConfig(method="reference"),
-        "fast-gauss8": IGConfig(steps=8, rule="gauss-legendre"),
-        "fast-bf16": IGConfig(precision="bfloat16"),
-    }
-    rows, coarse, fact_rows = [], {}, []
-    n_ref = 0
-    for fact_id in SAMPLE[: args.facts]:
+    rows = []
+    for k, fact_id in enumerate(SAMPLE[: args.facts]):
         relation, index = fact_id.split("/")
         fact = data.load_facts([relation])[int(index)]
         usable, _ = encode_fact(adapter, fact, data.load_relations([relation])[relation].templates)
-        # the kn command's path: the fact's prompts together, one padded batch
-        counter = FlopCounterMode(display=False)
-        start = time.perf_counter()
-        with counter:
-            integrated_gradients_many(adapter, [p for _, p in usable], config=IGConfig())
-        seconds = time.perf_counter() - start
-        fact_rows.append({"model": args.model, "fact_id": fact_id, "prompts": len(usable), "seconds": seconds,
-                          "seconds_per_prompt": seconds / len(usable), "seconds_9_prompts": 9 * seconds / len(usable),
-                          "gflop": counter.get_total_flops() / 1e9, "gflops_achieved": counter.get_total_flops() / seconds / 1e9,
-                          "gflops_peak_fp32": peak, "threads": torch.get_num_threads()})
-        print(f"{fact_id} batched fact ({len(usable)} prompts) {seconds:7.2f} s", flush=True)
-        for t, prompt in usable:
-            p_answer, top1 = predict(adapter, prompt)
-            paper_scores = None
-            for name, config in settings.items():
-                if name == "reference" and n_ref >= args.reference_prompts:
-                    continue
-                if name == "fast-bf16" and n_ref >= 1:  # measured below fp32 speed on CPUs without bf16 units
-                    continue
-                scores, seconds, flops = timed_attribution(adapter, prompt, config)
-                if name == "fast":
-                    paper_scores = scores
-                coarse.setdefault(name, {}).setdefault(relation, {}).setdefault(fact_id, []).append(coarse_neurons(scores))
-                rows.append(
-                    {"model": args.model, "fact_id": fact_id, "template_id": t, "tokens": len(prompt.input_ids),
-                     "setting": name, "method": config.method, "steps": config.steps, "rule": config.rule,
-                     "precision": config.precision, "seconds": seconds, "gflop": flops / 1e9,
-                     "gflops_achieved": flops / seconds / 1e9, "gflops_peak_fp32": peak,
-                     "max_abs_diff_vs_paper": float((scores - paper_scores).abs().max()),
-                     "rel_diff_vs_paper": float((scores - paper_scores).abs().max() / paper_scores.abs().max()),
-                     "peak_rss_mb": peak_rss_mb(), "p_answer": p_answer, "top1_correct": top1 == prompt.target_id}
-                )
-                print(f"{fact_id} t{t} {name:12s} {seconds:7.2f} s  {flops / seconds / 1e9:6.1f} GFLOPS  "
-                      f"diff {rows[-1]['rel_diff_vs_paper']:.2e}", flush=True)
-            n_ref += 1
-    frame = pd.DataFrame(rows)
-    frame.to_csv(args.out / "attribution_speed.csv", index=False)
-    pd.DataFrame(fact_rows).to_csv(args.out / "fact_speed.csv", index=False)
+        prompts = [p for _, p in usable]
+        scores = {}
+        order = names[k % len(names):] + names[: k % len(names)]  # rotate, so no path always runs first
+        for name in order:
+            todo = prompts[: args.reference_prompts or None] if name == "reference" else prompts
+            before = load_1min()
+            with PeakRSS() as rss:
+                cpu, start = cpu_seconds(), time.perf_counter()
+                scores[name] = integrated_gradients_many(adapter, todo, config=PATHS[name])
+                seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+            rows.append({"model": args.model, "fact_id": fact_id, "path": name, "method": PATHS[name].method,
+                         "precision": PATHS[name].precision, "prompts": len(todo), "prompts_in_fact": len(prompts),
+                         "tokens_mean": sum(len(p.input_ids) for p in todo) / len(todo), "seconds": seconds,
+                         "seconds_per_prompt": seconds / len(todo), "seconds_9_prompts": 9 * seconds / len(todo),
+                         "cpu_seconds": cpu, "cpu_seconds_per_prompt": cpu / len(todo),
+                         "peak_rss_mb": rss.peak, "load_1min_before": before, "load_1min_after": load_1min()})
+            print(f"{fact_id} {name:10s} {len(todo)} prompts {seconds:8.2f} s  {9 * seconds / len(todo):7.2f} s/9 prompts  "
+                  f"RSS {rss.peak:6.0f} MB  load {before:.1f}", flush=True)
+        # untimed: FLOPs of each path on the same prompts (bf16 does the same operations as fast)
+        flops = {}
+        for name in order:
+            todo = prompts[: args.reference_prompts or None] if name == "reference" else prompts
+            if name == "fast-bf16" and "fast" in flops:
+                flops[name] = flops["fast"]
+            elif name != "fast-bf16" and name in args.count_flops.split(","):
+                flops[name] = path_flops(adapter, todo, name, PATHS[name])
+        for row in rows[-len(order):]:
+            name, n = row["path"], row["prompts"]
+            ref = scores.get("reference")
+            mine = scores[name]
+            if ref is not None:
+                diffs = [float((a - b).abs().max() / b.abs().max()) for a, b in zip(mine, ref)]
+                row["max_rel_diff_vs_reference"] = max(diffs)
+            fl = flops.get(name)
+            if fl is not None:
+                row["gflop"] = fl / 1e9
+                row["gflop_per_prompt"] = fl / 1e9 / n
+                row["gflops_achieved"] = fl / 1e9 / row["seconds"]
 
-    # refined neurons per fact: does the reference agree, do the options change them? (p searched on this
-    # sample, per relation; only facts whose every prompt ran under the setting are compared)
-    changes = []
-    for name in settings:
-        if name == "fast":
-            continue
-        for relation, by_fact in coarse["fast"].items():
-            p = adaptive_share_threshold(by_fact).p
-            for fact_id, sets in by_fact.items():
-                other = coarse.get(name, {}).get(relation, {}).get(fact_id)
-                if other is None or len(other) != len(sets):
-                    continue
-                a, b = refine_fact(sets, p), refine_fact(other, p)
-                changes.append({"setting": name, "fact_id": fact_id, "same_refined": a == b, "jaccard": len(a & b) / max(1, len(a | b))})
-    pd.DataFrame(changes).to_csv(args.out / "refined_agreement.csv", index=False)
+        frame = write(rows, pd.DataFrame(machine), names, args, commit)  # after every fact: a partial run keeps its rows
 
-    per_prompt = frame.groupby("setting")["seconds"].mean()
-    prompts_per_fact = frame[frame.setting == "fast"].groupby("fact_id").size().mean()
-    print(f"\nmodel: {describe(args.model)}")
-    print(f"prompts per fact (usable for a causal LM): {prompts_per_fact:.1f}")
-    for name, sec in per_prompt.items():
-        print(f"{name:12s} {sec:7.2f} s/prompt  {sec * prompts_per_fact:7.1f} s/fact  speed-up vs reference "
-              f"{per_prompt['reference'] / sec:5.1f}x")
-    print(f"paper: 13.3 s/fact (9 prompts) on a V100 for BERT-base; here {per_prompt['fast'] * 9:.1f} s for 9 prompts (fast)")
-    print(pd.DataFrame(changes).groupby("setting")[["same_refined", "jaccard"]].mean() if changes else "")
+    machine += machine_rows("end")
+    frame = write(rows, pd.DataFrame(machine), names, args, commit)
+    machine = pd.DataFrame(machine)
+    print(f"\nmodel: {describe(args.model)}; threads {torch.get_num_threads()}; machine fp32 peak {machine['gflops_fp32'].max():.0f} GFLOPS")
+    summary = frame.groupby("path")[["seconds_per_prompt", "seconds_9_prompts", "gflop_per_prompt", "gflops_achieved",
+                                      "speedup_vs_reference", "peak_rss_mb", "load_1min_before"]].mean()
+    print(summary.round(2).to_string())
+    print("paper: 13.3 s per fact (9 prompts) on a V100 for BERT-base")
 
 
 if __name__ == "__main__":

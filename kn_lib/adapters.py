@@ -15,6 +15,7 @@ Two families differ in where the answer is read:
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -179,6 +180,72 @@ class ModelAdapter:
             for block in self.blocks[:layer]:
                 del block.forward
 
+    @contextlib.contextmanager
+    def growing_batch(self, active: list[int], joining: list[torch.Tensor | None], returns_tuple: bool) -> Iterator[None]:
+        """Run the blocks one at a time on a batch that grows as it climbs (the fast attribution path).
+
+        Batch rows are sorted by the block where they *join*: block ``l`` runs on the first ``active[l]``
+        rows only, the ``active[l-1]`` rows coming out of block ``l-1`` and, after them, the rows that join
+        here, entering with hidden state ``joining[l]`` (their recorded input of block ``l``); so no row
+        computes a block below the one it joins at, and blocks with no row do not run. The model's
+        forward supplies the other block inputs (attention mask, position embeddings, ...) for all
+        ``active[-1]`` rows; each block gets them cut to its rows. A key/value cache must already hold
+        ``active[l]`` rows in layer ``l`` (``CausalLMAdapter.cache_for_rows``).
+        """
+        total = active[-1]
+
+        def runner(layer: int, block_forward: Callable):
+            def forward(hidden_states, *args, **kwargs):
+                n_before, n = (active[layer - 1] if layer else 0), active[layer]
+                if n == 0:  # no row yet: the input (the embeddings) passes on untouched
+                    return (hidden_states,) if returns_tuple else hidden_states
+                if n_before == 0:  # the first rows: the block's input is theirs alone
+                    hidden = joining[layer]
+                elif n > n_before:
+                    hidden = torch.cat([hidden_states, joining[layer].to(hidden_states.dtype)])
+                else:
+                    hidden = hidden_states
+                return block_forward(hidden, *_first_rows(args, total, n), **_first_rows(kwargs, total, n))
+
+            return forward
+
+        for layer, block in enumerate(self.blocks):
+            block.forward = runner(layer, block.forward)  # instance attribute shadows the class's forward
+        try:
+            yield
+        finally:
+            for block in self.blocks:
+                del block.forward
+
+    @torch.no_grad()
+    def record(self, positions: torch.Tensor, **forward_kwargs) -> tuple[list[torch.Tensor], torch.Tensor, bool]:
+        """One forward pass recording the hidden state entering every block, the FFN activations
+        [batch, n_layers, n_neurons] at one position per batch row, and whether blocks return tuples."""
+        acts: list[torch.Tensor] = [None] * self.n_layers  # type: ignore[list-item]
+        def hook(layer):
+            def read(module, args):
+                rows = torch.arange(len(positions), device=args[0].device)
+                acts[layer] = args[0][rows, positions.to(args[0].device)].detach().clone()
+
+            return read
+
+        handles = [proj.register_forward_pre_hook(hook(layer)) for layer, proj in enumerate(self.projections)]
+        try:
+            inputs, returns_tuple = self.block_inputs(**forward_kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+        return inputs, torch.stack(acts, 1), returns_tuple
+
+    def final_hidden(self, **forward_kwargs) -> torch.Tensor:
+        """The last hidden state [batch, seq, d_model] that the vocabulary head reads (no head computed)."""
+        kwargs = {k: v for k, v in forward_kwargs.items() if k != "logits_to_keep"}
+        return self.model.base_model(**kwargs).last_hidden_state
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits [..., vocab] from final hidden states, as the model's own forward computes them."""
+        raise NotImplementedError
+
     @torch.no_grad()
     def activations(self, prompt: EncodedPrompt) -> torch.Tensor:
         """FFN intermediate activations at the answer position, all layers: [n_layers, n_neurons]."""
@@ -204,10 +271,30 @@ class ModelAdapter:
         return logits.float().softmax(-1)[0, prompt.target_id].item()
 
 
+def _first_rows(obj, total: int, n: int):
+    """Cut every tensor with ``total`` rows (the batch dimension) in a nest of args to its first ``n``."""
+    if isinstance(obj, torch.Tensor):
+        return obj[:n] if obj.dim() and obj.shape[0] == total else obj
+    if isinstance(obj, tuple):
+        return tuple(_first_rows(o, total, n) for o in obj)
+    if isinstance(obj, list):
+        return [_first_rows(o, total, n) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _first_rows(v, total, n) for k, v in obj.items()}
+    return obj
+
+
 class MaskedLMAdapter(ModelAdapter):
     """BERT-style masked LMs: ``[Y]`` becomes the mask token, the answer position is the mask."""
 
     family = "masked"
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The MLM head (BERT: ``cls``, RoBERTa: ``lm_head``) applied to the given positions only."""
+        for name in ("cls", "lm_head"):
+            if hasattr(self.model, name):
+                return getattr(self.model, name)(hidden)
+        raise ValueError(f"{type(self.model).__name__}: no masked-LM head named cls or lm_head")
 
     def answer_token(self, obj: str, template: str = "[X] [Y]") -> int:
         pieces = self.tokenizer.tokenize(obj)
@@ -234,6 +321,22 @@ class CausalLMAdapter(ModelAdapter):
     def cache_argument(self) -> str:
         """Name of the key/value cache argument (transformers 5 renamed ``past_key_values`` to ``cache``)."""
         return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The output embeddings, with the final logit soft-capping of models that have one (Gemma 2/3)."""
+        logits = self.model.get_output_embeddings()(hidden)
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        return logits if cap is None else torch.tanh(logits / cap) * cap
+
+    def cache_for_rows(self, cache, rows: list[torch.Tensor]):
+        """A copy of a prompts' key/value cache whose layer ``l`` holds the rows ``rows[l]`` (indices of
+        the prompts, one per batch row), for ``growing_batch``. A layer with no rows keeps its prompts'
+        rows (its block does not run, but the model reads the cache length from layer 0)."""
+        cache = copy.deepcopy(cache)
+        for layer, index in zip(cache.layers, rows):
+            if len(index):
+                layer.batch_select_indices(index)
+        return cache
 
     def answer_token(self, obj: str, template: str = "[X] [Y]") -> int:
         before = template[: template.index("[Y]")]

@@ -9,8 +9,12 @@ Two implementations compute the same numbers:
 
 * ``method="reference"``: the straightforward one, one forward + backward of the whole prompt per layer
   and batch of steps. Kept as the ground truth that faster paths are tested against.
-* ``method="fast"`` (default): the steps of several layers share one batch, and for causal LMs the
-  prompt prefix runs once, its key/value cache is reused and only the last token is recomputed per step.
+* ``method="fast"`` (default): the layers run bottom-up once on one batch that grows as it climbs:
+  each (prompt, layer, step) row joins at its own scaled layer from the recorded hidden state, so no row
+  computes a layer below the one it scales; for causal LMs the prompt prefix runs once, its key/value
+  cache is reused and only the last token is computed per row.
+* ``method="packed"``: the previous fast path, kept for comparison in ``benchmarks/``: fixed-size passes
+  of (layer, step) rows that all start at the pass's lowest scaled layer.
 """
 
 from __future__ import annotations
@@ -35,8 +39,12 @@ class IGConfig:
     # "right": alpha = k/m, k = 1..m (the paper); "left": k = 0..m-1 (official scripts);
     # "gauss-legendre": m Gauss-Legendre nodes on [0, 1] (an option: exact for polynomials of degree 2m-1)
     rule: Rule = "right"
-    method: Literal["fast", "reference"] = "fast"
-    batch_rows: int = 200  # (layer, step) rows per forward pass in the fast path; steps per pass in the reference
+    method: Literal["fast", "packed", "reference"] = "fast"
+    # fast: token rows per pass at its lowest scaled layer: batch_rows (prompt, step) units when each row
+    # is one token (causal LMs, key/value cache), batch_rows // sequence length otherwise (masked LMs);
+    # each unit brings one row per scaled layer, so the batch grows len(layers)-fold to the top.
+    # packed: (layer, step) rows per pass; reference: steps per pass. Results do not depend on it.
+    batch_rows: int = 200
     # "bfloat16": matrix products in bf16 under autocast (an option, with its error measured in benchmarks/)
     precision: Precision = "float32"
 
@@ -47,8 +55,8 @@ class IGConfig:
             raise ValueError(f"rule must be 'right', 'left' or 'gauss-legendre', got {self.rule!r}")
         if self.precision not in ("float32", "bfloat16"):
             raise ValueError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
-        if self.method not in ("fast", "reference"):
-            raise ValueError(f"method must be 'fast' or 'reference', got {self.method!r}")
+        if self.method not in ("fast", "packed", "reference"):
+            raise ValueError(f"method must be 'fast', 'packed' or 'reference', got {self.method!r}")
         if self.batch_rows < 1:
             raise ValueError(f"batch_rows must be >= 1, got {self.batch_rows}")
 
@@ -95,13 +103,16 @@ def integrated_gradients_many(
     """``integrated_gradients`` of several prompts (e.g. a fact's paraphrases); the fast path puts
     them in one batch (padded, with an attention mask) for bigger matrix products."""
     layers = list(range(adapter.n_layers)) if layers is None else list(layers)
-    acts = [adapter.activations(p).double() for p in prompts]  # each [L, N]
     alphas, weights = quadrature(config.steps, config.rule)
+    if config.method == "fast":  # reads the activations (in fp32) in its own batched pass
+        acts, grads = _gradient_sums_fast(adapter, prompts, layers, alphas, weights, config.batch_rows, config.precision)
+        return [(a[layers] * g).float() for a, g in zip(acts, grads)]
+    acts = [adapter.activations(p).double() for p in prompts]  # each [L, N]
     with torch.autocast(adapter.device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
         if config.method == "reference":
             grads = [_gradient_sums_reference(adapter, p, layers, a, alphas, weights, config.batch_rows) for p, a in zip(prompts, acts)]
         else:
-            grads = _gradient_sums_fast(adapter, prompts, layers, acts, alphas, weights, config.batch_rows)
+            grads = _gradient_sums_packed(adapter, prompts, layers, acts, alphas, weights, config.batch_rows)
     return [(a[layers] * g).float() for a, g in zip(acts, grads)]
 
 
@@ -130,8 +141,91 @@ def _gradient_sums_reference(adapter, prompt, layers, acts, alphas, weights, ste
     return out
 
 
-def _gradient_sums_fast(adapter, prompts, layers, acts, alphas, weights, rows_per_pass) -> list[torch.Tensor]:
-    """Same sums as the reference, with four exact savings:
+HEAD_ROWS = 512  # rows per chunk of the vocabulary projection + softmax in the fast path (bounds its memory)
+
+
+def _gradient_sums_fast(adapter, prompts, layers, alphas, weights, batch_rows, precision="float32") -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Activations [L, N] and the reference's weighted gradient sums, computed at (close to) the FLOP floor:
+
+    * scaling layer l changes nothing below l, so each (prompt, layer, step) row *joins the batch at
+      its own scaled layer* from the hidden state recorded there (``ModelAdapter.growing_batch``): the
+      layers run bottom-up once, block l on the rows scaled at l or below, and no row computes a layer
+      below its own;
+    * causal LMs: scaling the answer position changes nothing at earlier positions, so each prefix
+      runs once and its key/value cache serves every row (cut per layer to the rows present there);
+      only the last token is computed;
+    * the rows of all prompts (padded and masked) share the batch, for big matrix products; one
+      unscaled pass of all prompts records the activations and the hidden states the rows join from;
+    * masked LMs: the vocabulary head runs at the answer position only; for every model it runs in
+      chunks of ``HEAD_ROWS`` rows with its own backward, so the [rows, vocab] logits never all exist;
+    * gradients are taken w.r.t. the scaled activations only (no weight gradients), one leaf per layer.
+    """
+    batch = _Batch(adapter, prompts)
+    hidden_in, acts_all, returns_tuple = adapter.record(batch.pos, **batch.forward_kwargs(torch.arange(len(prompts))))
+    acts_all = acts_all.double().cpu()  # [P, L, N]
+    order = sorted(range(len(layers)), key=lambda i: layers[i])  # rows sorted by the layer they join at
+    units = torch.cartesian_prod(torch.arange(len(prompts)), torch.arange(len(alphas))).reshape(-1, 2)  # (prompt, step)
+    out = [torch.zeros(len(layers), acts_all.shape[2], dtype=torch.float64) for _ in prompts]
+    units_per_pass = max(1, batch_rows // batch.tokens_per_row)  # bounds the memory of masked LMs' whole sequences
+    for chunk in units.split(units_per_pass):
+        u_prompt, u_step = chunk[:, 0], chunk[:, 1]
+        n = len(chunk)
+        # one leaf [n, N] per entry of ``layers``, in the order the rows join
+        scaled = [(alphas[u_step, None] * acts_all[u_prompt, layers[i]]).to(batch.device, batch.dtype).requires_grad_(True) for i in order]
+        row_layer = torch.tensor([layers[i] for i in order]).repeat_interleave(n)
+        row_prompt = u_prompt.repeat(len(order))
+        active = [int((row_layer <= layer).sum()) for layer in range(adapter.n_layers)]
+        joining: list[torch.Tensor | None] = [None] * adapter.n_layers
+        hooks = []
+        for layer in range(adapter.n_layers):
+            start = active[layer - 1] if layer else 0
+            if active[layer] > start:
+                joining[layer] = hidden_in[layer][u_prompt.to(batch.device)].repeat(layers.count(layer), *[1] * (hidden_in[layer].dim() - 1))
+                mine = torch.cat([s for s, i in zip(scaled, order) if layers[i] == layer])
+                hooks.append(_patch_joining_rows(adapter, layer, start, batch.pos[row_prompt[start : active[layer]]], mine))
+        autocast = torch.autocast(adapter.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+        try:
+            with adapter.growing_batch(active, joining, returns_tuple), autocast:
+                hidden = adapter.final_hidden(**batch.forward_kwargs(row_prompt, active))
+        finally:
+            for h in hooks:
+                h.remove()
+        hidden = batch.answer_hidden(hidden, row_prompt)  # [rows, d_model]
+        with autocast:
+            grad_hidden = _head_gradient(adapter, hidden.detach(), batch.targets[row_prompt.to(batch.device)])
+        grads = torch.autograd.grad(hidden, scaled, grad_hidden.to(hidden.dtype))
+        for i, g in zip(order, grads):
+            g = g.double().cpu() * weights[u_step, None]
+            for p in range(len(prompts)):
+                out[p][i] += g[u_prompt == p].sum(0)
+    return list(acts_all), out
+
+
+def _patch_joining_rows(adapter: ModelAdapter, layer: int, start: int, positions: torch.Tensor, scaled: torch.Tensor):
+    """Hook: in a growing batch, rows ``start:`` of layer ``layer`` (those joining there) get the FFN
+    activation ``scaled`` [rows, N] at their positions."""
+
+    def hook(module, args):
+        patched = args[0].clone()
+        patched[torch.arange(start, len(patched), device=patched.device), positions.to(patched.device)] = scaled.to(patched.dtype)
+        return (patched, *args[1:])
+
+    return adapter.projections[layer].register_forward_pre_hook(hook)
+
+
+def _head_gradient(adapter: ModelAdapter, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """d p(target) / d hidden for each row, the vocabulary head run in chunks of ``HEAD_ROWS`` rows."""
+    grads = []
+    for h, t in zip(hidden.split(HEAD_ROWS), targets.split(HEAD_ROWS)):
+        h = h.detach().requires_grad_(True)
+        # the head gets a non-leaf copy: torch's FlopCounterMode cannot take gradients of a module's leaf input
+        p_answer = adapter.head(h.view_as(h)).float().softmax(-1).gather(1, t[:, None])
+        grads.append(torch.autograd.grad(p_answer.sum(), h)[0])
+    return torch.cat(grads)
+
+
+def _gradient_sums_packed(adapter, prompts, layers, acts, alphas, weights, rows_per_pass) -> list[torch.Tensor]:
+    """The previous fast path (kept to measure against): same sums as the reference, with four exact savings:
 
     * causal LMs: scaling the answer position changes nothing at earlier positions, so each prefix
       runs once and its key/value cache serves every step; only the last token is recomputed;
@@ -207,21 +301,33 @@ class _Batch:
                 self.ids[i, : len(p.input_ids)] = p.input_ids
                 self.mask[i, : len(p.input_ids)] = 1
             self.pos = torch.tensor([p.answer_pos for p in prompts])
+        self.tokens_per_row = 1 if self.causal else self.ids.shape[1]
 
-    def forward_kwargs(self, rows: torch.Tensor) -> dict:
-        """Model inputs for batch rows that belong to the given prompts."""
+    def forward_kwargs(self, rows: torch.Tensor, active: list[int] | None = None) -> dict:
+        """Model inputs for batch rows that belong to the given prompts. With ``active`` (for
+        ``ModelAdapter.growing_batch``), layer l's key/value cache holds only the first ``active[l]`` rows."""
         if not self.causal:
             return {"input_ids": self.ids[rows], "attention_mask": self.mask[rows]}
         past = None
         if self.cache is not None:
-            past = copy.deepcopy(self.cache)
-            past.batch_select_indices(rows.to(self.device))
+            index = rows.to(self.device)
+            if active is None:
+                past = copy.deepcopy(self.cache)
+                past.batch_select_indices(index)
+            else:
+                past = self.adapter.cache_for_rows(self.cache, [index[:a] for a in active])
         ones = torch.ones(len(rows), 1, dtype=torch.long, device=self.device)
         return {
             "input_ids": self.last[rows], "attention_mask": torch.cat([self.prefix_mask[rows], ones], 1),
             "position_ids": self.position[rows], self.adapter.cache_argument: past, "use_cache": past is not None,
             "logits_to_keep": 1,
         }
+
+    def answer_hidden(self, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Final hidden states [rows, d_model] at each row's answer position."""
+        if self.causal:
+            return hidden[:, -1]
+        return hidden[torch.arange(len(rows), device=hidden.device), self.pos[rows].to(hidden.device)]
 
     def logits(self, output, rows: torch.Tensor) -> torch.Tensor:
         """Logits [rows, vocab] at each row's answer position."""

@@ -83,11 +83,70 @@ def test_captum_integrated_gradients_agrees(tiny, prompt):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-9)
 
 
+@pytest.mark.parametrize("method", ["fast", "packed"])
 @pytest.mark.parametrize("batch_rows", [1, 7, 20, 60, 1000])
-def test_fast_path_matches_reference(tiny, prompt, batch_rows):
+def test_fast_path_matches_reference(tiny, prompt, batch_rows, method):
     ref = integrated_gradients(tiny, prompt, config=IGConfig(method="reference", batch_rows=20))
-    fast = integrated_gradients(tiny, prompt, config=IGConfig(method="fast", batch_rows=batch_rows))
+    fast = integrated_gradients(tiny, prompt, config=IGConfig(method=method, batch_rows=batch_rows))
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+def _rows_per_layer(adapter, run) -> list[list[int]]:
+    """Per layer: the batch rows seen by every linear map of the block, one list entry per block call
+    (all linear maps of one call must agree), while ``run()`` runs."""
+    seen: list[list[int]] = [[] for _ in adapter.blocks]
+    calls: list[list[set[int]]] = [[] for _ in adapter.blocks]
+    handles = []
+    for layer, block in enumerate(adapter.blocks):
+        handles.append(block.register_forward_pre_hook(lambda m, a, layer=layer: calls[layer].append(set())))
+        for module in block.modules():
+            if isinstance(module, torch.nn.Linear):
+                handles.append(module.register_forward_pre_hook(lambda m, a, layer=layer: calls[layer][-1].add(a[0].shape[0])))
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    for layer, per_call in enumerate(calls):
+        for rows in per_call:
+            assert len(rows) <= 1, f"layer {layer}: linear maps of one block call saw different row counts {rows}"
+            if rows:
+                seen[layer].append(rows.pop())
+    return seen
+
+
+@pytest.mark.parametrize("layers", [[2, 0], [1], [0, 1, 2]])
+def test_fast_path_rows_join_at_their_own_layer(tiny, layers):
+    """No row computes a layer below its scaled layer: block l runs on exactly the rows scaled at l or
+    below (one per prompt, step and such layer), and blocks below every scaled layer do not run."""
+    from kn_lib.attribution import integrated_gradients_many
+
+    prompts = [tiny.encode(TEMPLATE, SUBJECT, OBJECT), tiny.encode("the capital of [X] is the city of [Y] .", "france", "paris")]
+    steps, units_per_pass = 5, 4  # 2 prompts x 5 steps = 10 (prompt, step) units: passes of 4, 4 and 2
+    tokens_per_row = 1 if tiny.family == "causal" else max(len(p.input_ids) for p in prompts)  # masked LMs: whole sequences
+    config = IGConfig(steps=steps, batch_rows=units_per_pass * tokens_per_row)
+    seen = _rows_per_layer(tiny, lambda: integrated_gradients_many(tiny, prompts, layers, config))
+    # before the passes, unscaled runs of at most one row per prompt go through every block (activations,
+    # the causal prefix cache, recorded block inputs); the top block also sees the 3 passes
+    n_unscaled = len(seen[-1]) - 3
+    for layer in range(tiny.n_layers):
+        scaled_here_or_below = sum(1 for l in layers if l <= layer)
+        grown = [units * scaled_here_or_below for units in (4, 4, 2)] if scaled_here_or_below else []
+        assert len(seen[layer]) == n_unscaled + len(grown) and max(seen[layer][:n_unscaled]) <= len(prompts)
+        assert seen[layer][n_unscaled:] == grown, f"layer {layer}: rows {seen[layer]}"
+
+
+def test_fast_path_does_fewer_flops_than_packed(tiny, prompt):
+    """The packed path starts every row of a pass at the pass's lowest scaled layer; the fast one does not."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    flops = {}
+    for method in ("fast", "packed"):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            integrated_gradients(tiny, prompt, config=IGConfig(method=method, batch_rows=60))
+        flops[method] = counter.get_total_flops()
+    assert flops["fast"] < flops["packed"]
 
 
 @pytest.mark.parametrize("length", [1, 2, 5, 17])
@@ -96,8 +155,9 @@ def test_fast_path_matches_reference_across_prompt_lengths(tiny_llama, length):
     ids = torch.randint(5, 30, (length,), generator=torch.Generator().manual_seed(length))
     prompt = EncodedPrompt(ids, length - 1, tiny_llama.answer_token("paris"), "")
     ref = integrated_gradients(tiny_llama, prompt, layers=[2, 0], config=IGConfig(method="reference"))
-    fast = integrated_gradients(tiny_llama, prompt, layers=[2, 0], config=IGConfig(method="fast", batch_rows=30))
-    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    for method in ("fast", "packed"):
+        fast = integrated_gradients(tiny_llama, prompt, layers=[2, 0], config=IGConfig(method=method, batch_rows=30))
+        torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 
 
 def test_layer_subset_and_order(tiny, prompt):
@@ -138,14 +198,15 @@ def test_gauss_legendre_with_few_nodes_beats_the_riemann_sum(tiny, prompt):
 
 def test_bfloat16_option_is_close_and_same_for_both_paths(tiny, prompt):
     fp32 = integrated_gradients(tiny, prompt)
-    for method in ("fast", "reference"):
+    for method in ("fast", "packed", "reference"):
         bf16 = integrated_gradients(tiny, prompt, config=IGConfig(precision="bfloat16", method=method))
         assert bf16.dtype == torch.float32
         assert (bf16 - fp32).abs().max() < 0.05 * fp32.abs().max()
 
 
+@pytest.mark.parametrize("method", ["fast", "packed"])
 @pytest.mark.parametrize("batch_rows", [13, 60, 400])
-def test_many_prompts_in_one_padded_batch_match_one_at_a_time(tiny, batch_rows):
+def test_many_prompts_in_one_padded_batch_match_one_at_a_time(tiny, batch_rows, method):
     """Prompts of different lengths (left-padded prefixes for causal LMs, right-padded for MLMs)."""
     from kn_lib.attribution import integrated_gradients_many
 
@@ -156,7 +217,7 @@ def test_many_prompts_in_one_padded_batch_match_one_at_a_time(tiny, batch_rows):
     ]
     if tiny.family == "causal":
         prompts.append(EncodedPrompt(torch.tensor([7]), 0, tiny.answer_token("rome"), ""))  # no prefix at all
-    together = integrated_gradients_many(tiny, prompts, config=IGConfig(batch_rows=batch_rows))
+    together = integrated_gradients_many(tiny, prompts, config=IGConfig(method=method, batch_rows=batch_rows))
     for prompt, scores in zip(prompts, together):
         alone = integrated_gradients(tiny, prompt, config=IGConfig(method="reference"))
         torch.testing.assert_close(scores, alone, rtol=1e-4, atol=1e-4 * alone.abs().max().item())

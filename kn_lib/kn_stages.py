@@ -180,3 +180,4 @@ REFINE = register_stage(Stage(
     needs_model=False, depends=("attribute",), covers=lambda entry, job: True,  # the key fixes the sample
 ))
 from . import experiment_stages  # noqa: E402,F401  (registers the experiments as stages, after the two above)
+from . import coverage_stages  # noqa: E402,F401  (registers `kn coverage`, read by the background chapter)

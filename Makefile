@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 KN_DATA_MIRROR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 export KN_DATA_MIRROR
 
-.PHONY: install book test results clean
+.PHONY: install book lab test results clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -24,8 +24,19 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 install: $(VENV)/.installed
 
+# Prints each notebook's execution time (book/_ext/execution_report.py), then the build's wall time
+# and, where GNU time is installed, the peak memory of its largest process (a notebook's kernel).
+TIME := $(if $(wildcard /usr/bin/time),/usr/bin/time -f "make book: peak memory of the largest process %M KiB",)
 book: install
-	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+	@start=$$(date +%s); status=0; \
+	$(TIME) $(VENV)/bin/jupyter-book build . -W -n --keep-going || status=$$?; \
+	echo "make book: jupyter-book build took $$(( $$(date +%s) - start )) s"; exit $$status
+
+# The chapters as notebooks in JupyterLab: jupytext opens the MyST .md files as notebooks by default
+# (the default-viewer setting in book/_lab/); or download a chapter's executed .ipynb from its page.
+lab: install
+	$(PY) -m pip install --quiet -e '.[lab]'
+	JUPYTERLAB_SETTINGS_DIR=$(abspath book/_lab) $(VENV)/bin/jupyter lab book/
 
 test: install
 	$(PY) -m pytest -q

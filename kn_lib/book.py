@@ -81,3 +81,32 @@ def paper_vs_ours(rows: Iterable[tuple[str, str, float]], model: str, digits: in
             f"ours ({model})": round(float(ours), digits),
         })
     return pd.DataFrame(out)
+
+
+SIZE_COLUMNS = {"n_facts": "facts", "n_relations": "relations", "n_edits": "edits"}
+
+
+def sample_sizes(sample: BookSample, stages: Iterable[str]) -> pd.DataFrame:
+    """What each stage's committed summary rests on: one row per (stage, method) with the counts of
+    facts, relations and edits that its summary reports; stages without results are left out."""
+    rows = []
+    for stage in stages:
+        try:
+            summary = sample.load(stage, "summary")
+        except results.ResultsNotFound:
+            continue
+        for _, row in summary.drop_duplicates("method").iterrows():
+            sizes = {label: int(row[col]) for col, label in SIZE_COLUMNS.items() if col in row.index and pd.notna(row[col])}
+            rows.append({"model": sample.model, "stage": stage, "method": row["method"], **sizes})
+    return pd.DataFrame(rows)
+
+
+def repository_file(relative: str) -> "Path":
+    """A file of the kn-book checkout that ``kn_lib`` runs from (e.g. ``benchmarks/results/machine.csv``),
+    so that a chapter, or its downloaded ``.ipynb``, finds it whatever the working directory."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / relative
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not in this checkout (is kn_lib installed from the repository, `pip install -e .`?)")
+    return path

@@ -65,9 +65,7 @@ def load_model(name: str = DEFAULT_MODEL, device: str | torch.device = "cpu", dt
 
     offline = _offline_models()
     if name in offline:
-        directory, filename = offline[name].locate()
-        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
-        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=dtype)
+        model, tokenizer = _load_offline(name, offline[name], dtype)
         return CausalLMAdapter(model.to(device), tokenizer, name)
     config = hub_config(name)
     tokenizer = AutoTokenizer.from_pretrained(name)
@@ -108,6 +106,67 @@ def hub_config(name: str, known: Sequence[str] = OFFLINE_MODELS):
         return AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as err:
         raise UnknownModel(f"{name}: not loadable from the model hub ({err.__class__.__name__}: {err})") from None
+
+
+def _load_offline(name: str, spec: OfflineModel, dtype: torch.dtype):
+    """An offline model and its tokenizer: from the GGUF file the first time, then from a converted copy.
+
+    Reading a GGUF file (parsing its tokenizer, dequantising every tensor) takes tens of seconds; the
+    dequantised float32 weights and the tokenizer are therefore saved once (``save_pretrained``) under
+    ``model_files.cache_dir()/converted/``, in a folder named after the GGUF file's size and mtime and
+    the transformers version, and later loads read that copy in about a second. The copy holds exactly
+    the weights the GGUF loader produced (tests/test_models.py compares the logits). ``KN_NO_MODEL_CACHE=1``
+    always reads the GGUF file.
+    """
+    import hashlib
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .model_files import cache_dir
+
+    directory, filename = spec.locate()
+    gguf = Path(directory) / filename
+    if os.environ.get("KN_NO_MODEL_CACHE") == "1" or dtype != torch.float32:
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+        return AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=dtype), tokenizer
+    stat = gguf.stat()
+    stamp = hashlib.sha256(f"{gguf.resolve()} {stat.st_size} {stat.st_mtime_ns} {transformers.__version__}".encode()).hexdigest()[:12]
+    converted = cache_dir() / "converted" / f"{name}-float32-{stamp}"
+    if (converted / "config.json").is_file():
+        return AutoModelForCausalLM.from_pretrained(converted, dtype=dtype), AutoTokenizer.from_pretrained(converted)
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=dtype)
+    try:  # write a temporary folder, then rename it: a concurrent or interrupted save leaves no half copy
+        converted.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=converted.parent, prefix=f".{converted.name}."))
+        _save_dequantised(model, tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, converted)
+        except OSError:  # another process got there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:  # read-only cache: the next load reads the GGUF file again
+        pass
+    return model, tokenizer
+
+
+def _save_dequantised(model, folder) -> None:
+    """``save_pretrained`` of a GGUF-loaded model: its weights are plain float32 tensors already, but
+    transformers marks it as quantised and refuses; the mark is lifted for the save only."""
+    quantizer, config = getattr(model, "hf_quantizer", None), model.config
+    quantization = config.__dict__.pop("quantization_config", None)
+    model.hf_quantizer = None
+    try:
+        model.save_pretrained(folder)
+    finally:
+        model.hf_quantizer = quantizer
+        if quantization is not None:
+            config.quantization_config = quantization
 
 
 def adapter_for(model: torch.nn.Module, tokenizer, name: str = "") -> ModelAdapter:

@@ -32,9 +32,37 @@ SEQUENTIAL = "cividis"
 DIVERGING = "vlag"
 
 
+# font sizes in points at the figures' native size: a page shows a 10-inch figure at about 70 %,
+# where smaller text is hard to read
+FONT_SIZES = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10,
+              "ytick.labelsize": 10, "legend.fontsize": 10, "legend.title_fontsize": 10, "figure.titlesize": 13}
+
+
 def use_style() -> None:
-    """The book's look: white grid, colour-blind-safe palette."""
-    sns.set_theme(style="whitegrid", palette=PALETTE, context="notebook")
+    """The book's look: white grid, colour-blind-safe palette, readable font sizes, and figures
+    saved with a tight bounding box (no clipped titles or labels)."""
+    sns.set_theme(style="whitegrid", palette=PALETTE, context="notebook", rc={**FONT_SIZES, "savefig.bbox": "tight"})
+
+
+# raw field names of kn_lib's tables -> column headers a reader understands
+COLUMN_LABELS = {
+    "relation": "relation", "label": "label", "type": "type", "templates": "templates",
+    "causal_templates": "templates, [X] before [Y]", "facts": "facts", "prompts": "prompts",
+    "fact_id": "fact", "template_id": "template", "text": "prompt", "p_answer": "p(answer)",
+    "predicted": "model's top-1", "correct": "answer is top-1", "layer": "layer", "neuron": "neuron",
+    "share": "share of prompts", "p": "share threshold p", "mean_count": "mean neurons per fact",
+    "converged": "in band", "reason": "search ended", "n_facts": "facts", "method": "method",
+    "n_kn": "knowledge neurons", "mean_kn_per_fact": "knowledge neurons per fact",
+    "single_token": "single-token answers", "coverage": "coverage", "model": "model",
+    "attribution": "attribution", "activation": "activation", "score": "score",
+}
+
+
+def readable(frame: pd.DataFrame, labels: dict | None = None) -> pd.DataFrame:
+    """``frame`` with column headers for readers: ``COLUMN_LABELS`` (plus ``labels``), else the raw
+    name with spaces for underscores. Only the headers change; use it on a table about to be shown."""
+    names = {**COLUMN_LABELS, **(labels or {})}
+    return frame.rename(columns=lambda c: names.get(c, str(c).replace("_", " ")))
 
 
 def _axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:

@@ -5,6 +5,11 @@ decoded with a non-zero size, and at least one figure on every chapter that plot
 no error output: no traceback, no stderr block, no JavaScript exception. One full-page screenshot
 per chapter is kept under ``_build/screenshots/`` for review.
 
+Reading checks, on the same pages: every figure has alt text (not the file name Sphinx puts there
+by default); no table, figure or image sticks out of the text column (a wide table must scroll in
+its own box); every internal link (to a page, a file or an anchor) resolves; and every chapter has
+an overview and at least two exercises, each with its solution.
+
 Needs the built book (``make book``, README command 1, which CI runs before the tests) and
 ``/usr/bin/chromium`` (Debian package ``chromium``; ``.ci/run`` installs it). Without them the test
 is skipped on a developer's machine, but fails where ``KN_REQUIRE_BOOK_HTML=1`` (set by ``.ci/run``),
@@ -27,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 HTML = Path(os.environ.get("KN_BOOK_HTML", ROOT / "_build" / "html"))  # the built site
 SHOTS = HTML.parent / "screenshots"
 REQUIRED = os.environ.get("KN_REQUIRE_BOOK_HTML") == "1"
-PAGES_WITHOUT_FIGURES = {"book/intro", "book/references"}
+PAGES_WITHOUT_FIGURES = {"book/intro", "book/references", "book/limitations"}
+PAGES_WITHOUT_EXERCISES = {"book/references", "book/limitations"}
 ERROR_MARKERS = ("Traceback (most recent call last)", "Error in callback", "ModuleNotFoundError", "NameError:")
 
 
@@ -129,3 +135,78 @@ def test_page_renders_with_figures_and_no_errors(site, browser, page):
 
     tab.screenshot(path=str(SHOTS / f"{Path(page).name}.png"), full_page=True)
     tab.close()
+
+
+# The page's figures with their alt text, and every table/figure/image whose right edge lies beyond
+# the article's, unless an ancestor inside the article scrolls horizontally and itself fits.
+_READING_JS = """() => {
+  const article = document.querySelector('article');
+  const limit = article.getBoundingClientRect().right + 2;
+  const figures = [...article.querySelectorAll('img')].map(e => [e.getAttribute('src'), e.getAttribute('alt')]);
+  const overflowing = [];
+  for (const el of article.querySelectorAll('table, figure, img, .cell_output, pre')) {
+    if (el.getBoundingClientRect().right <= limit) continue;
+    let contained = false;
+    for (let a = el.parentElement; a && a !== article; a = a.parentElement) {
+      const ox = getComputedStyle(a).overflowX;
+      if ((ox === 'auto' || ox === 'scroll' || ox === 'hidden') && a.getBoundingClientRect().right <= limit) { contained = true; break; }
+    }
+    const ox = getComputedStyle(el).overflowX;
+    if (!contained && !((ox === 'auto' || ox === 'scroll') && el.getBoundingClientRect().right <= limit)) {
+      overflowing.push(el.tagName.toLowerCase() + (el.id ? '#' + el.id : '') + ' ' + Math.round(el.getBoundingClientRect().width) + 'px');
+    }
+  }
+  const links = [...document.querySelectorAll('a[href]')].map(a => a.href);
+  return {figures, overflowing, pageWidth: document.documentElement.scrollWidth, viewport: window.innerWidth, links,
+          exercises: article.querySelectorAll('.exercise').length, solutions: article.querySelectorAll('.solution').length,
+          overview: [...article.querySelectorAll('h1, h2')].some(h => /overview/i.test(h.textContent))
+                    || /you will learn|run time/i.test(article.innerText)};
+}"""
+
+
+@functools.lru_cache(maxsize=None)
+def _anchors(path: Path) -> frozenset[str]:
+    import re
+
+    return frozenset(re.findall(r'(?:id|name)="([^"]+)"', path.read_text(errors="replace")))
+
+
+def _unresolved(site: str, links: list[str]) -> list[str]:
+    """Links into the site whose file is missing from the build, or whose #anchor is not on the page."""
+    from urllib.parse import unquote, urlsplit
+
+    bad = []
+    for link in dict.fromkeys(links):
+        if not link.startswith(site + "/"):
+            continue  # external, mailto:, javascript:
+        parts = urlsplit(link)
+        target = HTML / unquote(parts.path).lstrip("/")
+        if target.is_dir():
+            target = target / "index.html"
+        if not target.is_file():
+            bad.append(link)
+        elif parts.fragment and target.suffix == ".html" and unquote(parts.fragment) not in _anchors(target):
+            bad.append(link)
+    return bad
+
+
+@pytest.mark.parametrize("page", toc_pages())
+def test_page_reads_well(site, browser, page):
+    tab = browser.new_page(viewport={"width": 1280, "height": 900})
+    response = tab.goto(f"{site}/{page}.html", wait_until="load")
+    assert response is not None and response.status == 200
+    tab.wait_for_load_state("networkidle")
+    found = tab.evaluate(_READING_JS)
+    tab.close()
+
+    no_alt = [src for src, alt in found["figures"]
+              if not (alt or "").strip() or alt.strip() == src or alt.strip().lower().endswith((".png", ".svg", ".jpg", ".jpeg"))]
+    assert not no_alt, f"{page}: figures without alt text: {no_alt}"
+    assert not found["overflowing"], f"{page}: sticks out of the text column: {found['overflowing']}"
+    assert found["pageWidth"] <= found["viewport"], f"{page}: the page scrolls sideways ({found['pageWidth']} px)"
+    bad = _unresolved(site, found["links"])
+    assert not bad, f"{page}: internal links that do not resolve: {bad}"
+    if page not in PAGES_WITHOUT_EXERCISES:
+        assert found["overview"], f"{page}: no overview"
+        assert found["exercises"] >= 2, f"{page}: {found['exercises']} exercises (at least 2)"
+        assert found["solutions"] >= found["exercises"], f"{page}: {found['solutions']} solutions for {found['exercises']} exercises"

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kn_lib.claims import Interval, bootstrap_ci, ceiling_verdict, claim_row, verdict
+from kn_lib.book.claims import Interval, bootstrap_ci, ceiling_verdict, claim_row, verdict
 
 
 def _iv(est, low, high, n=10):
@@ -93,7 +93,7 @@ def test_verdict_against_a_non_zero_null_and_row():
 
 
 def test_paper_claims_on_synthetic_tables_follow_the_data():
-    from kn_lib.claims import paper_claims
+    from kn_lib.book.claims import paper_claims
 
     rng = np.random.default_rng(0)
     rels = [f"P{i}" for i in range(1, 9)]
@@ -112,7 +112,7 @@ def test_paper_claims_on_synthetic_tables_follow_the_data():
 
 
 def test_edit_reach_rates_and_intervals():
-    from kn_lib.claims import edit_reach
+    from kn_lib.book.claims import edit_reach
 
     para = pd.DataFrame({"fact_id": ["a", "a", "b", "b"] * 2, "neuron_set": ["knowledge"] * 4 + ["random"] * 4,
                          "success": [True, False, True, True, False] + [False] * 3,

@@ -1,4 +1,4 @@
-"""Smoke tests of kn_lib.plots on synthetic data: each function draws, labels its axes, returns a Figure."""
+"""Smoke tests of kn_lib.book.plots on synthetic data: each function draws, labels its axes, returns a Figure."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from . import paper
-from .run import results
+from ..run import results
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class BookSample:
 
     def settings(self):
         """The run's ``RunSettings`` (fact sample, seed, attribution settings)."""
-        from .run.registry import settings_for
+        from ..run.registry import settings_for
 
         return settings_for(self.model, self.preset, **self._overrides())
 
@@ -56,7 +56,7 @@ class BookSample:
 
     def key(self, stage: str) -> str:
         """The results key (settings directory) of a stage for this sample."""
-        from .run.registry import stage_registry
+        from ..run.registry import stage_registry
 
         return results.cache_key(stage_registry()[stage].key_settings(self.settings()))
 

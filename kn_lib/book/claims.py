@@ -172,7 +172,7 @@ def _rate_diff(frame: pd.DataFrame, column: str) -> float:
 
 def _erase_contrast(frame: pd.DataFrame) -> float:
     """Mean over erased relations of (PPL change on its own prompts - PPL change on the others), in %."""
-    from .experiments.evaluation import perplexity
+    from ..experiments.evaluation import perplexity
 
     out = []
     for _, group in frame.groupby("erased_relation"):
@@ -189,7 +189,7 @@ def _erase_contrast(frame: pd.DataFrame) -> float:
 
 def _erase_other_change(frame: pd.DataFrame) -> float:
     """Mean over erased relations of the other relations' perplexity change, in % (Table 5)."""
-    from .experiments.evaluation import perplexity
+    from ..experiments.evaluation import perplexity
 
     out = []
     for _, group in frame.groupby("erased_relation"):
@@ -202,7 +202,7 @@ def _erase_other_change(frame: pd.DataFrame) -> float:
 
 
 def _delta_ppl(frame: pd.DataFrame, scope: str, source: str = "logp") -> float:
-    from .experiments.update_facts import delta_ppl
+    from ..experiments.update_facts import delta_ppl
 
     sel = frame[(frame["scope"] == scope) & (frame["neuron_set"] == "knowledge")]
     return delta_ppl(sel, source) if len(sel) else float("nan")

@@ -7,7 +7,8 @@ import os
 import torch
 
 from conftest import MIRROR
-from kn_lib import data, results
+from kn_lib import data
+from kn_lib.run import results
 from kn_lib.model_registry import load_adapter
 from kn_lib.pipeline import target_coverage
 from kn_lib.run.runner import run_stage

@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from kn_lib import plots  # noqa: E402
+from kn_lib.book import plots  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -106,7 +106,7 @@ def repository_file(relative: str) -> "Path":
     so that a chapter, or its downloaded ``.ipynb``, finds it whatever the working directory."""
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / relative
+    path = Path(__file__).resolve().parents[2] / relative
     if not path.exists():
         raise FileNotFoundError(f"{path}: not in this checkout (is kn_lib installed from the repository, `pip install -e .`?)")
     return path

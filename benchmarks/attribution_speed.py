@@ -47,11 +47,13 @@ from kn_lib.pipeline import encode_fact
 
 OUT = Path(__file__).parent / "results"
 SAMPLE = ("P36/17", "P37/4", "P1412/9", "P103/4", "P36/24")  # facts SmolLM2 answers for some prompt; fixed
+# batch_rows fixed here (the committed run used 200 for every path; the library's default for ``fast`` is now
+# 50, as fast and far smaller in memory: benchmarks/batch_rows.py)
 PATHS = {
-    "reference": IGConfig(method="reference"),
-    "packed": IGConfig(method="packed"),
-    "fast": IGConfig(method="fast"),
-    "fast-bf16": IGConfig(method="fast", precision="bfloat16"),
+    "reference": IGConfig(method="reference", batch_rows=200),
+    "packed": IGConfig(method="packed", batch_rows=200),
+    "fast": IGConfig(method="fast", batch_rows=200),
+    "fast-bf16": IGConfig(method="fast", precision="bfloat16", batch_rows=200),
 }
 
 

@@ -61,7 +61,7 @@ def load_label() -> str:
 
 
 def profile_path(adapter, prompts, method: str) -> tuple[list[dict], float]:
-    config = IGConfig(method=method)
+    config = IGConfig(method=method, batch_rows=200)  # as in the committed profile
     integrated_gradients_many(adapter, prompts[:1], [adapter.n_layers - 1], IGConfig(method=method, steps=2))  # warm-up
     with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
         start = time.perf_counter()

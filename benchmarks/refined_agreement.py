@@ -9,7 +9,11 @@ For each fact (all its usable prompts, all layers, the default ``fast`` path) th
 * ``riemann-20-bf16``: the same with bfloat16 matrix products (``IGConfig(precision="bfloat16")``);
 * ``gauss-legendre-20``: 20 Gauss-Legendre nodes, the same cost as the paper's sum (fp32);
 * ``converged``: Gauss-Legendre with ``--converged-steps`` nodes (fp32), the integral itself to float
-  precision (its own convergence is checked on the first fact against half as many nodes).
+  precision (its own convergence is checked on the first fact against half as many nodes, and stored
+  as ``converged_check_rel_diff``).
+
+Facts need at least 3 usable prompts (the official rule's minimum count; fewer cannot have knowledge
+neurons). The CSV is rewritten after each relation, so an interrupted run keeps the finished ones.
 
 Coarse sets (t = 0.2) and refined sets follow the paper; the share threshold p is searched per relation
 on the paper's settings and then applied to every setting, so only the attributions differ. Writes
@@ -32,7 +36,7 @@ from kn_lib import data
 from kn_lib.attribution import IGConfig, integrated_gradients_many
 from kn_lib.models import load_model
 from kn_lib.pipeline import encode_fact
-from kn_lib.refine import adaptive_share_threshold, coarse_neurons, refine_fact
+from kn_lib.refine import OFFICIAL_MIN_COUNT, adaptive_share_threshold, coarse_neurons, refine_fact
 
 OUT = Path(__file__).parent / "results"
 COMPARISONS = (("riemann-20-bf16", "riemann-20"), ("riemann-20", "converged"), ("gauss-legendre-20", "converged"))
@@ -60,13 +64,15 @@ def main() -> None:
     scores: dict[tuple[str, str], list[torch.Tensor]] = {}
     seconds: dict[tuple[str, str], float] = {}
     convergence = None
+    rows: list[dict] = []
+    frame = pd.DataFrame()
     for rid, relation in relations.items():
         table, taken = data.load_facts([rid]), 0
         for row in table:
             if taken == args.facts_per_relation:
                 break
             usable, _ = encode_fact(adapter, row, relation.templates)
-            if len(usable) < 2:  # one prompt cannot be refined (the share is 0 or 1)
+            if len(usable) < OFFICIAL_MIN_COUNT:  # the official rule needs a neuron in >= 3 prompts
                 continue
             taken += 1
             prompts = [p for _, p in usable]
@@ -81,9 +87,24 @@ def main() -> None:
                 convergence = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(half, scores[row["fact_id"], "converged"]))
                 print(f"converged integral: {args.converged_steps} vs {args.converged_steps // 2} nodes differ by {convergence:.1e} of the largest score")
             print(f"{row['fact_id']}: {len(prompts)} prompts, " + ", ".join(f"{n} {seconds[row['fact_id'], n]:.1f} s" for n in settings), flush=True)
+        # the relation is complete: compare, and write what is done so far (an interrupted run keeps it)
+        rows += compare(rid, coarse, scores, seconds, settings, convergence, args)
+        frame = pd.DataFrame(rows)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(args.out, index=False)
+        for fact_id in coarse["riemann-20"].get(rid, {}):  # free the relation's score tensors
+            for name in settings:
+                scores.pop((fact_id, name), None)
+    print(frame.groupby(["setting", "compared_with"])[["same_refined", "jaccard", "max_rel_score_diff"]].mean().round(3).to_string())
+    print(f"facts: {frame.fact_id.nunique()}")
 
+
+def compare(rid, coarse, scores, seconds, settings, convergence, args) -> list[dict]:
+    """Rows of one relation: the share threshold p searched on the paper's settings (official rule),
+    applied to every setting's coarse sets; refined sets and scores compared pairwise."""
     rows = []
-    for rid, by_fact in coarse["riemann-20"].items():
+    by_fact = coarse["riemann-20"].get(rid, {})
+    if by_fact:
         p = adaptive_share_threshold(by_fact).p
         for fact_id in by_fact:
             refined = {name: refine_fact(coarse[name][rid][fact_id], p) for name in settings}
@@ -91,15 +112,11 @@ def main() -> None:
                 a, b = refined[name], refined[other]
                 diff = max(float((x - y).abs().max() / y.abs().max()) for x, y in zip(scores[fact_id, name], scores[fact_id, other]))
                 rows.append({"model": args.model, "relation": rid, "fact_id": fact_id, "setting": name, "compared_with": other,
-                             "p": p, "same_refined": a == b, "jaccard": len(a & b) / max(1, len(a | b)), "n_refined": len(a),
+                             "p": p, "same_refined": a == b, "jaccard": len(a & b) / len(a | b) if a | b else 1.0, "n_refined": len(a),
                              "n_refined_other": len(b), "max_rel_score_diff": diff, "seconds": seconds[fact_id, name],
                              "seconds_other": seconds[fact_id, other], "converged_steps": args.converged_steps,
                              "converged_check_rel_diff": convergence, "threads": torch.get_num_threads()})
-    frame = pd.DataFrame(rows)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(args.out, index=False)
-    print(frame.groupby(["setting", "compared_with"])[["same_refined", "jaccard", "max_rel_score_diff"]].mean().round(3).to_string())
-    print(f"facts: {frame.fact_id.nunique()}")
+    return rows
 
 
 if __name__ == "__main__":

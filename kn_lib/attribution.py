@@ -44,7 +44,8 @@ class IGConfig:
     # is one token (causal LMs, key/value cache), batch_rows // sequence length otherwise (masked LMs);
     # each unit brings one row per scaled layer, so the batch grows len(layers)-fold to the top.
     # packed: (layer, step) rows per pass; reference: steps per pass. Results do not depend on it.
-    batch_rows: int = 200
+    # 50: as fast as 100 or 200 on SmolLM2 (2 cores) with 2.8 GB peak memory instead of 4.8 GB (benchmarks/batch_rows.py)
+    batch_rows: int = 50
     # "bfloat16": matrix products in bf16 under autocast (an option, with its error measured in benchmarks/)
     precision: Precision = "float32"
 

@@ -74,6 +74,9 @@ def _common(parser: argparse.ArgumentParser, with_preset_default: bool = True) -
     g.add_argument("--share-rule", choices=["official", "paper"],
                    help="refinement: official (count >= max(p n, 3), p tried at most 6 times; default) or paper (count > p n)")
     g.add_argument("--chunk-size", type=_positive_int, help="facts per attribution shard (default 8)")
+    g.add_argument("--known", choices=["any", "most", "none"],
+                   help="sample only facts the model knows, from its screen (`kn screen --preset paper`): some prompt "
+                        "answered top-1 (any) or most of them (most); none: uniform (default: the preset's)")
     h = parser.add_argument_group("where and how")
     h.add_argument("--out", type=Path, default=None, help=f"results root (default {default_root()}, or $KN_RESULTS_DIR)")
     h.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default auto: cuda when available")
@@ -170,6 +173,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = settings_for(
         args.model, args.preset, relations=args.relations, facts_per_relation=args.facts_per_relation, seed=args.seed,
         steps=args.steps, method=args.method, threshold=args.threshold, share_rule=args.share_rule, chunk_size=args.chunk_size, device=args.device, params=params,
+        known=args.known, root=root,
     )
     if args.backend == "ray":
         import_ray()
@@ -180,8 +184,9 @@ def _run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     stages = args.command_stages or list(PRESETS[args.preset].stages)
+    known = f" the model knows ({settings.known} prompts top-1)" if settings.known else ""
     print(f"kn {args.command}: model {args.model}, preset {args.preset}, {len(settings.relation_ids())} relations x "
-          f"{settings.facts_per_relation or 'all'} facts (seed {settings.seed}), stages {', '.join(stages)}", flush=True)
+          f"{settings.facts_per_relation or 'all'} facts{known} (seed {settings.seed}), stages {', '.join(stages)}", flush=True)
     for name in stages:
         summary = run_stage(name, settings, root, backend=args.backend, ray_address=args.ray_address, workers=args.workers,
                             progress=not args.no_progress)

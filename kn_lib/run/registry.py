@@ -10,6 +10,11 @@ runner (local or Ray) and ``results.load`` find every stage here.
 The fact sample is model independent: per relation, the facts of ``query_pairs.json`` in an order
 drawn with ``(seed, relation)``, first ``facts_per_relation`` of them. A larger sample with the same
 seed contains the smaller one, so finished attribution shards are reused when a sample grows.
+
+A *known-facts* sample (``known="any"`` or ``"most"``) is model dependent: the same order, restricted to
+the facts whose answer is one token and which the model's ``screen`` (``kn screen --preset paper``)
+marks as known: some prompt answered top-1 (``any``), or more than half of them (``most``). The
+experiments that need the model to hold the fact (suppress/amplify, update, erase) draw from it.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ class RunSettings:
     chunk_size: int = DEFAULT_CHUNK
     device: str = "auto"  # "cpu", "cuda" or "auto"; not part of any key
     params: tuple[tuple[str, Any], ...] = ()  # options of registered stages (``Stage.options``)
+    known: str | None = None  # None: facts drawn uniformly; "any" / "most": facts the model's screen marks as known
+    root: str | None = None  # results root holding the screen (known samples); not part of any key
 
     def relation_ids(self) -> list[str]:
         return list(self.relations) if self.relations is not None else data.relation_ids()
@@ -60,8 +67,19 @@ class RunSettings:
         return _relations(tuple(self.relation_ids()))
 
     def sample(self) -> dict[str, list[dict]]:
-        """Relation -> its sampled facts, in sample order."""
-        return {r: _ordered_facts(r, self.seed)[: self.facts_per_relation] for r in self.relation_ids()}
+        """Relation -> its sampled facts, in sample order (known samples: the known facts in that order)."""
+        if self.known is None:
+            return {r: _ordered_facts(r, self.seed)[: self.facts_per_relation] for r in self.relation_ids()}
+        known = known_fact_ids(self.model, self.known, self.relation_ids(), self.root)
+        return {r: [f for f in _ordered_facts(r, self.seed) if f["fact_id"] in known][: self.facts_per_relation]
+                for r in self.relation_ids()}
+
+    def sample_key(self) -> dict[str, Any]:
+        """What the sample depends on beyond seed and size: nothing for a uniform sample; for a known
+        sample, the rule and the screen's results key (a new screen, a new sample)."""
+        if self.known is None:
+            return {}
+        return {"known": self.known, "screen_key": screen_key(self.model)}
 
     def selected_fact_ids(self) -> list[str]:
         return [f["fact_id"] for facts in self.sample().values() for f in facts]
@@ -71,6 +89,41 @@ def data_checksums() -> dict[str, str]:
     """sha256 of every upstream file the facts and prompts come from (``DataSource`` checks them)."""
     used = [data.QUERY_PAIRS, data.RELATIONS] + [p for p in sources.SHA256 if p.startswith("pararel/patterns/")]
     return {p: sources.SHA256[p] for p in sorted(used)}
+
+
+KNOWN_RULES = {"any": "any_correct", "most": "most_correct"}
+
+
+def screen_key(model: str) -> str:
+    """The results key of the model's screen over all facts (``kn screen --preset paper``)."""
+    from .store import cache_key
+
+    return cache_key(stage_registry()["screen"].key_settings(settings_for(model, "paper")))
+
+
+def known_fact_ids(model: str, rule: str, relations: Sequence[str], root: str | Path | None = None) -> frozenset[str]:
+    """Facts of ``relations`` with a single-token answer that the model's screen marks as known by ``rule``."""
+    from .store import ResultStore, default_root
+
+    store = ResultStore(Path(root) if root is not None else default_root(), model, "screen", screen_key(model))
+    if not store.exists():
+        raise MissingInputs(f"a known-facts sample needs the model's screen: run `kn screen --preset paper --model {model}` "
+                            f"first (nothing at {store.dir})")
+    missing = [r for r in relations if r not in store.entries()]
+    if missing:
+        raise MissingInputs(f"the screen of {model} at {store.dir} lacks {len(missing)} relation(s) ({', '.join(missing[:3])}"
+                            f"{', ...' if len(missing) > 3 else ''}); run `kn screen --preset paper --model {model}` to finish it")
+    entries = store.entries()
+    stamp = tuple(repr(sorted(entries[r].items())) for r in sorted(relations))  # a recomputed shard: read again
+    return _known_in_store(str(store.root), model, store.key, rule, tuple(sorted(relations)), stamp)
+
+
+@lru_cache(maxsize=16)
+def _known_in_store(root: str, model: str, key: str, rule: str, relations: tuple[str, ...], _stamp: tuple[str, ...]) -> frozenset[str]:
+    from .store import ResultStore
+
+    facts = ResultStore(root, model, "screen", key).read("facts", list(relations))
+    return frozenset(facts.loc[facts["single_token"] & facts[KNOWN_RULES[rule]], "fact_id"])
 
 
 @lru_cache(maxsize=8)
@@ -100,6 +153,7 @@ class Preset:
     facts_per_relation: int | None
     seed: int = 0
     stages: tuple[str, ...] = ("attribute", "refine")
+    known: str | None = None  # a known-facts sample (``RunSettings.known``)
 
 
 PRESETS: dict[str, Preset] = {}
@@ -112,6 +166,10 @@ def register_preset(preset: Preset) -> None:
 register_preset(Preset("smoke", "2 relations x 2 facts: checks that the chain runs", ("P30", "P36"), 2))
 register_preset(Preset("book-sample", "all 34 relations x 20 facts per relation (seed 0): the book's sample", None, 20))
 register_preset(Preset("paper", "all 34 relations, every fact (27,738): the paper's fact set", None, None))
+register_preset(Preset(
+    "known-facts", "all 34 relations x 10 facts the model knows (most prompts top-1, from its screen; seed 0): the experiments "
+    "that need a known fact", None, 10, stages=("attribute", "refine", "statistics", "suppress-amplify", "update", "erase"),
+    known="most"))
 
 DEFAULT_PRESET = "book-sample"
 
@@ -130,6 +188,8 @@ def settings_for(
     chunk_size: int | None = None,
     device: str | None = None,
     params: Mapping[str, Any] | None = None,
+    known: str | None = None,
+    root: str | Path | None = None,
 ) -> RunSettings:
     """Settings of a preset (default ``book-sample``) with the given fields overridden; validated."""
     name = preset or DEFAULT_PRESET
@@ -142,10 +202,10 @@ def settings_for(
             raise KnUsageError(f"--relations {given!r}: no relation id (expected e.g. P19,P36)")
     rel = tuple(relations) if relations else base.relations
     if rel is not None:
-        known = data.relation_ids()
-        unknown = [r for r in rel if r not in known]
+        paper_relations = data.relation_ids()
+        unknown = [r for r in rel if r not in paper_relations]
         if unknown:
-            raise KnUsageError(f"unknown relation {', '.join(unknown)} (the paper's relations: {', '.join(known)})")
+            raise KnUsageError(f"unknown relation {', '.join(unknown)} (the paper's relations: {', '.join(paper_relations)})")
         rel = tuple(dict.fromkeys(rel))
     n = facts_per_relation if facts_per_relation is not None else base.facts_per_relation
     if n is not None and n < 1:
@@ -174,9 +234,15 @@ def settings_for(
         raise KnUsageError(f"--chunk-size must be >= 1, got {chunk}")
     if device not in (None, "auto", "cpu", "cuda"):
         raise KnUsageError(f"unknown device {device!r} (use cpu, cuda or auto)")
+    rule = known if known is not None else base.known
+    if rule == "none":
+        rule = None
+    if rule is not None and rule not in KNOWN_RULES:
+        raise KnUsageError(f"unknown --known {rule!r} (use any, most or none)")
     return RunSettings(
         model=model, relations=rel, facts_per_relation=n, seed=base.seed if seed is None else seed, config=config,
-        chunk_size=chunk, device=device or "auto", params=tuple(sorted((params or {}).items())),
+        chunk_size=chunk, device=device or "auto", params=tuple(sorted((params or {}).items())), known=rule,
+        root=str(root) if root is not None else None,
     )
 
 

@@ -40,7 +40,7 @@ def load(
     root = Path(root) if root is not None else default_root()
     fact_ids = relation_ids = None
     if preset is not None or overrides:
-        settings = settings_for(model=model, preset=preset, **overrides)
+        settings = settings_for(model=model, preset=preset, root=root, **overrides)
         spec = stage_registry()[stage]
         store = ResultStore(root, model, stage, cache_key(spec.key_settings(settings)))
         if not store.exists():

@@ -120,7 +120,9 @@ def above_threshold(coarse: pd.DataFrame, threshold: float) -> pd.DataFrame:
 
 def _attribute_key(settings: RunSettings) -> dict:
     # not the fact sample: shards are fixed chunks of each relation's order, shared by every sample size
-    return {**common_key_settings(settings), **ig_settings(settings.config), "chunk_size": settings.chunk_size}
+    # a known-facts sample chunks another order: its own shards (``sample_key`` is empty for uniform samples)
+    return {**common_key_settings(settings), **ig_settings(settings.config), "chunk_size": settings.chunk_size,
+            **settings.sample_key()}
 
 
 def _attribute_plan(ctx: StageContext) -> list[Job]:

@@ -83,6 +83,33 @@ def paper_vs_ours(rows: Iterable[tuple[str, str, float]], model: str, digits: in
     return pd.DataFrame(out)
 
 
+@dataclass(frozen=True)
+class Screen:
+    """A model's committed ``kn screen --preset paper`` results: per fact, per prompt, per relation."""
+
+    model: str
+    facts: pd.DataFrame
+    prompts: pd.DataFrame
+    by_relation: pd.DataFrame  # ``recall.recall_by_relation``
+    seconds: float  # compute time of the finished shards (the manifest's record)
+    relations_done: int
+
+
+def load_screen(model: str) -> Screen | None:
+    """The model's screen over all facts (the finished relations of it), or None if it was never run."""
+    from ..recall import recall_by_relation
+    from ..run.registry import screen_key
+
+    try:
+        facts = results.load(model, "screen", "facts", key=screen_key(model))
+        prompts = results.load(model, "screen", "prompts", key=screen_key(model))
+    except results.ResultsNotFound:
+        return None
+    shards = results.manifest(model, "screen", key=screen_key(model))["shards"]
+    return Screen(model, facts, prompts, recall_by_relation(facts, prompts), float(sum(e.get("seconds", 0.0) for e in shards.values())),
+                  len(shards))
+
+
 SIZE_COLUMNS = {"n_facts": "facts", "n_relations": "relations", "n_edits": "edits"}
 
 

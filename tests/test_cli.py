@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import MIRROR
 from kn_lib.run import results
@@ -18,12 +17,7 @@ os.environ.setdefault("KN_DATA_MIRROR", str(MIRROR))
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def kn(capsys, *argv: str) -> tuple[int, str, str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
 from conftest import MIRROR
 from kn_lib.run import results
@@ -22,12 +21,7 @@ os.environ.setdefault("KN_DATA_MIRROR", str(MIRROR))
 RELATIONS = "P30,P36"  # P36 has BINGREL sentences with both head and tail; 4 facts in all: quick
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_settings(model: str = "tiny-random-llama", **overrides):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
 from conftest import MIRROR
 from kn_lib import data
@@ -18,6 +17,7 @@ from kn_lib.run.registry import settings_for
 from kn_lib.run.runner import run_stage
 
 os.environ.setdefault("KN_DATA_MIRROR", str(MIRROR))
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 TEMPLATES = ("[X] was born in [Y] .", "[X] is from [Y] .", "the city of [Y] is where [X] was born .", "[X] , born in [Y] .")
 FACTS = [
@@ -78,7 +78,6 @@ def test_screen_rejects_a_bad_batch(tiny_llama):
 
 
 def test_screen_stage_asks_every_fact_and_resumes(tmp_path):
-    torch.set_num_threads(1)
     settings = settings_for("tiny-random-llama", "paper", relations="P30,P140", device="cpu")
     summary = run_stage("screen", settings, tmp_path, progress=False)
     assert summary.shards_computed == 2
@@ -97,7 +96,6 @@ def test_known_facts_sample_follows_the_screen(tmp_path):
     from kn_lib.run.registry import MissingInputs, RunSettings
     from kn_lib.run.search_stages import ATTRIBUTE
 
-    torch.set_num_threads(1)
     uniform = settings_for("tiny-random-llama", "paper", relations="P30,P140", device="cpu", root=tmp_path)
     known = settings_for("tiny-random-llama", "paper", relations="P30,P140", facts_per_relation=5, known="any", root=tmp_path)
     with pytest.raises(MissingInputs, match="kn screen --preset paper"):

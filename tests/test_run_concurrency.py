@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from conftest import MIRROR
 from kn_lib.model_registry import load_adapter
@@ -26,12 +25,7 @@ MODEL = "tiny-random-llama"
 RELATIONS = "P30,P140"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def settings(facts: int, chunk: int = 2):

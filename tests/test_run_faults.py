@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import MIRROR
 from kn_lib.run import store as store_module
@@ -26,12 +25,7 @@ OPTIONS = ["--model", MODEL, "--preset", "smoke", "--relations", "P30,P140", "--
            "--chunk-size", "2", "--device", "cpu", "--no-progress"]  # 2 relations x 2 shards
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def kn(capsys, *argv: str) -> tuple[int, str, str]:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from conftest import MIRROR
 from kn_lib.run import results
@@ -29,13 +28,7 @@ RELATIONS = "P30,P140"  # 4 templates each: quick
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: one thread is fastest, and on a busy machine two threads can be 50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_settings(model: str = "tiny-random-bert", **overrides):

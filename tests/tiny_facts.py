@@ -1,4 +1,4 @@
-"""Facts, relations and knowledge-neuron tables in the tiny models' vocabulary (see conftest.WORDS)."""
+"""Facts, relations and knowledge-neuron tables in the tiny models' vocabulary (``kn_lib.model_registry.TINY_WORDS``)."""
 
 from __future__ import annotations
 

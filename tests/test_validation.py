@@ -106,3 +106,23 @@ def test_unknown_model_asks_the_hub_once(monkeypatch):
     with pytest.raises(models.UnknownModel, match=r"nope-no-such-model: unknown model \(known without a model hub: smollm2-135m"):
         models.load_model("nope-no-such-model")
     assert calls == ["nope-no-such-model"]
+
+
+@pytest.mark.parametrize("stage, option, good", [("statistics", "inter_pairs", "uniform"), ("suppress-amplify", "averaging", "kn_only")])
+def test_an_experiment_option_with_choices_is_checked_once_for_library_and_command(stage, option, good, capsys):
+    """The choices live on the Option: the library (config from settings) and the command line (argparse) both
+    refuse a value outside them, in one line, before anything runs."""
+    from kn_lib.run.cli import main
+    from kn_lib.run.experiment_stages import EXPERIMENTS
+    from kn_lib.run.registry import KnUsageError, settings_for
+
+    experiment = EXPERIMENTS[stage]
+    bad = settings_for("tiny-random-llama", "smoke", params={option: "sometimes"})
+    with pytest.raises(KnUsageError, match=f"--{option.replace('_', '-')} must be .* got 'sometimes'"):
+        experiment.config(bad)
+    assert getattr(experiment.config(settings_for("tiny-random-llama", "smoke", params={option: good})), option) == good
+    with pytest.raises(SystemExit) as exit_info:
+        main([stage, "--model", "tiny-random-llama", "--preset", "smoke", f"--{option.replace('_', '-')}", "sometimes"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kn: error:") and "sometimes" in err and len(err.strip().splitlines()) == 1

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         for option in stage.options:
             p.add_argument(f"--{option.name.replace('_', '-')}", dest=f"param_{option.name}", type=option.type,
-                           default=option.default, help=option.help)
+                           default=option.default, help=option.help, choices=option.choices)
         p.set_defaults(command_stages=[name])
     p = sub.add_parser("run", help="run a preset's whole chain of stages (e.g. attribute, then refine)")
     _common(p)

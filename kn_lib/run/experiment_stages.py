@@ -112,6 +112,10 @@ def _run_first(settings: RunSettings, method: str) -> str:
 # -- the experiments -------------------------------------------------------------------------------
 
 
+def _option(experiment: "Experiment", name: str) -> Option:
+    return next(o for o in experiment.options if o.name == name)
+
+
 class Experiment:
     """One experiment as a stage: its config from the settings, and how to run it on one neuron set."""
 
@@ -140,7 +144,7 @@ class Statistics(Experiment):
     tables, compares_baseline = ("table", "layers", "pairs"), True
     options = (Option("max_pairs", int, None, "intra-relation fact pairs before sampling (default 100000)"),
                Option("inter_pairs", str, None, "official (default: 100 partners per fact, relation first) or uniform "
-                                                "(ours: every cross-relation pair)"),
+                                                "(ours: every cross-relation pair)", choices=("official", "uniform")),
                SEED_OPTION)
 
     def config(self, settings):
@@ -149,10 +153,9 @@ class Statistics(Experiment):
         given = {}
         if settings.param("max_pairs") is not None:
             given["max_pairs"] = int(settings.param("max_pairs"))
-        if settings.param("inter_pairs") is not None:
-            if settings.param("inter_pairs") not in ("official", "uniform"):
-                raise KnUsageError(f"--inter-pairs must be official or uniform, got {settings.param('inter_pairs')!r}")
-            given["inter_pairs"] = settings.param("inter_pairs")
+        inter_pairs = _option(self, "inter_pairs").check(settings)
+        if inter_pairs is not None:
+            given["inter_pairs"] = inter_pairs
         return StatisticsConfig(**given, seed=_experiment_seed(settings))
 
     def run(self, adapter, refined, facts, settings, inputs):
@@ -166,15 +169,13 @@ class SuppressAmplify(Experiment):
     tables, compares_baseline = ("table", "by_relation", "by_relation_kn_only"), True
     options = (Option("unrelated", _bool, None, "also apply each fact's neurons to a fact of another relation, yes or no (default yes)"),
                Option("averaging", str, None, "official (default: facts without knowledge neurons count as zero change) "
-                                              "or kn_only (ours: facts with knowledge neurons only)"),
+                                              "or kn_only (ours: facts with knowledge neurons only)", choices=("official", "kn_only")),
                SEED_OPTION)
 
     def config(self, settings):
         from ..experiments import ManipulationConfig
 
-        unrelated, averaging = settings.param("unrelated"), settings.param("averaging")
-        if averaging is not None and averaging not in ("official", "kn_only"):
-            raise KnUsageError(f"--averaging must be official or kn_only, got {averaging!r}")
+        unrelated, averaging = settings.param("unrelated"), _option(self, "averaging").check(settings)
         return ManipulationConfig(seed=_experiment_seed(settings), unrelated=True if unrelated is None else _bool(unrelated),
                                   **({} if averaging is None else {"averaging": averaging}))
 

@@ -288,6 +288,14 @@ class Option:
     type: Callable[[str], Any] = str
     default: Any = None
     help: str = ""
+    choices: tuple[str, ...] | None = None  # allowed values, checked once for the command line and the library
+
+    def check(self, settings: "RunSettings") -> Any:
+        """The option's value in ``settings`` (None when not given), or ``KnUsageError`` if not among ``choices``."""
+        value = settings.param(self.name)
+        if value is not None and self.choices is not None and value not in self.choices:
+            raise KnUsageError(f"--{self.name.replace('_', '-')} must be {' or '.join(self.choices)}, got {value!r}")
+        return value
 
 
 @dataclass(frozen=True)

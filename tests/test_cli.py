@@ -85,3 +85,24 @@ def test_console_script_exit_status_without_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "unknown relation P0" in proc.stderr
+
+
+def test_known_facts_preset_runs_every_stage_on_facts_from_the_screen(tmp_path, capsys):
+    """`kn screen` then `kn run --preset known-facts`: the whole chain on facts the (tiny) model answers;
+    without the screen, one line saying which command to run first."""
+    args = ["--model", "tiny-random-llama", "--relations", "P30,P140", "--out", str(tmp_path), "--no-progress"]
+    run = ["run", "--preset", "known-facts", "--known", "any", "--facts-per-relation", "2", "--steps", "2", *args]
+    code, _, err = kn(capsys, *run)
+    assert code == 2 and "kn screen --preset paper" in err and len(err.strip().splitlines()) == 1
+    code, out, err = kn(capsys, "screen", "--preset", "paper", *args)
+    assert code == 0, err
+    code, out, err = kn(capsys, *run)
+    assert code == 0, err
+    header, *lines = out.strip().splitlines()
+    assert "facts the model knows (any prompts top-1)" in header
+    assert [line.split()[0] for line in lines] == ["attribute", "refine", "statistics", "suppress-amplify", "update", "erase"]
+    screen = results.load("tiny-random-llama", "screen", root=tmp_path)
+    known = set(screen.loc[screen["single_token"] & screen["any_correct"], "fact_id"])
+    prompts = results.load("tiny-random-llama", "attribute", "prompts", preset="known-facts", known="any", relations="P30,P140",
+                           facts_per_relation=2, steps=2, root=tmp_path)
+    assert set(prompts["fact_id"]) and set(prompts["fact_id"]) <= known

@@ -168,8 +168,10 @@ def _refine_compute(ctx: StageContext, job: Job, adapter=None, on_fact=None) -> 
     attribution = ctx.inputs("attribute")
     shards = [s for s in attribution.entries() if s.startswith(f"{job.relation}/")]
     wanted = set(job.fact_ids)
-    prompts = attribution.read("prompts", shards)
-    coarse = attribution.read("coarse", shards)
+    if shards:
+        prompts, coarse = attribution.read("prompts", shards), attribution.read("coarse", shards)
+    else:  # no fact of the relation in the sample (a known-facts sample of a relation the model does not know)
+        prompts, coarse = table("prompts", [], {}), table("coarse", [], {})
     prompts, coarse = prompts[prompts["fact_id"].isin(wanted)], coarse[coarse["fact_id"].isin(wanted)]
     coarse = above_threshold(coarse, ctx.settings.config.coarse_threshold)
     tables = refine_tables(job.relation, coarse_sets(prompts, coarse, job.fact_ids), ctx.settings.config,

@@ -234,3 +234,18 @@ def test_reason_category_strips_templates_quoted_either_way():
     # repr() uses double quotes for a template holding an apostrophe; its commas must not split the reason
     assert reason_category('"[Y]\'s capital, [X].": [Y] precedes [X], a causal model cannot predict it') == "[Y] precedes [X]"
     assert reason_category("multi-token object: 'Paris' is 2 tokens") == "multi-token object"
+
+
+def test_batch_size_is_not_part_of_any_key():
+    """Scores do not depend on IGConfig.batch_rows, so neither do results keys: a run with another batch
+    size reuses the committed shards."""
+    from dataclasses import replace
+
+    from kn_lib.run.registry import settings_for, stage_registry
+    from kn_lib.run.store import cache_key
+
+    base = settings_for("tiny-random-llama", "smoke")
+    other = replace(base, config=replace(base.config, ig=replace(base.config.ig, batch_rows=7)))
+    for stage in ("attribute", "refine", "suppress-amplify"):
+        spec = stage_registry()[stage]
+        assert cache_key(spec.key_settings(base)) == cache_key(spec.key_settings(other)), stage

@@ -354,9 +354,14 @@ def stored_threshold(config: KNConfig) -> float:
     return min(config.coarse_threshold, STORED_THRESHOLD)
 
 
+KEY_BATCH_ROWS = 200  # see ig_settings
+
+
 def ig_settings(config: KNConfig) -> dict[str, Any]:
-    """What attribution shards depend on (the stored threshold, not t: refine applies t)."""
-    return {"method": config.method, "ig": asdict(config.ig), "threshold": stored_threshold(config)}
+    """What attribution shards depend on (the stored threshold, not t: refine applies t). Scores do not
+    depend on ``IGConfig.batch_rows`` (tested), so the key does not either: it holds the constant 200,
+    the default when the committed results were computed, so that they keep their keys."""
+    return {"method": config.method, "ig": {**asdict(config.ig), "batch_rows": KEY_BATCH_ROWS}, "threshold": stored_threshold(config)}
 
 
 __all__ = [

@@ -1,6 +1,9 @@
-"""Smoke tests of kn_lib.book.plots on synthetic data: each function draws, labels its axes, returns a Figure."""
+"""Smoke tests of kn_lib.book.plots on synthetic data: each function draws, labels its axes, returns a Figure;
+and the book's tables get readable headers (``readable``, ``COLUMN_LABELS``)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import matplotlib
 
@@ -14,6 +17,13 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from kn_lib.book import plots  # noqa: E402
+from kn_lib.book.claims import Interval, claim_row  # noqa: E402
+from kn_lib.experiments.bingrel_activation import TYPES, BingRelSummary  # noqa: E402
+from kn_lib.experiments.erase_relations import EraseSummary, table5  # noqa: E402
+from kn_lib.experiments.neuron_statistics import StatisticsSummary  # noqa: E402
+from kn_lib.experiments.suppress_amplify import ManipulationSummary  # noqa: E402
+from kn_lib.experiments.suppress_amplify import _by_relation as manipulation_by_relation  # noqa: E402
+from kn_lib.experiments.update_facts import UpdateSummary  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -106,3 +116,64 @@ def test_share_plot_panel_order_follows_titles():
     shares = pd.DataFrame({"fact_id": ["a", "b"], "layer": [0, 1], "neuron": [2, 3], "share": [1.0, 0.5]})
     fig = plots.share_plot(shares, p=0.7, titles={"b": "fact b", "a": "fact a"})
     assert fig.axes[0].get_title().startswith("fact b")
+
+
+# -- readable headers for the tables of the book's chapters -------------------------------------------
+
+
+def _fields(summary_class) -> list[str]:
+    return [f.name for f in dataclasses.fields(summary_class)]
+
+
+def _columns(frame_or_names) -> pd.DataFrame:
+    names = list(frame_or_names)
+    return pd.DataFrame([[0] * len(names)], columns=names)
+
+
+# The tables the chapters show, by field names as kn_lib makes them (one frame per displayed table).
+CHAPTER_TABLES = {
+    "statistics summary": _fields(StatisticsSummary),
+    "statistics live slice": ["fact_id", "n_kn_live", "n_kn_stored"],
+    "manipulation summary": _fields(ManipulationSummary),
+    "manipulation by relation": list(manipulation_by_relation(pd.DataFrame()).columns),
+    "bingrel summary": [f for f in _fields(BingRelSummary) if f != "n_sentences"]
+    + [f"n_sentences_{t}" for t in TYPES],
+    "updating summary": _fields(UpdateSummary) + ["run"],
+    "updating live slice": ["fact_id", "neuron_set", "old_object_live", "new_object_live", "top1_after_live",
+                            "top1_after_stored", "success_live"],
+    "erasing table 5": list(table5(
+        pd.DataFrame(columns=["erased_relation", "scope", "p_before", "p_after", "correct_before", "correct_after"]),
+        pd.DataFrame(columns=["relation"])).columns),
+    "erasing summary": _fields(EraseSummary),
+    "erasing neurons": ["relation", "neurons", "max_facts", "mean_facts", "layers"],
+    "claims": list(claim_row("c", "Table 2", 1.0, Interval(1.0, 0.5, 1.5, 30, 100, 0.95, 0))),
+    "claims reach": ["quantity", "neurons", "percent", "ci_low", "ci_high", "n_prompts", "n_edits"],
+    "performance by path": ["seconds_per_prompt", "seconds_9_prompts", "gflop_per_prompt", "gflops", "speedup_vs_reference",
+                            "rel_diff", "peak_rss_mb", "load_1min", "prompts", "cpu_seconds_per_prompt",
+                            "cpu_speedup_vs_reference"],
+}
+
+
+@pytest.mark.parametrize("table", sorted(CHAPTER_TABLES))
+def test_readable_headers_are_labelled_and_distinct(table):
+    fields = CHAPTER_TABLES[table]
+    headers = list(plots.readable(_columns(fields)).columns)
+    assert not [h for h in headers if "_" in h], f"{table}: raw field names left"
+    # every field with an underscore has its own label (not just spaces for underscores) ...
+    assert not [f for f in fields if "_" in f and f not in plots.COLUMN_LABELS], f"{table}: fields without a label"
+    # ... and no two fields of one table read the same
+    clashes = pd.Series(fields, index=headers).groupby(level=0).apply(list)
+    assert not clashes[clashes.map(len) > 1].to_dict(), f"{table}: two fields under one header"
+
+
+def test_readable_index_names_series_and_overrides():
+    frame = pd.DataFrame({"n_facts": [3], "ci_low": [0.1]}, index=pd.Index(["P19"], name="relation"))
+    frame.columns.name = "neuron_set"
+    shown = plots.readable(frame, {"n_facts": "facts with knowledge neurons"})
+    assert list(shown.columns) == ["facts with knowledge neurons", "95% CI low"]
+    assert shown.index.name == "relation" and shown.columns.name == "neuron set"
+    assert list(frame.columns) == ["n_facts", "ci_low"]  # the input is left alone
+    row = plots.readable(pd.Series({"relation": "P19", "n_prompts": 12, "change_ratio": -0.5}))
+    assert list(row.index) == ["relation", "prompts", plots.COLUMN_LABELS["change_ratio"]]
+    numbered = plots.readable(pd.Series([1, 2], index=[0, 1]))
+    assert list(numbered.index) == [0, 1]  # labels that are not field names stay as they are

@@ -15,6 +15,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 
 from kn_lib.book import plots  # noqa: E402
 from kn_lib.book.claims import Interval, claim_row  # noqa: E402
@@ -116,6 +117,71 @@ def test_share_plot_panel_order_follows_titles():
     shares = pd.DataFrame({"fact_id": ["a", "b"], "layer": [0, 1], "neuron": [2, 3], "share": [1.0, 0.5]})
     fig = plots.share_plot(shares, p=0.7, titles={"b": "fact b", "a": "fact a"})
     assert fig.axes[0].get_title().startswith("fact b")
+
+
+# -- the suppress / amplify figures: readable at the book's column width ------------------------------
+
+
+def _by_relation(n_relations: int = 34, empty: str = "P103") -> pd.DataFrame:
+    """A synthetic suppress-amplify ``by_relation`` table; relation ``empty`` has no neuron in any set."""
+    rng = np.random.default_rng(0)
+    relations = [f"P{i}" for i in rng.choice(np.arange(10, 1500), n_relations - 1, replace=False)] + [empty]
+    rows = []
+    for relation in relations:
+        for scope in ("own", "unrelated"):
+            for operation, sign in (("suppress", -1), ("amplify", 1)):
+                for method in ("ig", "activation"):
+                    none = relation == empty
+                    rows.append({"relation": relation, "scope": scope, "operation": operation, "method": method,
+                                 "n_facts": 10, "n_facts_with_kn": 0 if none else 7, "n_prompts": 60,
+                                 "change_ratio": 0.0 if none else sign * rng.uniform(0.01, 30 if sign > 0 else 0.99)})
+    return pd.DataFrame(rows)
+
+
+def _readable_at_column_width(fig: Figure, width: float = 6.9, min_points: float = 9) -> None:
+    """No wider than the text column (so shown at about its native size), no text under ``min_points``,
+    no overlapping tick labels, and the figure's legend clear of every panel."""
+    assert fig.get_figwidth() <= width + 1e-9
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text()]
+    assert texts and min(t.get_fontsize() for t in texts) >= min_points
+    for ax in fig.axes:
+        for ticks in (ax.get_xticklabels(), ax.get_yticklabels()):
+            boxes = [t.get_window_extent(renderer) for t in ticks if t.get_visible() and t.get_text()]
+            assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), "tick labels overlap"
+    figure_box = fig.bbox
+    for legend in fig.legends:
+        box = legend.get_window_extent(renderer)
+        assert figure_box.x0 - 1 <= box.x0 and box.x1 <= figure_box.x1 + 1, "legend wider than the figure"
+        assert not any(box.overlaps(ax.get_tightbbox(renderer)) for ax in fig.axes), "legend covers a panel"
+    for ax in fig.axes:
+        title = ax.title.get_window_extent(renderer)
+        assert title.y1 <= figure_box.y1 + 1, "clipped title"
+
+
+def test_change_by_relation():
+    frame = _by_relation()
+    fig = plots.change_by_relation(frame)
+    _labelled(fig)
+    _readable_at_column_width(fig)
+    left, right = fig.axes
+    assert [left.get_title(), right.get_title()] == [plots.OPERATION_TITLES["suppress"], plots.OPERATION_TITLES["amplify"]]
+    names = [t.get_text() for t in left.get_yticklabels()]
+    assert len(names) == 34 and names == sorted(names, key=lambda r: int(r[1:]))  # P19 before P101
+    assert left.get_ylim()[0] > left.get_ylim()[1]  # first relation on top
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == list(plots.NEURON_SETS.values())
+    assert any(t.get_text().startswith("no neurons found") for t in left.texts)
+    # 34 relations x 2 neuron sets per panel, own scope only
+    assert len(left.patches) == len(right.patches) == 68
+
+
+def test_change_by_scope():
+    fig = plots.change_by_scope(_by_relation())
+    _labelled(fig)
+    _readable_at_column_width(fig)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["suppressed", "amplified"]
+    assert len(fig.legends) == 1 and fig.axes[0].get_legend() is None
 
 
 # -- readable headers for the tables of the book's chapters -------------------------------------------

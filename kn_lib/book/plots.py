@@ -424,3 +424,102 @@ def claims_forest(claims, wrap: int = 95):
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (1.05 * len(rows) + 1.0)))
     return fig
 
+
+# neuron sets of the manipulation figures, in legend order
+NEURON_SETS = {"ig": "knowledge neurons (integrated gradients)", "activation": "baseline neurons (activation)"}
+OPERATION_TITLES = {"suppress": "suppressed (activation × 0)", "amplify": "amplified (activation × 2)"}
+
+
+def _relation_order(relations) -> list[str]:
+    """PARAREL ids in numeric order (P19 before P101); other names after them, alphabetically."""
+    def key(r):
+        r = str(r)
+        return (0, int(r[1:]), r) if r[:1] == "P" and r[1:].isdigit() else (1, 0, r)
+    return sorted(set(relations), key=key)
+
+
+def _percent_symlog(ax: Axes, linthresh: float) -> None:
+    """A symmetric-log x axis (linear within ±linthresh) with ticks written as plain signed percents."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xscale("symlog", linthresh=linthresh)
+    # short labels ("1000", not "+1,000"): decades lie close together on a narrow panel
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0f}".replace("-", "−")))
+    ax.axvline(0, color="black", linewidth=0.8)
+
+
+def change_by_relation(
+    by_relation: pd.DataFrame,
+    operations: Sequence[str] = ("suppress", "amplify"),
+    scope: str = "own",
+    neuron_sets: dict | None = None,
+    linthresh: float = 10,
+    width: float = 6.9,
+    row_height: float = 0.22,
+) -> Figure:
+    """Figures 4 and 5 side by side: for each relation (one row each, PARAREL ids in numeric order)
+    the relative change of p(answer) in percent (``100 * change_ratio``), one bar per neuron set and one
+    panel per operation, on a symmetric-log x axis (linear within ±``linthresh`` %); one legend above.
+
+    ``by_relation`` is the suppress-amplify stage's table (relation, scope, operation, method,
+    change_ratio); only rows of ``scope`` are drawn. ``neuron_sets`` maps a method to its legend name
+    (and order; default ``NEURON_SETS``). ``width`` in inches: 6.9 is the book's text column at 100 dpi,
+    where the fonts of ``use_style`` are read at their size."""
+    names = dict(neuron_sets or NEURON_SETS)
+    data = by_relation[by_relation["scope"] == scope]
+    methods = [m for m in names if m in set(data["method"])] + sorted(set(data["method"]) - set(names))
+    relations = _relation_order(data["relation"])
+    colours = dict(zip(methods, sns.color_palette(PALETTE, len(methods))))
+    fig, axes = plt.subplots(1, len(operations), figsize=(width, row_height * len(relations) + 1.6), sharey=True,
+                             squeeze=False, layout="constrained")
+    bar = 0.8 / max(len(methods), 1)
+    for ax, operation in zip(axes[0], operations):
+        part = data[data["operation"] == operation]
+        for j, method in enumerate(methods):
+            values = part[part["method"] == method].set_index("relation")["change_ratio"].reindex(relations) * 100
+            ax.barh(np.arange(len(relations)) - 0.4 + bar * (j + 0.5), values.fillna(0), height=bar, color=colours[method])
+        if "n_facts_with_kn" in part:  # a relation where no set has a neuron: 0 % by definition, said so
+            held = part.groupby("relation")["n_facts_with_kn"].sum().reindex(relations).fillna(0)
+            for i in np.flatnonzero(held.to_numpy() == 0):
+                ax.text(0.03, i, "no neurons found (0 %)", transform=ax.get_yaxis_transform(), va="center", fontsize=9,
+                        color="0.35")
+        _percent_symlog(ax, linthresh)
+        ax.set_title(OPERATION_TITLES.get(operation, operation))
+        ax.set_xlabel("change of p(answer) (%)")
+        ax.grid(axis="y", visible=False)
+    ax0 = axes[0, 0]
+    ax0.set_yticks(np.arange(len(relations)), relations)
+    ax0.set_ylim(len(relations) - 0.5, -0.5)  # first relation on top
+    ax0.set_ylabel("relation (PARAREL id)")
+    handles = [Patch(color=colours[m], label=names.get(m, m)) for m in methods]
+    fig.legend(handles=handles, loc="outside upper center", ncol=len(handles), frameon=False)
+    return fig
+
+
+def change_by_scope(
+    by_relation: pd.DataFrame,
+    method: str = "ig",
+    scopes: dict | None = None,
+    linthresh: float = 10,
+    width: float = 6.9,
+) -> Figure:
+    """Specificity of suppress / amplify: per operation, the distribution over relations of the change of
+    p(answer) (%) on the fact's own prompts and on an unrelated fact's prompts (box plots, symmetric-log
+    x axis linear within ±``linthresh`` %); one legend above the panel. ``scopes`` maps a scope to its
+    legend name (and order)."""
+    names = dict(scopes or {"own": "the fact's own prompts", "unrelated": "prompts of an unrelated fact"})
+    data = by_relation[by_relation["method"] == method].assign(change=lambda f: 100 * f["change_ratio"])
+    data = data.assign(scope=data["scope"].map(lambda s: names.get(s, s)),
+                       operation=data["operation"].map(lambda o: OPERATION_TITLES.get(o, o).split(" (")[0]))
+    fig, ax = plt.subplots(figsize=(width, 3.6), layout="constrained")
+    order = [names[s] for s in names if names[s] in set(data["scope"])]
+    operations = [t.split(" (")[0] for t in OPERATION_TITLES.values()]
+    operations = [o for o in operations if o in set(data["operation"])] + sorted(set(data["operation"]) - set(operations))
+    sns.boxplot(data, x="change", y="operation", order=operations, hue="scope", hue_order=order, palette=PALETTE,
+                saturation=1, ax=ax)
+    _percent_symlog(ax, linthresh)
+    ax.set(xlabel="change of p(answer) per relation (%)", ylabel="")
+    ax.get_legend().remove()
+    handles = [Patch(color=c, label=n) for c, n in zip(sns.color_palette(PALETTE, len(order)), order)]
+    fig.legend(handles=handles, loc="outside upper center", ncol=len(handles), frameon=False)
+    return fig

@@ -81,8 +81,8 @@ COLUMN_LABELS = {
     # BingRel (Table 4, kn_lib.experiments.bingrel_activation)
     "t1": "mean activation, T1 (fact expressed)", "t2": "mean activation, T2 (head only)",
     "t3": "mean activation, T3 (random sentence)",
-    "n_sentences_T1": "T1 sentences (all facts)", "n_sentences_T2": "T2 sentences (all facts)",
-    "n_sentences_T3": "T3 sentences (all facts)",
+    "n_sentences_T1": "T1 sentences read (summed over facts)", "n_sentences_T2": "T2 sentences read (summed over facts)",
+    "n_sentences_T3": "T3 sentences read (summed over facts)",
     # updating facts (Table 6, kn_lib.experiments.update_facts)
     "change_rate": "change rate: old answer no longer top-1 (% of edits)",
     "success_rate": "success rate: new answer is top-1 (% of edits)",

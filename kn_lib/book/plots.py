@@ -482,7 +482,7 @@ def change_by_relation(
             held = part.groupby("relation")["n_facts_with_kn"].sum().reindex(relations).fillna(0)
             for i in np.flatnonzero(held.to_numpy() == 0):
                 ax.text(0.03, i, "no neurons found (0 %)", transform=ax.get_yaxis_transform(), va="center", fontsize=9,
-                        color="0.35")
+                        color="0.35", zorder=5, bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
         _percent_symlog(ax, linthresh)
         ax.set_title(OPERATION_TITLES.get(operation, operation))
         ax.set_xlabel("change of p(answer) (%)")

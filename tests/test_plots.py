@@ -1,6 +1,9 @@
-"""Smoke tests of kn_lib.book.plots on synthetic data: each function draws, labels its axes, returns a Figure."""
+"""Smoke tests of kn_lib.book.plots on synthetic data: each function draws, labels its axes, returns a Figure;
+and the book's tables get readable headers (``readable``, ``COLUMN_LABELS``)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import matplotlib
 
@@ -12,8 +15,16 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 
 from kn_lib.book import plots  # noqa: E402
+from kn_lib.book.claims import Interval, claim_row  # noqa: E402
+from kn_lib.experiments.bingrel_activation import TYPES, BingRelSummary  # noqa: E402
+from kn_lib.experiments.erase_relations import EraseSummary, table5  # noqa: E402
+from kn_lib.experiments.neuron_statistics import StatisticsSummary  # noqa: E402
+from kn_lib.experiments.suppress_amplify import ManipulationSummary  # noqa: E402
+from kn_lib.experiments.suppress_amplify import _by_relation as manipulation_by_relation  # noqa: E402
+from kn_lib.experiments.update_facts import UpdateSummary  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -106,3 +117,129 @@ def test_share_plot_panel_order_follows_titles():
     shares = pd.DataFrame({"fact_id": ["a", "b"], "layer": [0, 1], "neuron": [2, 3], "share": [1.0, 0.5]})
     fig = plots.share_plot(shares, p=0.7, titles={"b": "fact b", "a": "fact a"})
     assert fig.axes[0].get_title().startswith("fact b")
+
+
+# -- the suppress / amplify figures: readable at the book's column width ------------------------------
+
+
+def _by_relation(n_relations: int = 34, empty: str = "P103") -> pd.DataFrame:
+    """A synthetic suppress-amplify ``by_relation`` table; relation ``empty`` has no neuron in any set."""
+    rng = np.random.default_rng(0)
+    relations = [f"P{i}" for i in rng.choice(np.arange(10, 1500), n_relations - 1, replace=False)] + [empty]
+    rows = []
+    for relation in relations:
+        for scope in ("own", "unrelated"):
+            for operation, sign in (("suppress", -1), ("amplify", 1)):
+                for method in ("ig", "activation"):
+                    none = relation == empty
+                    rows.append({"relation": relation, "scope": scope, "operation": operation, "method": method,
+                                 "n_facts": 10, "n_facts_with_kn": 0 if none else 7, "n_prompts": 60,
+                                 "change_ratio": 0.0 if none else sign * rng.uniform(0.01, 30 if sign > 0 else 0.99)})
+    return pd.DataFrame(rows)
+
+
+def _readable_at_column_width(fig: Figure, width: float = 6.9, min_points: float = 9) -> None:
+    """No wider than the text column (so shown at about its native size), no text under ``min_points``,
+    no overlapping tick labels, and the figure's legend clear of every panel."""
+    assert fig.get_figwidth() <= width + 1e-9
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text()]
+    assert texts and min(t.get_fontsize() for t in texts) >= min_points
+    for ax in fig.axes:
+        for ticks in (ax.get_xticklabels(), ax.get_yticklabels()):
+            boxes = [t.get_window_extent(renderer) for t in ticks if t.get_visible() and t.get_text()]
+            assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), "tick labels overlap"
+    figure_box = fig.bbox
+    for legend in fig.legends:
+        box = legend.get_window_extent(renderer)
+        assert figure_box.x0 - 1 <= box.x0 and box.x1 <= figure_box.x1 + 1, "legend wider than the figure"
+        assert not any(box.overlaps(ax.get_tightbbox(renderer)) for ax in fig.axes), "legend covers a panel"
+    for ax in fig.axes:
+        title = ax.title.get_window_extent(renderer)
+        assert title.y1 <= figure_box.y1 + 1, "clipped title"
+
+
+def test_change_by_relation():
+    frame = _by_relation()
+    fig = plots.change_by_relation(frame)
+    _labelled(fig)
+    _readable_at_column_width(fig)
+    left, right = fig.axes
+    assert [left.get_title(), right.get_title()] == [plots.OPERATION_TITLES["suppress"], plots.OPERATION_TITLES["amplify"]]
+    names = [t.get_text() for t in left.get_yticklabels()]
+    assert len(names) == 34 and names == sorted(names, key=lambda r: int(r[1:]))  # P19 before P101
+    assert left.get_ylim()[0] > left.get_ylim()[1]  # first relation on top
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == list(plots.NEURON_SETS.values())
+    assert any(t.get_text().startswith("no neurons found") for t in left.texts)
+    # 34 relations x 2 neuron sets per panel, own scope only
+    assert len(left.patches) == len(right.patches) == 68
+
+
+def test_change_by_scope():
+    fig = plots.change_by_scope(_by_relation())
+    _labelled(fig)
+    _readable_at_column_width(fig)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["suppressed", "amplified"]
+    assert len(fig.legends) == 1 and fig.axes[0].get_legend() is None
+
+
+# -- readable headers for the tables of the book's chapters -------------------------------------------
+
+
+def _fields(summary_class) -> list[str]:
+    return [f.name for f in dataclasses.fields(summary_class)]
+
+
+def _columns(frame_or_names) -> pd.DataFrame:
+    names = list(frame_or_names)
+    return pd.DataFrame([[0] * len(names)], columns=names)
+
+
+# The tables the chapters show, by field names as kn_lib makes them (one frame per displayed table).
+CHAPTER_TABLES = {
+    "statistics summary": _fields(StatisticsSummary),
+    "statistics live slice": ["fact_id", "n_kn_live", "n_kn_stored"],
+    "manipulation summary": _fields(ManipulationSummary),
+    "manipulation by relation": list(manipulation_by_relation(pd.DataFrame()).columns),
+    "bingrel summary": [f for f in _fields(BingRelSummary) if f != "n_sentences"]
+    + [f"n_sentences_{t}" for t in TYPES],
+    "updating summary": _fields(UpdateSummary) + ["run"],
+    "updating live slice": ["fact_id", "neuron_set", "old_object_live", "new_object_live", "top1_after_live",
+                            "top1_after_stored", "success_live"],
+    "erasing table 5": list(table5(
+        pd.DataFrame(columns=["erased_relation", "scope", "p_before", "p_after", "correct_before", "correct_after"]),
+        pd.DataFrame(columns=["relation"])).columns),
+    "erasing summary": _fields(EraseSummary),
+    "erasing neurons": ["relation", "neurons", "max_facts", "mean_facts", "layers"],
+    "claims": list(claim_row("c", "Table 2", 1.0, Interval(1.0, 0.5, 1.5, 30, 100, 0.95, 0))),
+    "claims reach": ["quantity", "neurons", "percent", "ci_low", "ci_high", "n_prompts", "n_edits"],
+    "performance by path": ["seconds_per_prompt", "seconds_9_prompts", "gflop_per_prompt", "gflops", "speedup_vs_reference",
+                            "rel_diff", "peak_rss_mb", "load_1min", "prompts", "cpu_seconds_per_prompt",
+                            "cpu_speedup_vs_reference"],
+}
+
+
+@pytest.mark.parametrize("table", sorted(CHAPTER_TABLES))
+def test_readable_headers_are_labelled_and_distinct(table):
+    fields = CHAPTER_TABLES[table]
+    headers = list(plots.readable(_columns(fields)).columns)
+    assert not [h for h in headers if "_" in h], f"{table}: raw field names left"
+    # every field with an underscore has its own label (not just spaces for underscores) ...
+    assert not [f for f in fields if "_" in f and f not in plots.COLUMN_LABELS], f"{table}: fields without a label"
+    # ... and no two fields of one table read the same
+    clashes = pd.Series(fields, index=headers).groupby(level=0).apply(list)
+    assert not clashes[clashes.map(len) > 1].to_dict(), f"{table}: two fields under one header"
+
+
+def test_readable_index_names_series_and_overrides():
+    frame = pd.DataFrame({"n_facts": [3], "ci_low": [0.1]}, index=pd.Index(["P19"], name="relation"))
+    frame.columns.name = "neuron_set"
+    shown = plots.readable(frame, {"n_facts": "facts with knowledge neurons"})
+    assert list(shown.columns) == ["facts with knowledge neurons", "95% CI low"]
+    assert shown.index.name == "relation" and shown.columns.name == "neuron set"
+    assert list(frame.columns) == ["n_facts", "ci_low"]  # the input is left alone
+    row = plots.readable(pd.Series({"relation": "P19", "n_prompts": 12, "change_ratio": -0.5}))
+    assert list(row.index) == ["relation", "prompts", plots.COLUMN_LABELS["change_ratio"]]
+    numbered = plots.readable(pd.Series([1, 2], index=[0, 1]))
+    assert list(numbered.index) == [0, 1]  # labels that are not field names stay as they are

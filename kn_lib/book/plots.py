@@ -44,7 +44,9 @@ def use_style() -> None:
     sns.set_theme(style="whitegrid", palette=PALETTE, context="notebook", rc={**FONT_SIZES, "savefig.bbox": "tight"})
 
 
-# raw field names of kn_lib's tables -> column headers a reader understands
+# raw field names of kn_lib's tables -> column headers a reader understands. A name missing here is
+# shown with spaces for underscores; a chapter can override a label for one table (``readable(frame,
+# labels)``) where the same field means something narrower there.
 COLUMN_LABELS = {
     "relation": "relation", "label": "label", "type": "type", "templates": "templates",
     "causal_templates": "templates, [X] before [Y]", "facts": "facts", "prompts": "prompts",
@@ -52,17 +54,88 @@ COLUMN_LABELS = {
     "predicted": "model's top-1", "correct": "answer is top-1", "layer": "layer", "neuron": "neuron",
     "share": "share of prompts", "p": "share threshold p", "mean_count": "mean neurons per fact",
     "converged": "in band", "reason": "search ended", "n_facts": "facts", "method": "method",
-    "n_kn": "knowledge neurons", "mean_kn_per_fact": "knowledge neurons per fact",
+    "n_kn": "knowledge neurons", "mean_kn_per_fact": "knowledge neurons per fact (mean)",
     "single_token": "single-token answers", "coverage": "coverage", "model": "model",
     "attribution": "attribution", "activation": "activation", "score": "score",
+    # sample sizes shared by several experiments
+    "n_relations": "relations", "n_prompts": "prompts", "n_edits": "edits", "n_neurons": "number of neurons",
+    "top_k": "neurons erased per relation (top k)", "neuron_set": "neuron set",
+    # statistics (Table 2, kn_lib.experiments.neuron_statistics)
+    "mean_intra_intersection": "shared KNs, same-relation fact pairs (mean)",
+    "mean_inter_intersection": "shared KNs, different-relation fact pairs (mean)",
+    "n_intra_pairs": "same-relation fact pairs", "n_inter_pairs": "different-relation fact pairs",
+    "pairs_sampled": "pairs drawn at random (not all pairs)",
+    "n_kn_live": "knowledge neurons (recomputed now)", "n_kn_stored": "knowledge neurons (stored)",
+    # suppress / amplify (Figures 4-5, kn_lib.experiments.suppress_amplify): means over relations, in %
+    "n_facts_with_kn": "facts with knowledge neurons", "n_relations_with_kn": "relations with knowledge neurons",
+    "suppress_own": "p(answer) change when suppressed, % (own prompts)",
+    "amplify_own": "p(answer) change when amplified, % (own prompts)",
+    "suppress_unrelated": "p(answer) change when suppressed, % (unrelated fact's prompts)",
+    "amplify_unrelated": "p(answer) change when amplified, % (unrelated fact's prompts)",
+    "suppress_own_kn_only": "p(answer) change when suppressed, % (own prompts; facts with KNs only)",
+    "amplify_own_kn_only": "p(answer) change when amplified, % (own prompts; facts with KNs only)",
+    "suppress_unrelated_kn_only": "p(answer) change when suppressed, % (unrelated fact's prompts; facts with KNs only)",
+    "amplify_unrelated_kn_only": "p(answer) change when amplified, % (unrelated fact's prompts; facts with KNs only)",
+    "change_ratio": "relative change of mean p(answer) (fraction)",
+    "mean_p_before": "mean p(answer) before", "mean_p_after": "mean p(answer) after",
+    # BingRel (Table 4, kn_lib.experiments.bingrel_activation)
+    "t1": "mean activation, T1 (fact expressed)", "t2": "mean activation, T2 (head only)",
+    "t3": "mean activation, T3 (random sentence)",
+    "n_sentences_T1": "T1 sentences read (summed over facts)", "n_sentences_T2": "T2 sentences read (summed over facts)",
+    "n_sentences_T3": "T3 sentences read (summed over facts)",
+    # updating facts (Table 6, kn_lib.experiments.update_facts)
+    "change_rate": "change rate: old answer no longer top-1 (% of edits)",
+    "success_rate": "success rate: new answer is top-1 (% of edits)",
+    "delta_intra_ppl": "ΔPPL, other facts of the relation (paper's formula)",
+    "delta_inter_ppl": "ΔPPL, facts of other relations (paper's formula)",
+    "delta_intra_ppl_logspace": "ΔPPL, other facts of the relation (same, from log-probabilities)",
+    "delta_inter_ppl_logspace": "ΔPPL, facts of other relations (same, from log-probabilities)",
+    "delta_intra_ppl_median": "ΔPPL, other facts of the relation (median edit)",
+    "delta_inter_ppl_median": "ΔPPL, facts of other relations (median edit)",
+    "paraphrase_change_rate": "paraphrases: old answer no longer top-1 (% of prompts)",
+    "paraphrase_success_rate": "paraphrases: new answer is top-1 (% of prompts)",
+    "intra_changed_rate": "other facts of the relation: top-1 changed (% of prompts)",
+    "intra_new_rate": "other facts of the relation: new answer is top-1 (% of prompts)",
+    "old_object_live": "old answer", "new_object_live": "new answer (edit target)",
+    "top1_after_live": "top-1 after the edit (rerun now)", "top1_after_stored": "top-1 after the edit (stored)",
+    "success_live": "new answer is top-1 (rerun now)",
+    # erasing relations (Table 5, kn_lib.experiments.erase_relations.table5)
+    "erased_n_prompts": "erased relation: prompts", "other_n_prompts": "other relations: prompts",
+    "erased_ppl_before": "erased relation: perplexity before", "erased_ppl_after": "erased relation: perplexity after",
+    "erased_ppl_change": "erased relation: perplexity change (%)",
+    "other_ppl_before": "other relations: perplexity before", "other_ppl_after": "other relations: perplexity after",
+    "other_ppl_change": "other relations: perplexity change (%)",
+    "erased_accuracy_before": "erased relation: top-1 accuracy before (fraction)",
+    "erased_accuracy_after": "erased relation: top-1 accuracy after (fraction)",
+    "other_accuracy_before": "other relations: top-1 accuracy before (fraction)",
+    "other_accuracy_after": "other relations: top-1 accuracy after (fraction)",
+    "max_facts": "facts per erased neuron (max)", "mean_facts": "facts per erased neuron (mean)",
+    # claims (kn_lib.book.claims): bootstrap intervals
+    "ci_low": "95% CI low", "ci_high": "95% CI high", "n_clusters": "n (clusters)",
+    # performance (benchmarks/attribution_speed.py, aggregated per path in the performance chapter)
+    "seconds_per_prompt": "wall time per prompt (s)", "seconds_9_prompts": "wall time per 9 prompts (s)",
+    "cpu_seconds_per_prompt": "CPU time per prompt (s, all threads)",
+    "speedup_vs_reference": "speed-up vs reference, wall time (×)",
+    "cpu_speedup_vs_reference": "speed-up vs reference, CPU time (×)",
+    "gflop_per_prompt": "GFLOP per prompt", "peak_rss_mb": "peak memory, RSS (MB)",
+    "load_1min": "load average before the run (1 min)",
+    "rel_diff": "max difference from the reference's scores (relative to its largest)",
 }
 
 
-def readable(frame: pd.DataFrame, labels: dict | None = None) -> pd.DataFrame:
-    """``frame`` with column headers for readers: ``COLUMN_LABELS`` (plus ``labels``), else the raw
-    name with spaces for underscores. Only the headers change; use it on a table about to be shown."""
+def readable(frame: pd.DataFrame | pd.Series, labels: dict | None = None) -> pd.DataFrame | pd.Series:
+    """``frame`` with headers for readers: ``COLUMN_LABELS`` (plus ``labels``, which win), else the raw
+    name with spaces for underscores. Column headers and the names of the index and column axes change
+    (a Series: its index labels, which are field names); the values do not, so use it on a table about
+    to be shown, never on one that code reads on."""
     names = {**COLUMN_LABELS, **(labels or {})}
-    return frame.rename(columns=lambda c: names.get(c, str(c).replace("_", " ")))
+
+    def label(name):
+        return names.get(name, name.replace("_", " ")) if isinstance(name, str) else name
+
+    if isinstance(frame, pd.Series):
+        return frame.rename(index=label).rename_axis(index=label)
+    return frame.rename(columns=lambda c: label(str(c))).rename_axis(index=label, columns=label)
 
 
 def _axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
@@ -349,4 +422,104 @@ def claims_forest(claims, wrap: int = 95):
     fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 5), fontsize=8, frameon=False,
                bbox_to_anchor=(0.5, 1.0))
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (1.05 * len(rows) + 1.0)))
+    return fig
+
+
+# neuron sets of the manipulation figures, in legend order
+NEURON_SETS = {"ig": "knowledge neurons (integrated gradients)", "activation": "baseline neurons (activation)"}
+OPERATION_TITLES = {"suppress": "suppressed (activation × 0)", "amplify": "amplified (activation × 2)"}
+
+
+def _relation_order(relations) -> list[str]:
+    """PARAREL ids in numeric order (P19 before P101); other names after them, alphabetically."""
+    def key(r):
+        r = str(r)
+        return (0, int(r[1:]), r) if r[:1] == "P" and r[1:].isdigit() else (1, 0, r)
+    return sorted(set(relations), key=key)
+
+
+def _percent_symlog(ax: Axes, linthresh: float) -> None:
+    """A symmetric-log x axis (linear within ±linthresh) with ticks written as plain signed percents."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xscale("symlog", linthresh=linthresh)
+    # short labels ("1000", not "+1,000"): decades lie close together on a narrow panel
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0f}".replace("-", "−")))
+    ax.axvline(0, color="black", linewidth=0.8)
+
+
+def change_by_relation(
+    by_relation: pd.DataFrame,
+    operations: Sequence[str] = ("suppress", "amplify"),
+    scope: str = "own",
+    neuron_sets: dict | None = None,
+    linthresh: float = 10,
+    width: float = 6.9,
+    row_height: float = 0.22,
+) -> Figure:
+    """Figures 4 and 5 side by side: for each relation (one row each, PARAREL ids in numeric order)
+    the relative change of p(answer) in percent (``100 * change_ratio``), one bar per neuron set and one
+    panel per operation, on a symmetric-log x axis (linear within ±``linthresh`` %); one legend above.
+
+    ``by_relation`` is the suppress-amplify stage's table (relation, scope, operation, method,
+    change_ratio); only rows of ``scope`` are drawn. ``neuron_sets`` maps a method to its legend name
+    (and order; default ``NEURON_SETS``). ``width`` in inches: 6.9 is the book's text column at 100 dpi,
+    where the fonts of ``use_style`` are read at their size."""
+    names = dict(neuron_sets or NEURON_SETS)
+    data = by_relation[by_relation["scope"] == scope]
+    methods = [m for m in names if m in set(data["method"])] + sorted(set(data["method"]) - set(names))
+    relations = _relation_order(data["relation"])
+    colours = dict(zip(methods, sns.color_palette(PALETTE, len(methods))))
+    fig, axes = plt.subplots(1, len(operations), figsize=(width, row_height * len(relations) + 1.6), sharey=True,
+                             squeeze=False, layout="constrained")
+    bar = 0.8 / max(len(methods), 1)
+    for ax, operation in zip(axes[0], operations):
+        part = data[data["operation"] == operation]
+        for j, method in enumerate(methods):
+            values = part[part["method"] == method].set_index("relation")["change_ratio"].reindex(relations) * 100
+            ax.barh(np.arange(len(relations)) - 0.4 + bar * (j + 0.5), values.fillna(0), height=bar, color=colours[method])
+        if "n_facts_with_kn" in part:  # a relation where no set has a neuron: 0 % by definition, said so
+            held = part.groupby("relation")["n_facts_with_kn"].sum().reindex(relations).fillna(0)
+            for i in np.flatnonzero(held.to_numpy() == 0):
+                ax.text(0.03, i, "no neurons found (0 %)", transform=ax.get_yaxis_transform(), va="center", fontsize=9,
+                        color="0.35", zorder=5, bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
+        _percent_symlog(ax, linthresh)
+        ax.set_title(OPERATION_TITLES.get(operation, operation))
+        ax.set_xlabel("change of p(answer) (%)")
+        ax.grid(axis="y", visible=False)
+    ax0 = axes[0, 0]
+    ax0.set_yticks(np.arange(len(relations)), relations)
+    ax0.set_ylim(len(relations) - 0.5, -0.5)  # first relation on top
+    ax0.set_ylabel("relation (PARAREL id)")
+    handles = [Patch(color=colours[m], label=names.get(m, m)) for m in methods]
+    fig.legend(handles=handles, loc="outside upper center", ncol=len(handles), frameon=False)
+    return fig
+
+
+def change_by_scope(
+    by_relation: pd.DataFrame,
+    method: str = "ig",
+    scopes: dict | None = None,
+    linthresh: float = 10,
+    width: float = 6.9,
+) -> Figure:
+    """Specificity of suppress / amplify: per operation, the distribution over relations of the change of
+    p(answer) (%) on the fact's own prompts and on an unrelated fact's prompts (box plots, symmetric-log
+    x axis linear within ±``linthresh`` %); one legend above the panel. ``scopes`` maps a scope to its
+    legend name (and order)."""
+    names = dict(scopes or {"own": "the fact's own prompts", "unrelated": "prompts of an unrelated fact"})
+    data = by_relation[by_relation["method"] == method].assign(change=lambda f: 100 * f["change_ratio"])
+    data = data.assign(scope=data["scope"].map(lambda s: names.get(s, s)),
+                       operation=data["operation"].map(lambda o: OPERATION_TITLES.get(o, o).split(" (")[0]))
+    fig, ax = plt.subplots(figsize=(width, 3.6), layout="constrained")
+    order = [names[s] for s in names if names[s] in set(data["scope"])]
+    operations = [t.split(" (")[0] for t in OPERATION_TITLES.values()]
+    operations = [o for o in operations if o in set(data["operation"])] + sorted(set(data["operation"]) - set(operations))
+    sns.boxplot(data, x="change", y="operation", order=operations, hue="scope", hue_order=order, palette=PALETTE,
+                saturation=1, ax=ax)
+    _percent_symlog(ax, linthresh)
+    ax.set(xlabel="change of p(answer) per relation (%)", ylabel="")
+    ax.get_legend().remove()
+    handles = [Patch(color=c, label=n) for c, n in zip(sns.color_palette(PALETTE, len(order)), order)]
+    fig.legend(handles=handles, loc="outside upper center", ncol=len(handles), frameon=False)
     return fig

@@ -92,9 +92,12 @@ def main() -> None:
         frame = pd.DataFrame(rows)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(args.out, index=False)
-        for fact_id in coarse["riemann-20"].get(rid, {}):  # free the relation's score tensors
+        for fact_id in coarse.get("riemann-20", {}).get(rid, {}):  # free the relation's score tensors
             for name in settings:
                 scores.pop((fact_id, name), None)
+    if frame.empty:
+        print("no fact with at least 3 usable prompts: nothing compared")
+        return
     print(frame.groupby(["setting", "compared_with"])[["same_refined", "jaccard", "max_rel_score_diff"]].mean().round(3).to_string())
     print(f"facts: {frame.fact_id.nunique()}")
 
@@ -103,7 +106,7 @@ def compare(rid, coarse, scores, seconds, settings, convergence, args) -> list[d
     """Rows of one relation: the share threshold p searched on the paper's settings (official rule),
     applied to every setting's coarse sets; refined sets and scores compared pairwise."""
     rows = []
-    by_fact = coarse["riemann-20"].get(rid, {})
+    by_fact = coarse.get("riemann-20", {}).get(rid, {})
     if by_fact:
         p = adaptive_share_threshold(by_fact).p
         for fact_id in by_fact:

@@ -20,7 +20,7 @@ Two implementations compute the same numbers:
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -44,8 +44,9 @@ class IGConfig:
     # is one token (causal LMs, key/value cache), batch_rows // sequence length otherwise (masked LMs);
     # each unit brings one row per scaled layer, so the batch grows len(layers)-fold to the top.
     # packed: (layer, step) rows per pass; reference: steps per pass. Results do not depend on it.
-    # 50: as fast as 100 or 200 on SmolLM2 (2 cores) with 2.8 GB peak memory instead of 4.8 GB (benchmarks/batch_rows.py)
-    batch_rows: int = 50
+    # None: by device, 50 on a CPU (as fast as 100 or 200 on SmolLM2 with 2 cores, 2.8 GB peak memory instead
+    # of 4.8 GB: benchmarks/batch_rows.py) and 200 on a GPU (bigger products, memory to spare; not measured here)
+    batch_rows: int | None = None
     # "bfloat16": matrix products in bf16 under autocast (an option, with its error measured in benchmarks/)
     precision: Precision = "float32"
 
@@ -58,8 +59,13 @@ class IGConfig:
             raise ValueError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
         if self.method not in ("fast", "packed", "reference"):
             raise ValueError(f"method must be 'fast', 'packed' or 'reference', got {self.method!r}")
-        if self.batch_rows < 1:
+        if self.batch_rows is not None and self.batch_rows < 1:
             raise ValueError(f"batch_rows must be >= 1, got {self.batch_rows}")
+
+
+def default_batch_rows(device: torch.device) -> int:
+    """``IGConfig.batch_rows`` when none is given: 50 on a CPU, 200 on a GPU."""
+    return 200 if device.type == "cuda" else 50
 
 
 def riemann_alphas(steps: int, rule: Rule = "right") -> torch.Tensor:
@@ -105,6 +111,7 @@ def integrated_gradients_many(
     them in one batch (padded, with an attention mask) for bigger matrix products."""
     layers = list(range(adapter.n_layers)) if layers is None else list(layers)
     alphas, weights = quadrature(config.steps, config.rule)
+    config = replace(config, batch_rows=config.batch_rows or default_batch_rows(adapter.device))
     if config.method == "fast":  # reads the activations (in fp32) in its own batched pass
         acts, grads = _gradient_sums_fast(adapter, prompts, layers, alphas, weights, config.batch_rows, config.precision)
         return [(a[layers] * g).float() for a, g in zip(acts, grads)]

@@ -38,7 +38,7 @@ def answer_ranks(adapter: ModelAdapter, prompts: list[EncodedPrompt]) -> tuple[t
     logits = adapter.logits_at(ids, prompts[0].answer_pos).float()  # [batch, vocab]
     target_logit = logits.gather(1, targets[:, None])
     probs = logits.softmax(-1).gather(1, targets[:, None])[:, 0]
-    rank = (logits > target_logit).sum(1) + 1  # ties count in the answer's favour
+    rank = (logits > target_logit).sum(1) + 1  # 1 + the tokens scored strictly higher
     return probs.cpu(), rank.cpu(), logits.argmax(-1).cpu()
 
 
@@ -74,9 +74,10 @@ def screen_facts(
             part = group[start : start + batch_size]
             probs, ranks, top1 = answer_ranks(adapter, [p for _, _, p in part])
             words = adapter.tokenizer.batch_decode(top1[:, None])
-            for (fact, t, prompt), p, r, w in zip(part, probs.tolist(), ranks.tolist(), words):
+            for (fact, t, prompt), p, r, w, top in zip(part, probs.tolist(), ranks.tolist(), words, top1.tolist()):
+                # correct: the top-1 token is the answer, as ``pipeline.predict`` decides it (argmax)
                 rows.append({"fact_id": fact["fact_id"], "relation": fact["relation"], "template_id": t, "p_answer": p,
-                             "rank": r, "correct": r == 1, "predicted": w})
+                             "rank": r, "correct": top == prompt.target_id, "predicted": w})
                 if on_fact is not None:
                     done[fact["fact_id"]] += 1
                     if done[fact["fact_id"]] == n_usable[fact["fact_id"]]:
@@ -85,8 +86,8 @@ def screen_facts(
     if on_fact is not None and len(facts) > len(reported):
         on_fact(len(facts) - len(reported))  # facts without a usable prompt
     prompts = pd.DataFrame(rows, columns=list(PROMPT_COLUMNS)).astype(PROMPT_COLUMNS)
-    index = prompts["fact_id"].str.split("/").str[1].astype("int64")
-    prompts = prompts.assign(_i=index).sort_values(["relation", "_i", "template_id"], ignore_index=True).drop(columns="_i")
+    position = {f["fact_id"]: i for i, f in enumerate(facts)}  # the order the facts were given in
+    prompts = prompts.assign(_i=prompts["fact_id"].map(position)).sort_values(["_i", "template_id"], ignore_index=True).drop(columns="_i")
     return {"prompts": prompts, "facts": fact_table(prompts, facts, single)}
 
 

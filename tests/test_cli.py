@@ -99,10 +99,37 @@ def test_known_facts_preset_runs_every_stage_on_facts_from_the_screen(tmp_path, 
     code, out, err = kn(capsys, *run)
     assert code == 0, err
     header, *lines = out.strip().splitlines()
-    assert "facts the model knows (any prompts top-1)" in header
+    assert "facts (at most) that the model knows (some prompt answered top-1)" in header
     assert [line.split()[0] for line in lines] == ["attribute", "refine", "statistics", "suppress-amplify", "update", "erase"]
     screen = results.load("tiny-random-llama", "screen", root=tmp_path)
     known = set(screen.loc[screen["single_token"] & screen["any_correct"], "fact_id"])
     prompts = results.load("tiny-random-llama", "attribute", "prompts", preset="known-facts", known="any", relations="P30,P140",
                            facts_per_relation=2, steps=2, root=tmp_path)
     assert set(prompts["fact_id"]) and set(prompts["fact_id"]) <= known
+
+
+def test_known_sample_with_a_relation_the_model_does_not_know(tmp_path, capsys, monkeypatch):
+    """A relation without any known fact: no attribution shard, an empty refined table, and the experiments
+    run on the other relation's facts only; the stores hold exactly the sampled facts (read unfiltered)."""
+    from kn_lib.run import registry
+    from kn_lib.run.registry import settings_for
+    from kn_lib.run.store import ResultStore, cache_key
+
+    args = ["--model", "tiny-random-llama", "--relations", "P30,P140", "--out", str(tmp_path), "--no-progress"]
+    assert kn(capsys, "screen", "--preset", "paper", *args)[0] == 0
+    screen = results.load("tiny-random-llama", "screen", root=tmp_path)
+    only_p30 = frozenset(screen.loc[(screen["relation"] == "P30") & screen["single_token"], "fact_id"])
+    monkeypatch.setattr(registry, "_known_in_store", lambda *a: only_p30)  # the model "knows" P30 only
+    code, out, err = kn(capsys, "run", "--preset", "known-facts", "--facts-per-relation", "2", "--steps", "2", *args)
+    assert code == 0, err
+    settings = settings_for("tiny-random-llama", "known-facts", relations="P30,P140", facts_per_relation=2, steps=2, root=tmp_path)
+    sampled = set(settings.selected_fact_ids())
+    assert len(sampled) == 2 and all(f.startswith("P30/") for f in sampled)
+    stages = registry.stage_registry()
+    attribute = ResultStore(tmp_path, "tiny-random-llama", "attribute", cache_key(stages["attribute"].key_settings(settings)))
+    assert set(attribute.read("prompts")["fact_id"]) == sampled  # unfiltered: nothing outside the sample computed
+    refine = ResultStore(tmp_path, "tiny-random-llama", "refine", cache_key(stages["refine"].key_settings(settings)))
+    assert set(refine.entries()) == {"P30", "P140"} and refine.read("refined", ["P140"]).empty
+    table = results.load("tiny-random-llama", "suppress-amplify", "table", preset="known-facts", relations="P30,P140",
+                         facts_per_relation=2, steps=2, root=tmp_path)
+    assert set(table["fact_id"]) <= sampled

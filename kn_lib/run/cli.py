@@ -184,7 +184,8 @@ def _run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     stages = args.command_stages or list(PRESETS[args.preset].stages)
-    known = f" the model knows ({settings.known} prompts top-1)" if settings.known else ""
+    rule = {"any": "some prompt", "most": "most prompts"}
+    known = f" (at most) that the model knows ({rule.get(settings.known)} answered top-1)" if settings.known else ""
     print(f"kn {args.command}: model {args.model}, preset {args.preset}, {len(settings.relation_ids())} relations x "
           f"{settings.facts_per_relation or 'all'} facts{known} (seed {settings.seed}), stages {', '.join(stages)}", flush=True)
     for name in stages:

@@ -20,7 +20,7 @@ facts), model. A rerun may differ only if the tokenizer or the data change, and 
 
 One shard per relation, tables ``facts`` (per fact: usable prompts, how many the model answers top-1,
 any / most) and ``prompts`` (per prompt: p(answer), the answer's rank, the top-1 token). The experiments
-that need a fact the model knows draw their facts from it (``kn_lib.book.known_facts``).
+that need a fact the model knows draw their facts from it (``RunSettings.known``, the ``known-facts`` preset).
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ import pandas as pd
 
 from .registry import (
     DEFAULT_CHUNK, IGConfig, Job, KNConfig, KnUsageError, MissingInputs, Option, Preset, RunSettings, Stage, StageContext,
-    data_checksums, register_preset, register_stage,
+    data_checksums, register_preset, register_stage, same_facts,
 )
 from .search_stages import REFINE
 from .store import ResultStore, cache_key
@@ -93,6 +93,8 @@ def _missing_relations(store: ResultStore, settings: RunSettings) -> list[str]:
 def _run_first(settings: RunSettings, method: str) -> str:
     """The command that produces refined neurons for these settings (options as the user gave them)."""
     parts = [f"kn run --model {settings.model}"]
+    if settings.known is not None:
+        parts.append(f"--preset known-facts --known {settings.known}")
     if settings.relations is not None:
         parts.append(f"--relations {','.join(settings.relation_ids())}")
     parts.append(f"--facts-per-relation {settings.facts_per_relation or 'all'} --seed {settings.seed}")
@@ -411,7 +413,7 @@ def _stage(experiment: Experiment) -> Stage:
         name=experiment.name, help=experiment.help, tables=(*experiment.tables, "summary", "skipped"),
         key_settings=_key_settings(experiment), plan=_plan(experiment), compute=_compute(experiment),
         needs_model=True, depends=("refine",), options=experiment.options,
-        covers=lambda entry, job: True,  # the key fixes the sample and the config
+        covers=same_facts,  # the key fixes the config; a known-facts sample can change with its screen
     ))
 
 

@@ -105,14 +105,15 @@ def known_fact_ids(model: str, rule: str, relations: Sequence[str], root: str | 
     """Facts of ``relations`` with a single-token answer that the model's screen marks as known by ``rule``."""
     from .store import ResultStore, default_root
 
-    store = ResultStore(Path(root) if root is not None else default_root(), model, "screen", screen_key(model))
+    where = Path(root) if root is not None else default_root()
+    store = ResultStore(where, model, "screen", screen_key(model))
+    command = f"kn screen --preset paper --model {model}" + ("" if where == default_root() else f" --out {where}")
     if not store.exists():
-        raise MissingInputs(f"a known-facts sample needs the model's screen: run `kn screen --preset paper --model {model}` "
-                            f"first (nothing at {store.dir})")
+        raise MissingInputs(f"a known-facts sample needs the model's screen: run `{command}` first (nothing at {store.dir})")
     missing = [r for r in relations if r not in store.entries()]
     if missing:
         raise MissingInputs(f"the screen of {model} at {store.dir} lacks {len(missing)} relation(s) ({', '.join(missing[:3])}"
-                            f"{', ...' if len(missing) > 3 else ''}); run `kn screen --preset paper --model {model}` to finish it")
+                            f"{', ...' if len(missing) > 3 else ''}); run `{command}` to finish it")
     entries = store.entries()
     stamp = tuple(repr(sorted(entries[r].items())) for r in sorted(relations))  # a recomputed shard: read again
     return _known_in_store(str(store.root), model, store.key, rule, tuple(sorted(relations)), stamp)
@@ -316,6 +317,13 @@ class Stage:
     covers: Callable[[Mapping, Job], bool] = lambda entry, job: set(job.fact_ids) <= set(entry.get("fact_ids", ()))
 
 
+def same_facts(entry: Mapping, job: Job) -> bool:
+    """``Stage.covers`` for shards over a whole sample (refine, experiments): finished for exactly the job's
+    facts. A known-facts sample changes if its screen is recomputed and a fact's status flips; its keys
+    do not (they hold the screen's settings), so the facts themselves are compared."""
+    return "fact_ids" not in entry or set(entry["fact_ids"]) == set(job.fact_ids)
+
+
 _STAGES: dict[str, Stage] = {}
 
 
@@ -365,7 +373,7 @@ def ig_settings(config: KNConfig) -> dict[str, Any]:
 
 
 __all__ = [
-    "DEFAULT_CHUNK", "DEFAULT_PRESET", "IGConfig", "Job", "KNConfig", "KnUsageError", "MissingInputs", "Option", "PRESETS", "Preset",
+    "same_facts", "DEFAULT_CHUNK", "DEFAULT_PRESET", "IGConfig", "Job", "KNConfig", "KnUsageError", "MissingInputs", "Option", "PRESETS", "Preset",
     "RunSettings", "Stage", "StageContext", "chunks", "common_key_settings", "data_checksums", "register_preset",
     "register_stage", "settings_for", "stage_registry", "stored_threshold",
 ]

@@ -25,7 +25,7 @@ import re
 import time
 import uuid
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -128,6 +128,8 @@ def run_stage(
     spec = stage_registry()[stage] if isinstance(stage, str) else stage
     root = Path(root) if root is not None else results.default_root()
     check_writable(root)
+    if settings.root is None:  # a known-facts sample reads its screen where the run writes
+        settings = replace(settings, root=str(root))
     started = time.perf_counter()
     key_settings = spec.key_settings(settings)
     key = results.cache_key(key_settings)

@@ -25,7 +25,7 @@ from ..pipeline import THRESHOLD_COLUMNS, KNConfig, find_knowledge_neurons, refi
 from ..refine import Neuron
 from .registry import (  # noqa: F401  (MissingInputs: raised here)
     Job, MissingInputs, RunSettings, Stage, StageContext, chunks, common_key_settings, ig_settings, register_stage,
-    stored_threshold,
+    same_facts, stored_threshold,
 )
 
 # column -> dtype of every stored table (fixed, so empty shards and reloaded tables keep their types)
@@ -188,5 +188,5 @@ ATTRIBUTE = register_stage(Stage(
 REFINE = register_stage(Stage(
     name="refine", help="adaptive share threshold -> refined knowledge neurons, per relation (needs attribute)",
     tables=("refined", "thresholds"), key_settings=_refine_key, plan=_refine_plan, compute=_refine_compute,
-    needs_model=False, depends=("attribute",), covers=lambda entry, job: True,  # the key fixes the sample
+    needs_model=False, depends=("attribute",), covers=same_facts,  # exactly the sample's facts (registry.same_facts)
 ))

@@ -106,6 +106,14 @@ def test_known_facts_preset_runs_every_stage_on_facts_from_the_screen(tmp_path, 
     prompts = results.load("tiny-random-llama", "attribute", "prompts", preset="known-facts", known="any", relations="P30,P140",
                            facts_per_relation=2, steps=2, root=tmp_path)
     assert set(prompts["fact_id"]) and set(prompts["fact_id"]) <= known
+    from kn_lib.run.experiment_stages import EXPERIMENTS
+    from kn_lib.run.registry import settings_for
+
+    settings = settings_for("tiny-random-llama", "known-facts", known="any", relations="P30,P140", facts_per_relation=2,
+                            steps=2, root=tmp_path)
+    assert EXPERIMENTS["update"].config(settings).facts_per_relation == 30  # the preset's edits per relation
+    full = [r for r, facts in settings.sample().items() if len(facts) == 2]
+    assert EXPERIMENTS["erase"].config(settings).relations == tuple(full)  # relations whose known facts fill the sample
 
 
 def test_known_sample_with_a_relation_the_model_does_not_know(tmp_path, capsys, monkeypatch):

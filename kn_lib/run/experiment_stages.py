@@ -242,12 +242,16 @@ class Update(Experiment):
         return list(result.summary)
 
 
+MIN_ERASE_FACTS = 20  # a known-facts sample erases the relations with at least this many known facts
+
+
 class Erase(Experiment):
     name, help = "erase", "erase relations by zeroing their top knowledge neurons' value slots: perplexity (Table 5; needs refine)"
     tables = ("table", "by_relation", "neurons")
     options = (
         Option("erase_relations", str, None, "comma-separated relations to erase (default: the paper's P19,P27,P106,P937 "
-                                             "among the sample's, else every relation of the sample)"),
+                                             "among the sample's, else every relation of the sample; a known-facts "
+                                             "sample: every relation with at least 20 known facts in it)"),
         Option("top_k", int, None, "most frequent knowledge neurons erased per relation (default 20)"),
         Option("max_other_facts", _optional_int, None, "facts of other relations evaluated, or 'all' (default all)"),
         SEED_OPTION,
@@ -265,6 +269,12 @@ class Erase(Experiment):
             if outside:
                 raise KnUsageError(f"--erase-relations {','.join(outside)}: not in the fact sample ({','.join(sample)}); "
                                    "add them with --relations")
+        elif settings.known is not None:  # a known-facts sample: every relation with enough known facts
+            need = min(MIN_ERASE_FACTS, settings.facts_per_relation or MIN_ERASE_FACTS)  # a smaller sample: full relations
+            erase = tuple(r for r, facts in settings.sample().items() if len(facts) >= need)
+            if not erase:
+                raise MissingInputs(f"no relation of the sample has {need} facts the model knows; "
+                                    "name relations with --erase-relations")
         else:
             erase = tuple(r for r in PAPER_RELATIONS if r in sample) or tuple(sample)
         extra = {k: int(settings.param(k)) for k in ("top_k",) if settings.param(k) is not None}

@@ -155,6 +155,7 @@ class Preset:
     seed: int = 0
     stages: tuple[str, ...] = ("attribute", "refine")
     known: str | None = None  # a known-facts sample (``RunSettings.known``)
+    params: tuple[tuple[str, Any], ...] = ()  # stage options the preset sets (a given option overrides them)
 
 
 PRESETS: dict[str, Preset] = {}
@@ -168,9 +169,10 @@ register_preset(Preset("smoke", "2 relations x 2 facts: checks that the chain ru
 register_preset(Preset("book-sample", "all 34 relations x 20 facts per relation (seed 0): the book's sample", None, 20))
 register_preset(Preset("paper", "all 34 relations, every fact (27,738): the paper's fact set", None, None))
 register_preset(Preset(
-    "known-facts", "all 34 relations x 10 facts the model knows (most prompts top-1, from its screen; seed 0): the experiments "
-    "that need a known fact", None, 10, stages=("attribute", "refine", "statistics", "suppress-amplify", "update", "erase"),
-    known="most"))
+    "known-facts", "all 34 relations x up to 30 facts the model knows (most prompts top-1, from its screen; seed 0), 30 edits "
+    "per relation, erasing every relation with at least 20 of them: the experiments that need a known fact", None, 30,
+    stages=("attribute", "refine", "statistics", "suppress-amplify", "update", "erase"), known="most",
+    params=(("edits_per_relation", 30),)))
 
 DEFAULT_PRESET = "book-sample"
 
@@ -242,7 +244,7 @@ def settings_for(
         raise KnUsageError(f"unknown --known {rule!r} (use any, most or none)")
     return RunSettings(
         model=model, relations=rel, facts_per_relation=n, seed=base.seed if seed is None else seed, config=config,
-        chunk_size=chunk, device=device or "auto", params=tuple(sorted((params or {}).items())), known=rule,
+        chunk_size=chunk, device=device or "auto", params=tuple(sorted({**dict(base.params), **(params or {})}.items())), known=rule,
         root=str(root) if root is not None else None,
     )
 

@@ -1,7 +1,10 @@
 """Do the options change the refined knowledge neurons? bfloat16 products, and Gauss-Legendre at equal cost.
 
     .venv/bin/python benchmarks/refined_agreement.py [--relations P36,P37,P103,P1412,P138,P140] [--facts-per-relation 5]
-                                                     [--converged-steps 200] [--threads 2]
+                                                     [--converged-steps 200] [--threads 2] [--append]
+
+(The committed run: the default relations with ``--converged-steps 64 --threads 1``, where P103 has no fact
+with 3 usable prompts for a causal model, then ``--relations P176 --append`` to pass 30 facts.)
 
 For each fact (all its usable prompts, all layers, the default ``fast`` path) the attribution runs with:
 
@@ -50,6 +53,7 @@ def main() -> None:
     parser.add_argument("--converged-steps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=OUT / "refined_agreement.csv")
+    parser.add_argument("--append", action="store_true", help="keep the rows already in --out, skip their relations")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = {
@@ -66,6 +70,10 @@ def main() -> None:
     convergence = None
     rows: list[dict] = []
     frame = pd.DataFrame()
+    if args.append and args.out.exists():
+        rows = pd.read_csv(args.out).to_dict("records")
+        convergence = rows[0]["converged_check_rel_diff"] if rows else None
+        relations = {r: rel for r, rel in relations.items() if r not in {row["relation"] for row in rows}}
     for rid, relation in relations.items():
         table, taken = data.load_facts([rid]), 0
         for row in table:

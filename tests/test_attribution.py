@@ -91,6 +91,15 @@ def test_fast_path_matches_reference(tiny, prompt, batch_rows, method):
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 
 
+@pytest.mark.parametrize("rule, steps", [("gauss-legendre", 64), ("left", 33)])
+def test_fast_path_matches_reference_for_other_rules_and_many_passes(tiny, prompt, rule, steps):
+    """Every quadrature rule, with more (prompt, step) units than one pass holds: the nodes and weights of
+    each unit stay paired across passes."""
+    ref = integrated_gradients(tiny, prompt, config=IGConfig(method="reference", steps=steps, rule=rule, batch_rows=20))
+    fast = integrated_gradients(tiny, prompt, config=IGConfig(steps=steps, rule=rule, batch_rows=7))
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
 def _rows_per_layer(adapter, run) -> list[list[int]]:
     """Per layer: the batch rows seen by every linear map of the block, one list entry per block call
     (all linear maps of one call must agree), while ``run()`` runs."""

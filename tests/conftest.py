@@ -12,6 +12,18 @@ import torch
 MIRROR = Path(os.environ.get("KN_DATA_MIRROR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
+def run_kn(capsys, *argv: str) -> tuple[int, str, str]:
+    """The ``kn`` command in-process: exit status (argparse errors included), stdout, stderr."""
+    from kn_lib.run.cli import main
+
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:  # argparse errors
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny matrices: one torch thread is fastest, and on a busy machine two threads can be 50x slower.

@@ -9,24 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MIRROR
+from conftest import MIRROR, run_kn as kn
 from kn_lib.run import results
-from kn_lib.run.cli import main
 
 os.environ.setdefault("KN_DATA_MIRROR", str(MIRROR))
 ROOT = Path(__file__).resolve().parents[1]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-
-
-def kn(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:  # argparse errors
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_run_preset_then_load(tmp_path, capsys):

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MIRROR
+from conftest import MIRROR, run_kn as kn
 from kn_lib.run import store as store_module
-from kn_lib.run.cli import main
 from kn_lib.run.registry import KnUsageError, settings_for, stage_registry
 from kn_lib.run.results import DamagedManifest, ResultStore, cache_key, load
 
@@ -26,15 +25,6 @@ OPTIONS = ["--model", MODEL, "--preset", "smoke", "--relations", "P30,P140", "--
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-
-
-def kn(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:  # argparse errors
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line(err: str) -> str:

@@ -100,12 +100,10 @@ def load_screen(model: str) -> Screen | None:
     from ..recall import recall_by_relation
     from ..run.registry import screen_key
 
-    try:
-        facts = results.load(model, "screen", "facts", key=screen_key(model))
-        prompts = results.load(model, "screen", "prompts", key=screen_key(model))
-    except results.ResultsNotFound:
+    store = results.ResultStore(results.default_root(), model, "screen", screen_key(model))
+    if not store.exists():
         return None
-    shards = results.manifest(model, "screen", key=screen_key(model))["shards"]
+    facts, prompts, shards = store.read("facts"), store.read("prompts"), store.entries()
     return Screen(model, facts, prompts, recall_by_relation(facts, prompts), float(sum(e.get("seconds", 0.0) for e in shards.values())),
                   len(shards))
 

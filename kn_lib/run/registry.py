@@ -110,11 +110,11 @@ def known_fact_ids(model: str, rule: str, relations: Sequence[str], root: str | 
     command = f"kn screen --preset paper --model {model}" + ("" if where == default_root() else f" --out {where}")
     if not store.exists():
         raise MissingInputs(f"a known-facts sample needs the model's screen: run `{command}` first (nothing at {store.dir})")
-    missing = [r for r in relations if r not in store.entries()]
+    entries = store.entries()
+    missing = [r for r in relations if r not in entries]
     if missing:
         raise MissingInputs(f"the screen of {model} at {store.dir} lacks {len(missing)} relation(s) ({', '.join(missing[:3])}"
                             f"{', ...' if len(missing) > 3 else ''}); run `{command}` to finish it")
-    entries = store.entries()
     stamp = tuple(repr(sorted(entries[r].items())) for r in sorted(relations))  # a recomputed shard: read again
     return _known_in_store(str(store.root), model, store.key, rule, tuple(sorted(relations)), stamp)
 

@@ -115,7 +115,7 @@ def integrated_gradients_many(
     if config.method == "fast":  # reads the activations (in fp32) in its own batched pass
         acts, grads = _gradient_sums_fast(adapter, prompts, layers, alphas, weights, config.batch_rows, config.precision)
         return [(a[layers] * g).float() for a, g in zip(acts, grads)]
-    acts = [adapter.activations(p).double() for p in prompts]  # each [L, N]
+    acts = [adapter.activations(p).double().cpu() for p in prompts]  # each [L, N], on the CPU like the sums (GPU runs too)
     with torch.autocast(adapter.device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
         if config.method == "reference":
             grads = [_gradient_sums_reference(adapter, p, layers, a, alphas, weights, config.batch_rows) for p, a in zip(prompts, acts)]

@@ -53,8 +53,9 @@ def test_empty_frame_gives_nan_and_bad_level_raises():
         (31.0, 40.0, 20.0, 60.0, 10, "holds"),
         (31.0, -1.0, -5.0, 10.0, 10, "inconclusive"),  # used to be "reversed" on the estimate alone
         (31.0, 8.0, 2.0, 200.0, 10, "weaker"),  # a wide interval never holds on its upper end
-        # no data: too few clusters, or a zero-width interval from few clusters
+        # no data: fewer than 10 clusters, whatever the interval
         (31.0, 40.0, 20.0, 60.0, 4, "no data"),
+        (31.0, 40.0, 20.0, 60.0, 9, "no data"),
         (31.0, 40.0, 40.0, 40.0, 9, "no data"),
         (31.0, 40.0, 40.0, 40.0, 10, "stronger"),  # zero width from 10 clusters: a real (if odd) interval
         (31.0, float("nan"), float("nan"), float("nan"), 10, "no data"),
@@ -96,7 +97,7 @@ def test_paper_claims_on_synthetic_tables_follow_the_data():
     from kn_lib.book.claims import paper_claims
 
     rng = np.random.default_rng(0)
-    rels = [f"P{i}" for i in range(1, 9)]
+    rels = [f"P{i}" for i in range(1, 13)]
     # suppress-amplify by_relation: KNs lower p by ~25 % (suppress) and raise it by ~25 % (amplify), baseline ~0
     rows = []
     for r in rels:
@@ -127,3 +128,21 @@ def test_edit_reach_rates_and_intervals():
     # "no longer the old answer" counts only paraphrases that gave the old answer before the edit
     lost = out.loc[("paraphrases that answered the old object and no longer do", "random")]
     assert lost["percent"] == 0 and lost["n_prompts"] == 3
+
+
+def test_compare_designs_widths_and_changed_verdicts():
+    from kn_lib.book.claims import compare_designs
+
+    def table(rows):
+        return pd.DataFrame([{"claim": c, "kind": "paper's metric", "n_clusters": n, "ours": o, "ci_low": lo, "ci_high": hi,
+                              "verdict": v} for c, n, o, lo, hi, v in rows])
+
+    before = table([("a", 10, 1.0, -1.0, 3.0, "inconclusive"), ("b", 4, 2.0, 2.0, 2.0, "no data"), ("only before", 8, 0, 0, 1, "holds")])
+    after = table([("a", 40, 1.0, 0.5, 1.5, "holds"), ("b", 30, 2.0, 1.0, 3.0, "holds"), ("only after", 9, 0, 0, 1, "weaker")])
+    out = compare_designs(before, after.assign(sample="big")).set_index("claim")
+    assert out.loc["a", "width_ratio"] == pytest.approx(0.25)  # 1.0 wide after, 4.0 before
+    assert np.isnan(out.loc["b", "width_ratio"])  # zero width before: no ratio
+    assert out.loc["a", "verdict_changed"] and out.loc["b", "verdict_changed"]
+    assert not out.loc["only before", "verdict_changed"] and not out.loc["only after", "verdict_changed"]
+    assert out.loc["a", "n_clusters_before"] == 10 and out.loc["a", "n_clusters_after"] == 40 and out.loc["a", "sample"] == "big"
+    assert set(out.index) == {"a", "b", "only before", "only after"}

@@ -108,6 +108,29 @@ def load_screen(model: str) -> Screen | None:
                   len(shards))
 
 
+KNOWN_FACTS = dict(preset="known-facts", facts_per_relation=30)  # kn run --preset known-facts (its own size)
+
+
+def known_facts_sample(model: str = "smollm2-135m") -> BookSample:
+    """Facts the model knows (its screen: most prompts answered top-1), up to 30 per relation: the sample
+    of the experiments that change what the model says about a fact (suppress/amplify, update, erase)."""
+    return BookSample(model=model, **KNOWN_FACTS)
+
+
+def side_by_side(samples: "dict[str, BookSample]", stage: str, table: str | None = "summary", **kwargs) -> tuple[pd.DataFrame, list[str]]:
+    """One stage's table for several samples, stacked under a first column ``sample`` (the dict's
+    keys), and the names of the samples whose results are not committed (left out, to be said so)."""
+    frames, missing = [], []
+    for name, sample in samples.items():
+        try:
+            frame = sample.load(stage, table, **kwargs)
+        except results.ResultsNotFound:
+            missing.append(name)
+            continue
+        frames.append(frame.assign(sample=name)[["sample", *frame.columns]])
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["sample"])), missing
+
+
 SIZE_COLUMNS = {"n_facts": "facts", "n_relations": "relations", "n_edits": "edits"}
 
 

@@ -15,8 +15,8 @@ paper's effect (``effect = paper - null``); in the paper's direction:
   estimate is below half the paper's effect;
 * **reversed**: the interval excludes "no effect" on the other side;
 * **inconclusive**: the interval straddles "no effect" and the estimate is not on the paper's side;
-* **no data**: fewer than 5 clusters, or a zero-width interval from fewer than 10 (nothing to
-  resample: the interval says nothing), or nothing to estimate at all.
+* **no data**: fewer than 10 clusters (too few to resample: the interval says little), or nothing to
+  estimate at all.
 
 Ceiling claims ("other relations' perplexity stays similar": the paper reports a small side effect)
 compare our interval with the paper's value: **holds** when the interval's upper end is at most the
@@ -87,8 +87,7 @@ def bootstrap_ci(
     return Interval(estimate, float(low), float(high), k, n_boot, level, seed)
 
 
-MIN_CLUSTERS = 5  # fewer clusters than this: no verdict
-MIN_CLUSTERS_ZERO_WIDTH = 10  # a zero-width interval from fewer clusters than this: no verdict
+MIN_CLUSTERS = 10  # fewer clusters (relations, facts or edits resampled) than this: no verdict
 VERDICTS = ("stronger", "holds", "weaker", "inconclusive", "reversed", "no data")
 PAPER_METRIC, OUR_VARIANT = "paper's metric", "our variant"
 
@@ -96,9 +95,7 @@ PAPER_METRIC, OUR_VARIANT = "paper's metric", "our variant"
 def _no_data(ours: Interval) -> bool:
     if not (np.isfinite(ours.estimate) and np.isfinite(ours.low) and np.isfinite(ours.high)):
         return True
-    if ours.n_clusters < MIN_CLUSTERS:
-        return True
-    return ours.low == ours.high and ours.n_clusters < MIN_CLUSTERS_ZERO_WIDTH
+    return ours.n_clusters < MIN_CLUSTERS
 
 
 def verdict(paper: float, ours: Interval, null: float = 0.0) -> str:
@@ -321,3 +318,17 @@ def edit_reach(paraphrases: pd.DataFrame, ppl_prompts: pd.DataFrame, n_boot: int
             rows.append({"quantity": quantity, "neurons": neuron_set, "percent": iv.estimate, "ci_low": iv.low,
                          "ci_high": iv.high, "n_prompts": len(sel), "n_edits": iv.n_clusters})
     return pd.DataFrame(rows)
+
+
+def compare_designs(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
+    """Each claim under two sample designs (``paper_claims`` tables; ``after`` may carry a ``sample``
+    column naming where its row's data came from): n, estimate, interval and verdict of both, whether
+    the verdict changed, and the interval's width after as a share of before (below 1: narrower).
+    Claims tested in only one design keep empty cells for the other."""
+    cols = ["claim", "kind", "n_clusters", "ours", "ci_low", "ci_high", "verdict"]
+    extra = ["sample"] if "sample" in after else []
+    out = before[cols].merge(after[cols + extra], on=["claim", "kind"], how="outer", suffixes=("_before", "_after"))
+    width = {s: out[f"ci_high_{s}"] - out[f"ci_low_{s}"] for s in ("before", "after")}
+    out["width_ratio"] = (width["after"] / width["before"].where(width["before"] > 0)).astype(float)
+    out["verdict_changed"] = out["verdict_before"].notna() & out["verdict_after"].notna() & (out["verdict_before"] != out["verdict_after"])
+    return out

@@ -18,6 +18,7 @@ import torch
 from kn_lib import pipeline
 from kn_lib.attribution import IGConfig, integrated_gradients_many
 from kn_lib.model_registry import load_adapter
+from kn_lib.refine import coarse_neurons
 
 TINY_PROMPTS = [("[X] was born in [Y] .", "alice", "paris"), ("the capital of [X] is the city of [Y] .", "france", "paris")]
 
@@ -38,8 +39,7 @@ def compare(name: str, a, b, prompts, method: str, tol: float, times: int = 1) -
         _sync(str(b.device.type))
         seconds.append(time.perf_counter() - t0)
     rel = max(float((r - g.cpu()).abs().max() / r.abs().max().clamp_min(1e-30)) for r, g in zip(ref, got))
-    same = all(set(torch.nonzero(r > 0.2 * r.max()).flatten().tolist()) == set(torch.nonzero(g.cpu() > 0.2 * g.cpu().max()).flatten().tolist())
-               for r, g in zip(ref, got))
+    same = all(coarse_neurons(r) == coarse_neurons(g.cpu()) for r, g in zip(ref, got))
     row = {"model": name, "method": method, "prompts": len(prompts), "devices": [str(a.device), str(b.device)],
            "max_rel_diff": rel, "same_coarse_sets": same, "seconds_other": [round(s, 4) for s in seconds], "ok": rel <= tol and same}
     print(json.dumps(row), flush=True)

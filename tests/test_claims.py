@@ -93,20 +93,23 @@ def test_verdict_against_a_non_zero_null_and_row():
     assert verdict(34.4, _iv(float("nan"), float("nan"), float("nan"))) == "no data"
 
 
+def _suppress_table(n_relations: int, seed: int = 0) -> pd.DataFrame:
+    """suppress-amplify by_relation: KNs lower p by ~25 % when suppressed and also when amplified (so
+    the amplify claim is reversed), the baseline ~0."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for r in (f"P{i}" for i in range(1, n_relations + 1)):
+        for method, size in (("ig", 0.25), ("activation", 0.0)):
+            for op in ("suppress", "amplify"):
+                rows.append({"relation": r, "scope": "own", "operation": op, "method": method,
+                             "change_ratio": -size + rng.normal(0, 0.02)})
+    return pd.DataFrame(rows)
+
+
 def test_paper_claims_on_synthetic_tables_follow_the_data():
     from kn_lib.book.claims import paper_claims
 
-    rng = np.random.default_rng(0)
-    rels = [f"P{i}" for i in range(1, 13)]
-    # suppress-amplify by_relation: KNs lower p by ~25 % (suppress) and raise it by ~25 % (amplify), baseline ~0
-    rows = []
-    for r in rels:
-        for method, size in (("ig", 0.25), ("activation", 0.0)):
-            rows.append({"relation": r, "scope": "own", "operation": "suppress", "method": method,
-                         "change_ratio": -size + rng.normal(0, 0.02)})
-            rows.append({"relation": r, "scope": "own", "operation": "amplify", "method": method,
-                         "change_ratio": -size + rng.normal(0, 0.02)})  # amplify *lowers* p here: reversed
-    claims = paper_claims({"suppress": pd.DataFrame(rows)}, n_boot=200).set_index("claim")
+    claims = paper_claims({"suppress": _suppress_table(12)}, n_boot=200).set_index("claim")
     assert claims.loc["suppressing KNs lowers p(answer)", "verdict"] == "holds"
     assert claims.loc["amplifying KNs raises p(answer)", "verdict"] == "reversed"
     assert claims.loc["suppressing KNs lowers p(answer)", "ours"] == pytest.approx(-25, abs=3)
@@ -146,3 +149,18 @@ def test_compare_designs_widths_and_changed_verdicts():
     assert not out.loc["only before", "verdict_changed"] and not out.loc["only after", "verdict_changed"]
     assert out.loc["a", "n_clusters_before"] == 10 and out.loc["a", "n_clusters_after"] == 40 and out.loc["a", "sample"] == "big"
     assert set(out.index) == {"a", "b", "only before", "only after"}
+
+
+def test_claims_by_sample_labels_rows_and_refuses_a_table_from_two_samples():
+    from kn_lib.book.claims import claims_by_sample
+
+    pairs = pd.DataFrame([{"fact_a": f"P{r}/{i}", "method": m, "kind": k, "intersection": float(k == "intra")}
+                          for r in range(1, 13) for i in range(3) for m in ("ig", "activation") for k in ("intra", "inter")])
+    out = claims_by_sample({"small": {"suppress": _suppress_table(8)}, "wide": {"pairs": pairs}, "empty": {}}, n_boot=100)
+    by = out.groupby("sample")["claim"].apply(set)
+    assert set(by.index) == {"small", "wide"}  # an empty group adds no row
+    assert all("KNs" in c or "baseline" in c for c in by["wide"]) and len(by["wide"]) == 2
+    assert (out[out["sample"] == "small"]["verdict"] == "no data").all()  # 8 relations: too few clusters
+    assert (out[out["sample"] == "wide"]["n_clusters"] == 12).all()
+    with pytest.raises(ValueError, match="suppress"):
+        claims_by_sample({"a": {"suppress": _suppress_table(12)}, "b": {"suppress": _suppress_table(12)}})

@@ -320,6 +320,18 @@ def edit_reach(paraphrases: pd.DataFrame, ppl_prompts: pd.DataFrame, n_boot: int
     return pd.DataFrame(rows)
 
 
+def claims_by_sample(groups: dict[str, dict[str, pd.DataFrame]], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """``paper_claims`` of a design that draws each claim's tables from the sample that serves it best
+    (e.g. Table 2 from a wide uniform sample, Figures 4-5 from known facts): ``groups`` maps a sample's
+    label to the tables taken from it, and each row says in ``sample`` where its data came from. A
+    table should sit in one group only, so that no claim is tested twice."""
+    names = [name for tables in groups.values() for name in tables]
+    if len(names) != len(set(names)):
+        raise ValueError(f"a table is taken from two samples: {sorted(n for n in set(names) if names.count(n) > 1)}")
+    frames = [paper_claims(tables, n_boot=n_boot, seed=seed).assign(sample=label) for label, tables in groups.items() if tables]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["claim", "kind", "verdict", "sample"])
+
+
 def compare_designs(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     """Each claim under two sample designs (``paper_claims`` tables; ``after`` may carry a ``sample``
     column naming where its row's data came from): n, estimate, interval and verdict of both, whether

@@ -33,4 +33,7 @@ def test_side_by_side_with_nothing_run_is_empty_with_a_sample_column():
 def test_known_facts_sample_is_the_preset_run():
     sample = known_facts_sample("tiny-random-llama")
     assert sample == BookSample(model="tiny-random-llama", **KNOWN_FACTS)
+    smaller = known_facts_sample("tiny-random-llama", facts_per_relation=8)
+    assert (smaller.preset, smaller.facts_per_relation) == ("known-facts", 8)
+    assert smaller.settings().known == "most"
     assert sample.settings().known == "most" and sample.settings().facts_per_relation == 30

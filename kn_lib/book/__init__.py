@@ -111,10 +111,12 @@ def load_screen(model: str) -> Screen | None:
 KNOWN_FACTS = dict(preset="known-facts", facts_per_relation=30)  # kn run --preset known-facts (its own size)
 
 
-def known_facts_sample(model: str = "smollm2-135m") -> BookSample:
-    """Facts the model knows (its screen: most prompts answered top-1), up to 30 per relation: the sample
-    of the experiments that change what the model says about a fact (suppress/amplify, update, erase)."""
-    return BookSample(model=model, **KNOWN_FACTS)
+def known_facts_sample(model: str = "smollm2-135m", facts_per_relation: int | None = None) -> BookSample:
+    """Facts the model knows (its screen: most prompts answered top-1), up to 30 per relation (or
+    ``facts_per_relation``: a smaller run of a slower model): the sample of the experiments that change
+    what the model says about a fact (suppress/amplify, update, erase)."""
+    size = KNOWN_FACTS["facts_per_relation"] if facts_per_relation is None else facts_per_relation
+    return BookSample(model=model, **{**KNOWN_FACTS, "facts_per_relation": size})
 
 
 def side_by_side(samples: "dict[str, BookSample]", stage: str, table: str | None = "summary", **kwargs) -> tuple[pd.DataFrame, list[str]]:

@@ -113,8 +113,9 @@ KNOWN_FACTS = dict(preset="known-facts", facts_per_relation=30)  # kn run --pres
 
 def known_facts_sample(model: str = "smollm2-135m", facts_per_relation: int | None = None) -> BookSample:
     """Facts the model knows (its screen: most prompts answered top-1), up to 30 per relation (or
-    ``facts_per_relation``: a smaller run of a slower model): the sample of the experiments that change
-    what the model says about a fact (suppress/amplify, update, erase)."""
+    ``facts_per_relation``: a run of another size, such as the edits' larger one or a slower model's
+    smaller one): the sample of the experiments that change what the model says about a fact
+    (suppress/amplify, update, erase)."""
     size = KNOWN_FACTS["facts_per_relation"] if facts_per_relation is None else facts_per_relation
     return BookSample(model=model, **{**KNOWN_FACTS, "facts_per_relation": size})
 

@@ -243,3 +243,25 @@ def test_readable_index_names_series_and_overrides():
     assert list(row.index) == ["relation", "prompts", plots.COLUMN_LABELS["change_ratio"]]
     numbered = plots.readable(pd.Series([1, 2], index=[0, 1]))
     assert list(numbered.index) == [0, 1]  # labels that are not field names stay as they are
+
+
+def test_erase_change_bars_panels_in_order_each_on_its_own_scale():
+    changes = pd.DataFrame({
+        "source": ["paper"] * 4 + ["ours"] * 4,
+        "relation": ["P19", "P19", "P27", "P27"] * 2,
+        "prompts": ["erased", "other"] * 4,
+        "change": [106.6, 1.1, 36.8, 4.1, 19221.0, 1308.9, 12.8, -11.7],
+    })
+    fig = plots.erase_change_bars(changes, sources=["paper", "ours"])
+    _labelled(fig)
+    _readable_at_column_width(fig)
+    left, right = fig.axes
+    assert [left.get_title(), right.get_title()] == ["paper", "ours"]  # the caption's left / right
+    fig.canvas.draw()
+    for ax, largest in ((left, 106.6), (right, 19221.0)):
+        # the panel's largest bar reaches most of its height: no panel drawn flat on another's scale
+        top = ax.transData.transform((0, largest))[1]
+        bottom, height = ax.bbox.y0, ax.bbox.height
+        assert (top - bottom) / height > 0.6
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "the erased relation's prompts", "other relations' prompts"]

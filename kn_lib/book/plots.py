@@ -523,3 +523,47 @@ def change_by_scope(
     handles = [Patch(color=c, label=n) for c, n in zip(sns.color_palette(PALETTE, len(order)), order)]
     fig.legend(handles=handles, loc="outside upper center", ncol=len(handles), frameon=False)
     return fig
+
+
+def _percent_log_y(ax: Axes, linthresh: float) -> None:
+    """A symmetric-log y axis (linear within ±linthresh) with ticks written as plain signed percents."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_yscale("symlog", linthresh=linthresh)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}".replace("-", "−")))
+    ax.axhline(0, color="black", linewidth=0.8)
+
+
+def erase_change_bars(
+    changes: pd.DataFrame,
+    sources: Sequence[str] | None = None,
+    linthresh: float = 1,
+    width: float = 6.9,
+) -> Figure:
+    """Table 5 as bars: one panel per source (left to right in ``sources`` order, default order of
+    appearance), per erased relation the perplexity change (%) on its own prompts and on the other
+    relations' prompts. Each panel has its own symmetric-log y axis (linear within ±``linthresh`` %), so
+    a source whose changes are a hundred times smaller is not drawn flat; one legend above.
+
+    ``changes`` has one row per (source, relation, prompts) with ``change`` in percent
+    (``kn_lib.book.tables.erase_changes`` builds it)."""
+    order = list(sources or dict.fromkeys(changes["source"]))
+    scopes = list(dict.fromkeys(changes["prompts"]))
+    colours = dict(zip(scopes, sns.color_palette(PALETTE, len(scopes))))
+    fig, axes = plt.subplots(1, len(order), figsize=(width, 3.4), squeeze=False, layout="constrained")
+    bar = 0.8 / max(len(scopes), 1)
+    for ax, source in zip(axes[0], order):
+        part = changes[changes["source"] == source]
+        relations = list(dict.fromkeys(part["relation"]))
+        for j, scope in enumerate(scopes):
+            values = part[part["prompts"] == scope].set_index("relation")["change"].reindex(relations)
+            ax.bar(np.arange(len(relations)) - 0.4 + bar * (j + 0.5), values.fillna(0), width=bar, color=colours[scope])
+        _percent_log_y(ax, linthresh)
+        ax.set_xticks(np.arange(len(relations)), relations)
+        ax.set(title=source, xlabel="erased relation")
+        ax.grid(axis="x", visible=False)
+    axes[0, 0].set_ylabel("perplexity change (%, log scale)")
+    names = {"erased": "the erased relation's prompts", "other": "other relations' prompts"}
+    handles = [Patch(color=colours[s], label=names.get(s, s)) for s in scopes]
+    fig.legend(handles=handles, loc="outside upper center", ncol=len(handles), frameon=False)
+    return fig

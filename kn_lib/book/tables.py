@@ -1,0 +1,67 @@
+"""Small reshapes of committed results that the chapters show or glue: plumbing kept out of the pages.
+
+Every function takes tables the ``kn`` command wrote (or the paper's numbers in ``kn_lib.book.paper``)
+and returns a tidy table or a short string; none computes a new result.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import pandas as pd
+
+from . import paper
+
+
+def relation_list(frame: pd.DataFrame, value: str, labels: Mapping[str, str], fmt: str = "{:.0%}") -> str:
+    """The rows of ``frame``, in its order, as "P413 (position played on team, 10%), P264 (...)":
+    each row's ``relation``, its label from ``labels`` and its ``value`` formatted with ``fmt``."""
+    return ", ".join(f"{r} ({labels.get(r, r)}, {fmt.format(v)})" for r, v in zip(frame["relation"], frame[value]))
+
+
+def percent_change(before: float, after: float) -> float:
+    """Relative change from ``before`` to ``after``, in percent."""
+    return 100 * (after - before) / before
+
+
+def paper_erase_changes(erase: Mapping[str, Mapping[str, float]] | None = None) -> pd.DataFrame:
+    """The paper's Table 5 as relative perplexity changes: one row per (relation, prompts), prompts being
+    ``erased`` (the relation's own) or ``other``, with ``change`` in percent."""
+    erase = paper.ERASE if erase is None else erase
+    return pd.DataFrame([
+        {"relation": rel, "prompts": scope, "change": percent_change(v[f"{scope}_before"], v[f"{scope}_after"])}
+        for rel, v in erase.items() for scope in ("erased", "other")
+    ])
+
+
+def erase_changes(by_relation: pd.DataFrame, ours: str, theirs: str = "paper",
+                  erase: Mapping[str, Mapping[str, float]] | None = None) -> pd.DataFrame:
+    """Table 5's perplexity changes, ours and the paper's, stacked for a figure: one row per (source,
+    relation, prompts) with ``change`` in percent. ``by_relation`` is the erase stage's ``by_relation``
+    table; the paper's rows come first and keep only the relations we erased too."""
+    mine = by_relation.melt(id_vars="relation", value_vars=["erased_ppl_change", "other_ppl_change"],
+                            var_name="prompts", value_name="change")
+    mine["prompts"] = mine["prompts"].str.replace("_ppl_change", "", regex=False)
+    theirs_rows = paper_erase_changes(erase)
+    theirs_rows = theirs_rows[theirs_rows["relation"].isin(set(by_relation["relation"]))]
+    return pd.concat([theirs_rows.assign(source=theirs), mine.assign(source=ours)], ignore_index=True)[
+        ["source", "relation", "prompts", "change"]]
+
+
+def table5(by_relation: pd.DataFrame, erase: Mapping[str, Mapping[str, float]] | None = None) -> pd.DataFrame:
+    """Table 5 side by side: per erased relation the paper's and our perplexities "before → after" (on
+    the relation's own prompts and the other relations'), and our top-1 accuracy before → after."""
+    erase = paper.ERASE if erase is None else erase
+    rows = []
+    for _, r in by_relation.iterrows():
+        p = erase.get(r["relation"])
+        row = {"relation": r["relation"]}
+        for scope, name in (("erased", "erased"), ("other", "other")):
+            row[f"paper: {name} PPL before → after"] = (
+                f"{p[f'{scope}_before']:.1f} → {p[f'{scope}_after']:.1f}" if p else "")
+        for scope, name in (("erased", "erased"), ("other", "other")):
+            row[f"ours: {name} PPL before → after"] = f"{r[f'{scope}_ppl_before']:.1f} → {r[f'{scope}_ppl_after']:.1f}"
+        row["ours: erased accuracy before → after"] = (
+            f"{r['erased_accuracy_before']:.0%} → {r['erased_accuracy_after']:.0%}")
+        rows.append(row)
+    return pd.DataFrame(rows)

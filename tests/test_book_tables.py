@@ -1,0 +1,46 @@
+"""kn_lib.book.tables: the reshapes behind the chapters' tables, figures and glued lists."""
+
+import pandas as pd
+import pytest
+
+from kn_lib.book import paper, tables
+
+ERASE = {"P19": {"erased_before": 100.0, "erased_after": 250.0, "other_before": 10.0, "other_after": 11.0},
+         "P99": {"erased_before": 1.0, "erased_after": 2.0, "other_before": 1.0, "other_after": 1.0}}
+
+
+def _by_relation():
+    return pd.DataFrame({"relation": ["P19", "P27"], "erased_ppl_change": [900.0, -5.0],
+                         "other_ppl_change": [40.0, 1.0], "erased_ppl_before": [10.0, 20.0],
+                         "erased_ppl_after": [100.0, 19.0], "other_ppl_before": [5.0, 5.0],
+                         "other_ppl_after": [7.0, 5.05], "erased_accuracy_before": [0.5, 0.0],
+                         "erased_accuracy_after": [0.0, 0.0]})
+
+
+def test_relation_list_keeps_order_and_formats():
+    frame = pd.DataFrame({"relation": ["P413", "P264"], "coverage": [0.1019, 0.1119]})
+    text = tables.relation_list(frame, "coverage", {"P264": "record label"})
+    assert text == "P413 (P413, 10%), P264 (record label, 11%)"
+
+
+def test_paper_erase_changes_are_percent_changes():
+    changes = tables.paper_erase_changes(ERASE).set_index(["relation", "prompts"])["change"]
+    assert changes["P19", "erased"] == pytest.approx(150.0) and changes["P19", "other"] == pytest.approx(10.0)
+    assert len(tables.paper_erase_changes()) == 2 * len(paper.ERASE)  # the paper's own Table 5
+
+
+def test_erase_changes_puts_the_paper_first_and_only_shared_relations():
+    changes = tables.erase_changes(_by_relation(), ours="ours", theirs="paper", erase=ERASE)
+    assert list(dict.fromkeys(changes["source"])) == ["paper", "ours"]
+    assert set(changes.loc[changes["source"] == "paper", "relation"]) == {"P19"}  # P99 not erased by us
+    ours = changes[changes["source"] == "ours"].set_index(["relation", "prompts"])["change"]
+    assert ours["P27", "erased"] == -5.0 and ours["P19", "other"] == 40.0 and len(ours) == 4
+
+
+def test_table5_side_by_side():
+    table = tables.table5(_by_relation(), erase=ERASE)
+    assert table["relation"].tolist() == ["P19", "P27"]
+    assert table.loc[0, "paper: erased PPL before → after"] == "100.0 → 250.0"
+    assert table.loc[1, "paper: erased PPL before → after"] == ""  # the paper did not erase P27
+    assert table.loc[0, "ours: erased PPL before → after"] == "10.0 → 100.0"
+    assert table.loc[0, "ours: erased accuracy before → after"] == "50% → 0%"

@@ -44,3 +44,14 @@ def test_table5_side_by_side():
     assert table.loc[1, "paper: erased PPL before → after"] == ""  # the paper did not erase P27
     assert table.loc[0, "ours: erased PPL before → after"] == "10.0 → 100.0"
     assert table.loc[0, "ours: erased accuracy before → after"] == "50% → 0%"
+
+
+def test_update_outcomes_counts_each_edit_once_in_order():
+    table = pd.DataFrame({"run": ["a", "a", "a", "b"], "success": [True, False, False, False],
+                          "changed": [True, True, False, False]})
+    counts = tables.update_outcomes(table).set_index(["run", "outcome"])["edits"]
+    assert counts["a", "new answer (success)"] == 1 and counts["a", "other answer"] == 1
+    assert counts["a", "unchanged"] == 1 and counts["b", "unchanged"] == 1
+    assert counts["b", "new answer (success)"] == 0  # zero counts kept, so every bar has every outcome
+    assert counts.groupby(level="run").sum().to_dict() == {"a": 3, "b": 1}
+    assert list(dict.fromkeys(counts.index.get_level_values("outcome"))) == list(tables.UPDATE_OUTCOMES)

@@ -265,3 +265,16 @@ def test_erase_change_bars_panels_in_order_each_on_its_own_scale():
         assert (top - bottom) / height > 0.6
     assert [t.get_text() for t in fig.legends[0].get_texts()] == [
         "the erased relation's prompts", "other relations' prompts"]
+
+
+def test_outcome_bars_legend_clear_of_the_bars_and_n_in_labels():
+    from kn_lib.book.tables import update_outcomes
+
+    table = pd.DataFrame({"run": ["paper's edit"] * 5 + ["sign-aware, λ2 = 2"] * 5,
+                          "success": [True, True, False, False, False] * 2,
+                          "changed": [True, True, True, False, False] * 2})
+    fig = plots.outcome_bars(update_outcomes(table))
+    _labelled(fig)
+    _readable_at_column_width(fig)  # includes: the legend covers no panel
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == ["paper's edit (n = 5)", "sign-aware, λ2 = 2 (n = 5)"]

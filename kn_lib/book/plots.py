@@ -567,3 +567,26 @@ def erase_change_bars(
     handles = [Patch(color=colours[s], label=names.get(s, s)) for s in scopes]
     fig.legend(handles=handles, loc="outside upper center", ncol=len(handles), frameon=False)
     return fig
+
+
+def outcome_bars(counts: pd.DataFrame, by: str = "run", width: float = 6.9) -> Figure:
+    """Stacked horizontal bars: per ``by`` (one bar each, with its total n in the tick label) the edits
+    of each outcome (``kn_lib.book.tables.update_outcomes``: columns ``by``, ``outcome``, ``edits``),
+    in the order the outcomes come; the legend sits above the panel, clear of the bars."""
+    groups = list(dict.fromkeys(counts[by]))
+    outcomes = list(dict.fromkeys(counts["outcome"]))
+    wide = counts.pivot(index=by, columns="outcome", values="edits").reindex(index=groups, columns=outcomes)
+    wide = wide.fillna(0)
+    colours = dict(zip(outcomes, sns.color_palette(PALETTE, len(outcomes))))
+    fig, ax = plt.subplots(figsize=(width, 0.55 * len(groups) + 1.3), layout="constrained")
+    left = np.zeros(len(groups))
+    for outcome in outcomes:
+        ax.barh(np.arange(len(groups)), wide[outcome], left=left, height=0.6, color=colours[outcome])
+        left += wide[outcome].to_numpy()
+    ax.set_yticks(np.arange(len(groups)), [f"{g} (n = {int(t)})" for g, t in zip(groups, left)])
+    ax.set_ylim(len(groups) - 0.5, -0.5)
+    ax.set(xlabel="edits", ylabel="")
+    ax.grid(axis="y", visible=False)
+    handles = [Patch(color=colours[o], label=o) for o in outcomes]
+    fig.legend(handles=handles, loc="outside upper center", ncol=len(handles), frameon=False)
+    return fig

@@ -65,3 +65,19 @@ def table5(by_relation: pd.DataFrame, erase: Mapping[str, Mapping[str, float]] |
             f"{r['erased_accuracy_before']:.0%} → {r['erased_accuracy_after']:.0%}")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+UPDATE_OUTCOMES = ("new answer (success)", "other answer", "unchanged")
+
+
+def update_outcomes(table: pd.DataFrame, by: str = "run") -> pd.DataFrame:
+    """What each edited prompt answers after the edit, counted per ``by`` (e.g. the run): one row per
+    (``by``, outcome) with ``edits``, outcomes in ``UPDATE_OUTCOMES`` order (zero counts kept).
+    ``table`` is the update stage's table, one row per edit with booleans ``success`` (new answer is
+    top-1) and ``changed`` (old answer no longer top-1)."""
+    outcome = pd.Series(UPDATE_OUTCOMES[2], index=table.index)
+    outcome[table["changed"].astype(bool)] = UPDATE_OUTCOMES[1]
+    outcome[table["success"].astype(bool)] = UPDATE_OUTCOMES[0]
+    counts = pd.crosstab(table[by], pd.Categorical(outcome, categories=UPDATE_OUTCOMES), dropna=False)
+    counts = counts.reindex(list(dict.fromkeys(table[by])))
+    return counts.rename_axis(index=by, columns="outcome").stack().rename("edits").reset_index()

@@ -278,3 +278,22 @@ def test_outcome_bars_legend_clear_of_the_bars_and_n_in_labels():
     _readable_at_column_width(fig)  # includes: the legend covers no panel
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert labels == ["paper's edit (n = 5)", "sign-aware, λ2 = 2 (n = 5)"]
+
+
+def test_activation_by_type_one_panel_per_neuron_set_each_on_its_own_scale():
+    rng = np.random.default_rng(0)
+    rows = [{"relation": f"P{i}", "type": t, "method": m,
+             "activation": (rng.normal(0.2, 1.0) if m == "ig" else rng.normal(25, 5)) if i else -40.0}
+            for i in range(12) for t in ("T1", "T2", "T3") for m in ("ig", "activation")]
+    fig = plots.activation_by_type(pd.DataFrame(rows))
+    _labelled(fig)
+    _readable_at_column_width(fig)
+    left, right = fig.axes
+    assert left.get_title().startswith("knowledge neurons") and "n = 12 relations" in left.get_title().replace("\n", " ")
+    assert right.get_title().startswith("baseline neurons")
+    fig.canvas.draw()
+    # the knowledge neurons' boxes (quartiles about ±0.7 around 0.2) span a visible part of their panel,
+    # despite the -40 outlier and the baseline's activations near 25 in the other panel
+    low, high = (left.transData.transform((0, v))[1] for v in (-0.5, 0.9))
+    assert (high - low) / left.bbox.height > 0.15
+    assert left.get_yscale() == right.get_yscale() == "symlog"

@@ -590,3 +590,38 @@ def outcome_bars(counts: pd.DataFrame, by: str = "run", width: float = 6.9) -> F
     handles = [Patch(color=colours[o], label=o) for o in outcomes]
     fig.legend(handles=handles, loc="outside upper center", ncol=len(handles), frameon=False)
     return fig
+
+
+def activation_by_type(
+    by_relation: pd.DataFrame,
+    neuron_sets: dict | None = None,
+    types: Sequence[str] = ("T1", "T2", "T3"),
+    linthresh: float = 1,
+    width: float = 6.9,
+) -> Figure:
+    """Table 4 as distributions: one panel per neuron set (``neuron_sets`` maps a method to its title,
+    in order; default ``NEURON_SETS``), a box per prompt type of the per-relation mean activation, each
+    panel on its own symmetric-log y scale (linear within ±``linthresh``), so that neither a set with
+    larger activations nor a far outlier squashes the boxes at zero.
+
+    ``by_relation`` is the BingRel stage's table (relation, type, method, activation)."""
+    import textwrap
+
+    from matplotlib.ticker import FuncFormatter
+
+    names = dict(neuron_sets or NEURON_SETS)
+    methods = [m for m in names if m in set(by_relation["method"])]
+    methods += sorted(set(by_relation["method"]) - set(methods))
+    fig, axes = plt.subplots(1, len(methods), figsize=(width, 3.4), squeeze=False, layout="constrained")
+    colours = sns.color_palette(PALETTE, len(methods))
+    for ax, method, colour in zip(axes[0], methods, colours):
+        part = by_relation[by_relation["method"] == method]
+        sns.boxplot(part, x="type", y="activation", order=list(types), color=colour, saturation=1, ax=ax)
+        ax.set_yscale("symlog", linthresh=linthresh)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}".replace("-", "−")))
+        ax.axhline(0, color="black", linewidth=0.8)
+        title = f"{names.get(method, method)} (n = {part['relation'].nunique()} relations)"
+        ax.set_title(textwrap.fill(title, 34), fontsize=10)
+        ax.set(xlabel="prompt type", ylabel="")
+    axes[0, 0].set_ylabel("mean activation of the fact's neurons\nper relation (symlog scale)")
+    return fig

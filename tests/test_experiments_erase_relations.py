@@ -28,9 +28,9 @@ def test_most_frequent_neurons_are_zeroed_and_restored(tiny):
     assert set(table[table.scope == "erased"].relation) == {"P19"} and set(table[table.scope == "other"].relation) == {"P36"}
     row = table[(table.fact_id == "P36/1") & (table.template_id == 0)].iloc[0]
     prompt = tiny.encode(RELATIONS["P36"].templates[0], "england", "london")
-    assert row.p_before == answer_distribution(tiny, prompt)[prompt.target_id].item()
+    assert row.p_before == pytest.approx(answer_distribution(tiny, prompt)[prompt.target_id].item(), rel=1e-5)  # batched
     with edited_value_slots(tiny, erased_value_slots(tiny, [(2, 7), (1, 3)])):
-        assert row.p_after == answer_distribution(tiny, prompt)[prompt.target_id].item()
+        assert row.p_after == pytest.approx(answer_distribution(tiny, prompt)[prompt.target_id].item(), rel=1e-5)
     summary = result.by_relation.iloc[0]
     erased = table[table.scope == "erased"]
     assert summary.erased_ppl_before == pytest.approx(perplexity(erased.p_before.tolist()))

@@ -11,6 +11,8 @@ from kn_lib.experiments.update_facts import draw_new_object, exclusive_neurons
 from real_model import all_weights, describe, real_kn, same_weights, single_thread  # noqa: F401 (fixtures)
 from tiny_facts import refined_table
 
+OURS = dict(selection="ours", sampling="ours")  # the variant these tests pin (the official default: below)
+
 SUBJECTS = ("alice", "bob", "carol", "dave", "france", "italy", "germany", "england")
 RELATIONS = {
     "P19": Relation("P19", "place of birth", "N-1", ("[X] was born in [Y] .", "[X] is born in [Y] .")),
@@ -74,7 +76,7 @@ def test_share_is_measured_over_every_searched_fact(tiny_llama):
     assert exclusive_neurons(a, kns, searched_ids, 0.1) == [(0, 1)]  # 1/10 is not < 10 %
     assert exclusive_neurons(a, kns, searched_ids + ["P19/s9"], 0.1) == [(0, 1), (0, 2)]  # 1/11 < 10 %
     searched = pd.DataFrame({"fact_id": searched_ids + ["P19/s9"], "relation": "P19"})
-    config = UpdateConfig(random_control=False, facts_per_relation=2, intra_facts=1, inter_facts=1)
+    config = UpdateConfig(**OURS, random_control=False, facts_per_relation=2, intra_facts=1, inter_facts=1)
     wide = update_facts(tiny_llama, refined_table(kns), facts, RELATIONS, config, searched=searched)
     narrow = update_facts(tiny_llama, refined_table(kns), facts, RELATIONS, config)
 
@@ -89,7 +91,7 @@ def test_edits_controls_and_restore(tiny):
     facts = learned_facts(tiny)
     refined = _kns(facts)
     before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
-    config = UpdateConfig(facts_per_relation=2, intra_facts=2, inter_facts=2, seed=4)
+    config = UpdateConfig(**OURS, facts_per_relation=2, intra_facts=2, inter_facts=2, seed=4)
     result = update_facts(tiny, refined, facts, RELATIONS, config)
     assert all(torch.equal(v, before[k]) for k, v in tiny.model.state_dict().items())
     table = result.table
@@ -125,7 +127,7 @@ def test_edits_controls_and_restore(tiny):
 
 def test_zero_lambdas_change_nothing(tiny_bert):
     facts = learned_facts(tiny_bert)
-    result = update_facts(tiny_bert, _kns(facts), facts, RELATIONS, UpdateConfig(lambda1=0.0, lambda2=0.0, random_control=False))
+    result = update_facts(tiny_bert, _kns(facts), facts, RELATIONS, UpdateConfig(**OURS, lambda1=0.0, lambda2=0.0, random_control=False))
     t = result.table
     assert len(t) > 0 and not t.changed.any() and not t.success.any()
     assert (t.p_new_after == t.p_new_before).all() and (t.ppl_inter_after == t.ppl_inter_before).all()
@@ -139,25 +141,25 @@ def test_zero_lambdas_change_nothing(tiny_bert):
 def test_unusable_inputs_are_reported(tiny_llama):
     facts = learned_facts(tiny_llama)
     shared_only = refined_table({f["fact_id"]: [(0, 0)] for f in facts})
-    result = update_facts(tiny_llama, shared_only, facts, RELATIONS)
+    result = update_facts(tiny_llama, shared_only, facts, RELATIONS, UpdateConfig(**OURS))
     assert len(result.table) == 0
     reasons = " | ".join(result.skipped.reason)
     assert "no knowledge neuron shared by fewer than 10% of the relation's other facts" in reasons
     assert "only 0 of 10 facts could be edited" in reasons
     # one prompt is drawn per fact; a wrong answer to it skips the fact (rome, london, berlin are unknown)
-    unknown = update_facts(tiny_llama, _kns(facts), facts, RELATIONS, UpdateConfig(facts_per_relation=100))
+    unknown = update_facts(tiny_llama, _kns(facts), facts, RELATIONS, UpdateConfig(**OURS, facts_per_relation=100))
     wrong = unknown.skipped[unknown.skipped.reason == "the model answers the drawn prompt wrongly"]
     assert {"P19/10", "P19/11", "P19/12"} <= set(wrong.fact_id) and wrong["item"].str.startswith("template ").all()
-    none = update_facts(tiny_llama, refined_table({}), facts, RELATIONS)
+    none = update_facts(tiny_llama, refined_table({}), facts, RELATIONS, UpdateConfig(**OURS))
     assert set(none.skipped.reason) == {"relation without knowledge neurons"}
     multi = facts + [{"fact_id": "P19/20", "relation": "P19", "subject": "bob", "object": "new rome"}]
-    result = update_facts(tiny_llama, _kns(multi), multi, RELATIONS, UpdateConfig(facts_per_relation=100))
+    result = update_facts(tiny_llama, _kns(multi), multi, RELATIONS, UpdateConfig(**OURS, facts_per_relation=100))
     assert any("multi-token object" in r for r in result.skipped.reason)
 
 
 def test_sign_aware_edits_run_and_are_recorded(tiny_llama):
     facts = learned_facts(tiny_llama)
-    result = update_facts(tiny_llama, _kns(facts), facts, RELATIONS, UpdateConfig(sign_aware=True, facts_per_relation=1))
+    result = update_facts(tiny_llama, _kns(facts), facts, RELATIONS, UpdateConfig(**OURS, sign_aware=True, facts_per_relation=1))
     assert len(result.table) > 0 and result.table.sign_aware.all()
 
 
@@ -173,10 +175,10 @@ def test_update_a_fact_on_the_real_model(real_kn):
     saved = all_weights(real_kn.adapter)
     # one prompt is drawn per fact (official); seed 4 draws template 1, which the model answers correctly
     # (seed 0 draws template 5, answered wrongly: the fact would be skipped)
-    config = UpdateConfig(facts_per_relation=1, intra_facts=1, inter_facts=1, seed=4)
+    config = UpdateConfig(**OURS, facts_per_relation=1, intra_facts=1, inter_facts=1, seed=4)
     result = update_facts(real_kn.adapter, real_kn.ig.refined, real_kn.facts, real_kn.relations, config)
     signed = update_facts(real_kn.adapter, real_kn.ig.refined, real_kn.facts, real_kn.relations,
-                          UpdateConfig(facts_per_relation=1, intra_facts=1, inter_facts=1, lambda2=2.0, sign_aware=True,
+                          UpdateConfig(**OURS, facts_per_relation=1, intra_facts=1, inter_facts=1, lambda2=2.0, sign_aware=True,
                                        random_control=False, seed=4))
     assert same_weights(real_kn.adapter, saved)
     for r in (result, signed):

@@ -7,20 +7,31 @@ erased relation and on the prompts of the other relations; top-1 accuracy is rep
 official ``7_erase_knowledge.py`` does. The weights are restored exactly after each relation.
 
 The paper erases P19 (place of birth), P27 (country of citizenship), P106 (occupation) and P937 (work
-location), the default here. "Other relations" are all given facts of other relations, or a seeded
-sample of ``max_other_facts`` of them (the official script uses all 33 other relations).
+location), the default here.
+
+Choices the text leaves open, official (``7_erase_knowledge.py``) by default, ours as named variants:
+
+* ``ties="first"``: the 20 most frequent neurons as ``Counter.most_common`` orders them, ties to the
+  neuron seen first in bag order (``neuron_sets.most_frequent``; the refined table must then list each
+  relation's facts in data order and each bag in ``neuron_sets.official_bag_order``); ``"index"``: ties
+  to the lower (layer, index);
+* ``erased_facts="all"``: the erased relation is measured on *every* fact of it in ``population`` (the
+  official script evaluates the whole relation), not only on the analysed sample (``"sample"``);
+* other relations: the official script evaluates every fact of the 33 others. ``max_other_facts``
+  (None: all of them) draws a seeded uniform sample of them instead, per erased relation; the book
+  states the sample's size and the interval it leaves.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Literal, Mapping
 
 import pandas as pd
 
 from ..adapters import ModelAdapter
 from ..data import Relation
-from .evaluation import FactPrompts, Prompt, SkipLog, answer_distribution, perplexity, seeded_rng, tag_of
+from .evaluation import FactPrompts, Prompt, SkipLog, answer_log_distributions, perplexity, seeded_rng, tag_of
 from .interventions import edited_value_slots, erased_value_slots
 from .neuron_sets import check_refined, most_frequent, neurons_by_fact
 
@@ -31,8 +42,18 @@ PAPER_RELATIONS = ("P19", "P27", "P106", "P937")
 class EraseConfig:
     relations: tuple[str, ...] = PAPER_RELATIONS
     top_k: int = 20  # paper: the 20 most frequent knowledge neurons of the relation
-    max_other_facts: int | None = None  # None: every given fact of the other relations
+    max_other_facts: int | None = None  # None: every fact of the other relations
     seed: int = 0  # draws the sample of other facts when max_other_facts is set
+    ties: Literal["first", "index"] = "first"  # official: Counter.most_common order; "index": ours before
+    erased_facts: Literal["all", "sample"] = "all"  # official: every fact of the erased relation
+
+    def __post_init__(self) -> None:
+        if self.ties not in ("first", "index"):
+            raise ValueError(f"ties must be 'first' or 'index', got {self.ties!r}")
+        if self.erased_facts not in ("all", "sample"):
+            raise ValueError(f"erased_facts must be 'all' or 'sample', got {self.erased_facts!r}")
+        if self.max_other_facts is not None and self.max_other_facts < 1:
+            raise ValueError(f"max_other_facts must be >= 1 or None, got {self.max_other_facts}")
 
 
 @dataclass(frozen=True)
@@ -60,11 +81,9 @@ class EraseResult:
 
 
 def _evaluate(adapter: ModelAdapter, prompts: list[Prompt]) -> list[tuple[float, bool]]:
-    out = []
-    for p in prompts:
-        dist = answer_distribution(adapter, p.encoded)
-        out.append((dist[p.encoded.target_id].item(), int(dist.argmax()) == p.encoded.target_id))
-    return out
+    """(p(correct answer), top-1 correct) of each prompt, batched (``answer_log_distributions``)."""
+    logs = answer_log_distributions(adapter, [p.encoded for p in prompts])
+    return [(float(d[p.encoded.target_id].exp()), int(d.argmax()) == p.encoded.target_id) for d, p in zip(logs, prompts)]
 
 
 def table5(table: pd.DataFrame, neurons: pd.DataFrame) -> pd.DataFrame:
@@ -92,22 +111,32 @@ def erase_relations(
     facts: Iterable[Mapping],
     relations: Mapping[str, Relation],
     config: EraseConfig = EraseConfig(),
+    population: Iterable[Mapping] | None = None,
 ) -> EraseResult:
-    """Table 5 for one refined table: ``facts`` give the evaluated prompts of every relation."""
+    """Table 5 for one refined table. ``facts`` are the analysed sample (whose knowledge neurons are
+    counted); ``population`` (default: ``facts``) the facts perplexity is measured on: every fact of the
+    erased relation (``erased_facts="all"``) and the other relations' facts (or ``max_other_facts`` of
+    them); ``relations`` must hold the templates of every relation in it."""
     check_refined(refined)
     skips = SkipLog("erase_relations")
-    prompts = FactPrompts(adapter, facts, relations, skips)
-    kns = neurons_by_fact(refined)
+    facts = list(facts)
+    population = facts if population is None else list(population)
+    sample_ids = {f["fact_id"] for f in facts}
+    known = {f["fact_id"] for f in population}
+    prompts = FactPrompts(adapter, population + [f for f in facts if f["fact_id"] not in known], relations, skips)
+    kns = _bags(refined, config.ties)
     groups = prompts.by_relation()
+    sample_groups = {r: [f for f in ids if f in sample_ids] for r, ids in groups.items()}
     before: dict[tuple[str, int], tuple[float, bool]] = {}  # shared by every erased relation
     rows, neuron_rows = [], []
     for relation in config.relations:
-        ids = groups.get(relation, [])
-        chosen = most_frequent([kns[f] for f in ids if f in kns], config.top_k)
+        ids = sample_groups.get(relation, [])
+        chosen = most_frequent([kns[f] for f in _in_bag_order(ids, kns, config.ties)], config.top_k, config.ties)
         if not chosen:
             skips.add("relation without knowledge neurons" if ids else "no facts of this relation given", relation)
             continue
-        own = [p for f in ids for p in prompts.of(f)]
+        measured = groups.get(relation, []) if config.erased_facts == "all" else ids
+        own = [p for f in measured for p in prompts.of(f)]
         other_ids = [f for r, fs in groups.items() if r != relation for f in fs]
         if config.max_other_facts is not None and len(other_ids) > config.max_other_facts:
             other_ids = seeded_rng(config.seed, relation).sample(other_ids, config.max_other_facts)
@@ -125,9 +154,10 @@ def erase_relations(
             p_before, ok_before = before[(p.fact_id, p.template_id)]
             rows.append({"erased_relation": relation, "scope": scope, "fact_id": p.fact_id, "relation": p.relation,
                          "template_id": p.template_id, "p_before": p_before, "p_after": p_after,
-                         "correct_before": ok_before, "correct_after": ok_after})
+                         "correct_before": ok_before, "correct_after": ok_after, "in_sample": p.fact_id in sample_ids})
+    skips.rows = [r for r in skips.rows if r["fact_id"] is None or r["fact_id"] in sample_ids]  # not the population's
     table = pd.DataFrame(rows, columns=["erased_relation", "scope", "fact_id", "relation", "template_id", "p_before",
-                                        "p_after", "correct_before", "correct_after"])
+                                        "p_after", "correct_before", "correct_after", "in_sample"])
     neurons_frame = pd.DataFrame(neuron_rows, columns=["relation", "layer", "neuron", "n_facts"])
     by_relation = table5(table, neurons_frame)
     tag = tag_of(refined)
@@ -140,3 +170,30 @@ def erase_relations(
     for frame in (table, by_relation, neurons_frame):
         frame["model"], frame["method"], frame["seed"] = tag["model"], tag["method"], config.seed
     return EraseResult(table, by_relation, neurons_frame, summary, skips.frame(), config)
+
+
+def _bags(refined: pd.DataFrame, ties: str) -> dict[str, list]:
+    """fact -> knowledge neurons: in the refined table's row order for the official tie order (the
+    caller lists them as ``official_bag_order`` does), sorted otherwise."""
+    if ties == "index":
+        return neurons_by_fact(refined)
+    out: dict[str, list] = {}
+    for fact_id, layer, neuron in zip(refined["fact_id"], refined["layer"], refined["neuron"]):
+        bag = out.setdefault(fact_id, [])
+        if (int(layer), int(neuron)) not in bag:
+            bag.append((int(layer), int(neuron)))
+    return out
+
+
+def _in_bag_order(ids: list[str], kns: Mapping[str, list], ties: str) -> list[str]:
+    """The relation's facts with knowledge neurons: in data order (``"<relation>/<index>"`` by index) for
+    the official tie order, as given otherwise."""
+    with_kn = [f for f in ids if f in kns]
+    if ties == "index":
+        return with_kn
+
+    def index(fact_id: str) -> tuple:
+        head, _, tail = fact_id.rpartition("/")
+        return (0, int(tail), "") if tail.isdigit() else (1, 0, fact_id)
+
+    return sorted(with_kn, key=index)

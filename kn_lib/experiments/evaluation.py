@@ -92,6 +92,28 @@ def answer_log_distribution(adapter: ModelAdapter, prompt: EncodedPrompt) -> tor
     return logits.float().log_softmax(-1)[0].cpu()
 
 
+@torch.no_grad()
+def answer_log_distributions(adapter: ModelAdapter, prompts: Sequence[EncodedPrompt], batch_size: int = 32) -> list[torch.Tensor]:
+    """``answer_log_distribution`` of many prompts, in the given order, batched without padding: prompts
+    of the same length and answer position go through the model together (so no attention mask and no
+    padding token can change a result; a batch differs from one-at-a-time only by float rounding).
+    Evaluating every prompt of a relation (the official erase) is then minutes, not hours, on a CPU."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    out: list[torch.Tensor | None] = [None] * len(prompts)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault((int(p.input_ids.shape[-1]), int(p.answer_pos)), []).append(i)
+    for (_, pos), members in groups.items():
+        for start in range(0, len(members), batch_size):
+            chunk = members[start:start + batch_size]
+            ids = torch.stack([prompts[i].input_ids for i in chunk]).to(adapter.device)
+            logs = adapter.logits_at(ids, pos).float().log_softmax(-1).cpu()
+            for i, row in zip(chunk, logs):
+                out[i] = row
+    return out  # type: ignore[return-value]
+
+
 def perplexity(probabilities: Sequence[float]) -> float:
     r"""Perplexity of the correct answers over a set of prompts (paper, sections 5.1 and 5.2, Tables 5-6):
 

@@ -40,11 +40,40 @@ def relation_of(refined: pd.DataFrame) -> dict[str, str]:
     return dict(zip(refined["fact_id"], refined["relation"]))
 
 
-def most_frequent(neuron_lists: Iterable[Iterable[Neuron]], k: int) -> list[tuple[Neuron, int]]:
-    """The k neurons found in the most sets, with their counts; ties go to the lower (layer, index)
-    so that the choice is reproducible."""
-    counts = Counter(n for ns in neuron_lists for n in set(ns))
+def most_frequent(neuron_lists: Iterable[Iterable[Neuron]], k: int, ties: str = "first") -> list[tuple[Neuron, int]]:
+    """The k neurons found in the most sets, with their counts.
+
+    Ties (``ties``): ``"first"`` (official, ``7_erase_knowledge.py``'s ``Counter.most_common``) go to the
+    neuron seen first, walking the sets in the order given and each set in its own order (pass the
+    relation's bags in data order, each bag in ``official_bag_order``); ``"index"`` (ours before) to the
+    lower (layer, index)."""
+    if ties not in ("first", "index"):
+        raise ValueError(f"ties must be 'first' or 'index', got {ties!r}")
+    counts: Counter = Counter()
+    for ns in neuron_lists:
+        counts.update(list(dict.fromkeys(ns)))  # a neuron once per set, in the set's order
+    if ties == "first":
+        return counts.most_common(k)  # stable: equal counts keep first-insertion order
     return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:k]
+
+
+def official_bag_order(refined: pd.DataFrame, coarse: pd.DataFrame) -> dict[str, list[Neuron]]:
+    """fact id -> its knowledge neurons in the order the official ``2_get_kn.py`` writes a bag: by first
+    appearance walking the fact's prompts in template order, each prompt's coarse neurons by (layer,
+    index) (its ``Counter`` keeps insertion order). ``coarse``: the fact's coarse rows (``fact_id``,
+    ``template_id``, ``layer``, ``neuron``) at the refinement's threshold. Facts come in data order
+    (``"<relation>/<index>"`` by index), as the official bag lists do."""
+    first: dict[tuple[str, Neuron], int] = {}
+    for f, t, layer, neuron in zip(coarse["fact_id"], coarse["template_id"], coarse["layer"], coarse["neuron"]):
+        key = (f, (int(layer), int(neuron)))
+        first[key] = min(first.get(key, int(t)), int(t))
+    bags = neurons_by_fact(refined)
+
+    def data_index(fact_id: str) -> tuple:
+        head, _, tail = fact_id.rpartition("/")
+        return (head, int(tail)) if tail.isdigit() else (head, 0, tail)
+
+    return {f: sorted(bags[f], key=lambda n: (first.get((f, n), 1 << 30), n)) for f in sorted(bags, key=data_index)}
 
 
 def random_neurons(n: int, n_layers: int, n_neurons: int, rng: random.Random, exclude: Iterable[Neuron] = ()) -> list[Neuron]:

@@ -6,6 +6,11 @@ correct answer before and after. As a check of specificity, the same fact's neur
 prompts of one fact drawn at random from another relation ("unrelated facts", as in the official
 ``3_modify_activation.py``). Per relation the change ratio (``change_ratio``) summarises each case.
 
+The unrelated fact (``ManipulationConfig.unrelated_pool``): ``"all"`` (default, official) draws another
+relation uniformly among *all* the data's other relations, then one of *all* its facts, redrawn while the
+model cannot be asked it (a multi-token object; the official script's BERT facts are all single-token);
+``"sample"`` (ours before) draws among the analysed sample's facts of the sample's other relations.
+
 Averaging (the paper's text is silent; ``ManipulationConfig.averaging``):
 
 * ``"official"`` (default, ``3_modify_activation.py`` and ``8_plot_fig_erase_enhance.py``): every fact
@@ -41,10 +46,14 @@ class ManipulationConfig:
     # "official": facts without knowledge neurons count with zero change, mean over all relations;
     # "kn_only" (ours): facts with knowledge neurons only (skips the others' forward passes)
     averaging: Literal["official", "kn_only"] = "official"
+    # "all" (official): the unrelated fact among every fact of the data's other relations; "sample": the sample's
+    unrelated_pool: Literal["all", "sample"] = "all"
 
     def __post_init__(self) -> None:
         if self.averaging not in ("official", "kn_only"):
             raise ValueError(f"averaging must be 'official' or 'kn_only', got {self.averaging!r}")
+        if self.unrelated_pool not in ("all", "sample"):
+            raise ValueError(f"unrelated_pool must be 'all' or 'sample', got {self.unrelated_pool!r}")
 
 
 @dataclass(frozen=True)
@@ -117,24 +126,31 @@ def suppress_and_amplify(
     facts: Iterable[Mapping],
     relations: Mapping[str, Relation],
     config: ManipulationConfig = ManipulationConfig(),
+    population: Iterable[Mapping] | None = None,
 ) -> ManipulationResult:
     """Figures 4 and 5 for one refined table (knowledge neurons, baseline, or ``random_like`` control).
 
     ``facts`` are the facts to evaluate (their prompts come from ``relations``' templates); facts without
     knowledge neurons, without usable prompts, or whose relation has no other relation to compare with
-    are logged in ``skipped``.
+    are logged in ``skipped``. ``population`` (``unrelated_pool="all"``; default: ``facts``) are the facts
+    unrelated ones are drawn from; ``relations`` must then hold their relations' templates too.
     """
     check_refined(refined)
     skips = SkipLog("suppress_and_amplify")
+    facts = list(facts)
     prompts = FactPrompts(adapter, facts, relations, skips)
+    pool = prompts
+    if config.unrelated_pool == "all" and population is not None:
+        pool = FactPrompts(adapter, population, relations, SkipLog("population"))  # its skips are not the sample's
     kns = neurons_by_fact(refined)
     groups = prompts.by_relation()
     for relation, ids in groups.items():
         if not any(f in kns for f in ids):
             skips.add("relation without knowledge neurons", relation)
-    # unrelated facts are drawn among those the model can be asked (usable prompts), per relation
-    usable = {r: [f for f in ids if prompts.of(f)] for r, ids in groups.items()}
-    usable = {r: ids for r, ids in usable.items() if ids}
+    pool_groups = pool.by_relation()
+    if config.unrelated_pool == "sample":  # drawn among those the model can be asked (usable prompts), per relation
+        usable = {r: [f for f in ids if prompts.of(f)] for r, ids in groups.items()}
+        pool_groups = {r: ids for r, ids in usable.items() if ids}
     rows = []
     for fact_id, fact in prompts.facts.items():
         own = prompts.of(fact_id)
@@ -149,12 +165,13 @@ def suppress_and_amplify(
         if not config.unrelated:
             continue
         rng = seeded_rng(config.seed, fact_id)
-        others = sorted(r for r in usable if r != fact["relation"])
-        if not others:
-            skips.add("no other relation to draw an unrelated fact from", fact["relation"], fact_id)
+        others = sorted(r for r in pool_groups if r != fact["relation"])
+        unrelated = _unrelated_prompts(pool, pool_groups, others, rng, redraw=config.unrelated_pool == "all")
+        if not unrelated:
+            skips.add("no other relation to draw an unrelated fact from" if not others
+                      else "no unrelated fact the model can be asked", fact["relation"], fact_id)
             continue
-        other = rng.choice(usable[rng.choice(others)])
-        for prompt in prompts.of(other):
+        for prompt in unrelated:
             rows += _measure(adapter, prompt, neurons, fact_id, "unrelated")
     table = pd.DataFrame(rows, columns=["fact_id", "scope", "eval_fact_id", "eval_relation", "template_id", "operation",
                                         "factor", "p_before", "p_after"])
@@ -179,6 +196,19 @@ def suppress_and_amplify(
     for frame in (table, by_relation, kn_only):
         frame["model"], frame["method"], frame["seed"] = tag["model"], tag["method"], config.seed
     return ManipulationResult(table, by_relation, kn_only, summary, skips.frame(), config)
+
+
+def _unrelated_prompts(pool: FactPrompts, groups: Mapping[str, list[str]], others: list[str], rng, redraw: bool,
+                       tries: int = 100) -> list[Prompt]:
+    """The prompts of one fact of another relation: relation first, then fact (official). With ``redraw``,
+    a fact the model cannot be asked is drawn again (up to ``tries`` times)."""
+    for _ in range(tries if redraw else 1):
+        if not others:
+            return []
+        found = pool.of(rng.choice(groups[rng.choice(others)]))
+        if found:
+            return found
+    return []
 
 
 def _by_relation(table: pd.DataFrame) -> pd.DataFrame:

@@ -18,15 +18,23 @@ Per relation, facts are drawn at random (seeded) until ``facts_per_relation`` ar
    every fact of the relation now answer t'?);
 8. restore the weights exactly, and repeat 4-7 with as many random neurons (the control).
 
-Choices the paper leaves open, taken from the official ``6_edit_knowledge_sampled.py`` unless said:
+Choices the paper leaves open. Defaults follow the official ``6_edit_knowledge_sampled.py``; the
+reading this module had before is kept as named variants (``selection="ours"``, ``sampling="ours"``):
 
-* steps 2 and 3 as the official script does them (one prompt drawn, not one among the correct ones;
-  t' by fact, not by distinct object). It samples facts with replacement; we draw them without, so no
-  fact is edited twice;
-* "shared by fewer than 10 % of intra-relation facts" is measured over every *searched* fact of the
-  relation (``searched``; by default the given facts), counting the *other* facts, so a neuron unique to
-  the fact is always kept (the official count includes the fact itself, twice, which with fewer than 20
-  facts per relation would keep no neuron at all);
+* **which neurons** (``select_kn``, ``official_exclusive_neurons``): every neuron of the fact's bag starts
+  at count 1 and gains 1 for every bag of the relation holding it, the fact's own included; it is dropped
+  when its count exceeds 0.1 x the number of bags. The bags are every fact of the relation whose neurons
+  were searched (``bags``: the largest set the results store holds, empty bags included), so with fewer
+  than 20 bags no neuron survives and nothing is edited. Ours: a neuron is kept when fewer than 10 % of
+  the relation's *other* searched facts hold it (``exclusive_neurons``);
+* **sampling** (official): per relation, draw a fact of the analysed sample *with replacement*, then t'
+  as the object of a random fact among *all* the relation's facts (``population``) whose object differs,
+  redrawn until it is one token for the model (PARAREL objects are single BERT tokens); then skip the
+  draw on ``no_kn`` (no neuron survives) or ``incorrect_answer`` (the model's top-1 on one drawn prompt is
+  not t), until exactly ``facts_per_relation`` (10) edits are done or ``max_draws`` draws are spent.
+  Intra-relation perplexity: 5 facts drawn with replacement from all the relation's facts other than the
+  edited one; inter: 5 draws of (another relation, then one of its facts) over all facts. Ours: facts
+  without replacement, t' and the perplexity facts from the analysed sample only;
 * Delta PPL (Table 6) as the official script averages: per edit the mean log perplexity of its prompts,
   then the mean over edits, exponentiated, after minus before (``delta_ppl``). From float32
   probabilities a single answer probability that underflows to 0 makes it infinite; the summary
@@ -41,7 +49,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Literal, Mapping
 
 import pandas as pd
 
@@ -55,9 +63,9 @@ from .neuron_sets import check_refined, neurons_by_fact, random_neurons
 
 
 TABLE_COLUMNS = [
-    "fact_id", "relation", "neuron_set", "n_neurons", "neurons", "template_id", "text", "old_object", "new_object",
+    "edit", "fact_id", "relation", "neuron_set", "n_neurons", "neurons", "template_id", "text", "old_object", "new_object",
     "top1_before", "top1_after", "changed", "success", "p_old_before", "p_old_after", "p_new_before", "p_new_after",
-    "ppl_intra_before", "ppl_intra_after", "ppl_inter_before", "ppl_inter_after", "sign_aware",
+    "ppl_intra_before", "ppl_intra_after", "ppl_inter_before", "ppl_inter_after", "sign_aware", "n_bags", "n_fact_kns",
 ]
 
 
@@ -74,6 +82,16 @@ class UpdateConfig:
     # (gated FFNs such as SmolLM2's SwiGLU; see interventions.updated_value_slots)
     sign_aware: bool = False
     seed: int = 0
+    selection: Literal["official", "ours"] = "official"  # which of the fact's neurons are edited (module doc)
+    sampling: Literal["official", "ours"] = "official"  # how facts, t' and perplexity facts are drawn
+    max_draws: int = 10000  # official: at most 10000 draws per relation
+
+    def __post_init__(self) -> None:
+        for name in ("selection", "sampling"):
+            if getattr(self, name) not in ("official", "ours"):
+                raise ValueError(f"{name} must be 'official' or 'ours', got {getattr(self, name)!r}")
+        if self.facts_per_relation < 1 or self.max_draws < 1:
+            raise ValueError("facts_per_relation and max_draws must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -135,6 +153,18 @@ def exclusive_neurons(fact_id: str, kns: Mapping[str, list], relation_facts: lis
     return keep
 
 
+def official_exclusive_neurons(bag: list, bags: list[list]) -> list:
+    r"""``select_kn`` of the official ``6_edit_knowledge_sampled.py``: the neurons n of ``bag`` with
+
+        c(n) = 1 + #{b in bags : n in b}  <=  0.1 |bags|,
+
+    where ``bags`` are all the relation's searched facts' bags, the edited fact's own included (so a
+    neuron of the fact has c >= 2, and with fewer than 20 bags nothing is kept). Order of ``bag`` kept."""
+    limit = 0.1 * len(bags)
+    sets = [set(map(tuple, b)) for b in bags]
+    return [n for n in bag if 1 + sum(tuple(n) in b for b in sets) <= limit]
+
+
 def _p_top1(adapter: ModelAdapter, prompts: list[Prompt]) -> tuple[list[float], list[int], list[float]]:
     """p(correct answer), the top-1 token and log p(correct answer) (log-softmax) of each prompt, as the
     model is now."""
@@ -150,37 +180,49 @@ def update_facts(
     relations: Mapping[str, Relation],
     config: UpdateConfig = UpdateConfig(),
     searched: pd.DataFrame | None = None,
+    population: Iterable[Mapping] | None = None,
+    bags: Mapping[str, Mapping[str, list]] | None = None,
 ) -> UpdateResult:
-    """Table 6 for one refined table; ``facts`` are the candidates, the new answers and the PPL prompts.
+    """Table 6 for one refined table; ``facts`` are the analysed sample whose facts are edited.
 
     ``searched`` (fact_id, relation: every fact whose knowledge neurons were searched, with or without
-    any) is the population over which a neuron's share of the relation's facts is measured; default: the
-    given facts."""
+    any) is the population over which ``selection="ours"`` measures a neuron's share; default: the given
+    facts. ``population`` (default: ``facts``): every fact the official sampling draws t' and the
+    perplexity facts from; ``relations`` must hold its relations' templates. ``bags`` (relation -> fact ->
+    neurons, empty bags included; default: the sample's own bags) are what the official ``select_kn``
+    counts over."""
     check_refined(refined)
     skips = SkipLog("update_facts")
-    prompts = FactPrompts(adapter, facts, relations, skips)
+    facts = list(facts)
+    sample_ids = {f["fact_id"] for f in facts}
+    pool = facts if population is None else list(population)
+    pool_ids = {f["fact_id"] for f in pool}
+    prompts = FactPrompts(adapter, pool + [f for f in facts if f["fact_id"] not in pool_ids], relations, skips)
     kns = neurons_by_fact(refined)
-    groups = prompts.by_relation()
-    population = groups if searched is None else {
+    everything = prompts.by_relation()
+    groups = {r: [f for f in ids if f in sample_ids] for r, ids in everything.items()}
+    groups = {r: ids for r, ids in groups.items() if ids}
+    if bags is None:
+        bags = {r: {f: kns.get(f, []) for f in ids} for r, ids in groups.items()}
+    population_ids = groups if searched is None else {
         r: sorted(set(g["fact_id"]) | set(groups.get(r, ()))) for r, g in searched.groupby("relation")
     }
     rows, ppl_rows, para_rows = [], [], []
+    n_edit = 0
     for relation, ids in groups.items():
         rng = seeded_rng(config.seed, relation)
-        candidates = [f for f in ids if f in kns]
-        if not candidates:
+        if not any(f in kns for f in ids):
             skips.add("relation without knowledge neurons", relation)
             continue
-        rng.shuffle(candidates)
+        if config.sampling == "official":
+            plans = _official_plans(adapter, relation, ids, everything, prompts, kns, bags.get(relation, {}), config, rng, skips)
+        else:
+            plans = _ours_plans(adapter, relation, ids, population_ids.get(relation, ids), groups, prompts, kns, bags.get(relation, {}),
+                                config, rng, skips)
         done = 0
-        for fact_id in candidates:
-            if done == config.facts_per_relation:
-                break
-            edit = _plan_edit(adapter, fact_id, relation, ids, population.get(relation, ids), groups, prompts, kns, config,
-                              rng, skips)
-            if edit is None:
-                continue
+        for fact_id, edit in plans:
             done += 1
+            n_edit += 1
             prompt, old_id, new_id, neurons, intra, inter = edit.prompt, edit.old_id, edit.new_id, edit.neurons, edit.intra, edit.inter
             before = answer_distribution(adapter, prompt.encoded)
             (p_intra, t_intra, l_intra), (p_inter, t_inter, l_inter) = _p_top1(adapter, intra), _p_top1(adapter, inter)
@@ -199,7 +241,7 @@ def update_facts(
                     _, u_para, _ = _p_top1(adapter, paraphrases)
                 top1 = int(after.argmax())
                 rows.append(
-                    {"fact_id": fact_id, "relation": relation, "neuron_set": name, "n_neurons": len(chosen),
+                    {"edit": n_edit, "fact_id": fact_id, "relation": relation, "neuron_set": name, "n_neurons": len(chosen),
                      "neurons": [list(n) for n in chosen], "template_id": prompt.template_id, "text": prompt.encoded.text,
                      "old_object": prompts.facts[fact_id]["object"], "new_object": edit.new_object,
                      "top1_before": adapter.tokenizer.decode([int(before.argmax())]), "top1_after": adapter.tokenizer.decode([top1]),
@@ -208,32 +250,33 @@ def update_facts(
                      "p_new_before": before[new_id].item(), "p_new_after": after[new_id].item(),
                      "ppl_intra_before": perplexity(p_intra), "ppl_intra_after": perplexity(q_intra),
                      "ppl_inter_before": perplexity(p_inter), "ppl_inter_after": perplexity(q_inter),
-                     "sign_aware": config.sign_aware}
+                     "sign_aware": config.sign_aware, "n_bags": len(bags.get(relation, {})), "n_fact_kns": len(kns.get(fact_id, ()))}
                 )
                 for scope, group, ps, qs, ts, us, ls, ms in (
                     ("intra", intra, p_intra, q_intra, t_intra, u_intra, l_intra, m_intra),
                     ("inter", inter, p_inter, q_inter, t_inter, u_inter, l_inter, m_inter),
                 ):
                     ppl_rows += [
-                        {"fact_id": fact_id, "neuron_set": name, "scope": scope, "eval_fact_id": p.fact_id,
+                        {"edit": n_edit, "fact_id": fact_id, "neuron_set": name, "scope": scope, "eval_fact_id": p.fact_id,
                          "template_id": p.template_id, "p_before": a, "p_after": b, "top1_changed": t != u,
                          "correct_before": t == p.encoded.target_id, "correct_after": u == p.encoded.target_id,
                          "new_after": u == new_id, "logp_before": la, "logp_after": lb}
                         for p, a, b, t, u, la, lb in zip(group, ps, qs, ts, us, ls, ms)
                     ]
                 para_rows += [
-                    {"fact_id": fact_id, "neuron_set": name, "template_id": p.template_id,
+                    {"edit": n_edit, "fact_id": fact_id, "neuron_set": name, "template_id": p.template_id,
                      "correct_before": t == old_id, "changed": u != old_id, "success": u == new_id}
                     for p, t, u in zip(paraphrases, t_para, u_para)
                 ]
         if done < config.facts_per_relation:
             skips.add(f"only {done} of {config.facts_per_relation} facts could be edited", relation)
+    skips.rows = [r for r in skips.rows if r["fact_id"] is None or r["fact_id"] in sample_ids]  # not the population's
     tag = tag_of(refined)
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-    ppl_prompts = pd.DataFrame(ppl_rows, columns=["fact_id", "neuron_set", "scope", "eval_fact_id", "template_id", "p_before",
+    ppl_prompts = pd.DataFrame(ppl_rows, columns=["edit", "fact_id", "neuron_set", "scope", "eval_fact_id", "template_id", "p_before",
                                                   "p_after", "top1_changed", "correct_before", "correct_after", "new_after",
                                                   "logp_before", "logp_after"])
-    para = pd.DataFrame(para_rows, columns=["fact_id", "neuron_set", "template_id", "correct_before", "changed", "success"])
+    para = pd.DataFrame(para_rows, columns=["edit", "fact_id", "neuron_set", "template_id", "correct_before", "changed", "success"])
     summary = [_summarise(table, ppl_prompts, para, name, tag, config.seed)
                for name in (["knowledge", "random"] if config.random_control else ["knowledge"])]
     for frame in (table, ppl_prompts, para):
@@ -241,17 +284,136 @@ def update_facts(
     return UpdateResult(table, ppl_prompts, para, summary, skips.frame(), config)
 
 
+def _selected(fact_id: str, kns: Mapping[str, list], bags: Mapping[str, list], population: list[str], config: UpdateConfig) -> list:
+    """The fact's neurons an edit changes, under ``config.selection``."""
+    if config.selection == "official":  # the analysed bag, counted with every other bag of the relation
+        own = kns.get(fact_id, [])
+        return official_exclusive_neurons(own, [b for f, b in bags.items() if f != fact_id] + [own])
+    return exclusive_neurons(fact_id, kns, population, config.max_share)
+
+
+def _no_kn_reason(config: UpdateConfig) -> str:
+    if config.selection == "official":
+        return "no knowledge neuron left by the official select_kn (count over the relation's bags above 10 %)"
+    return f"no knowledge neuron shared by fewer than {config.max_share:.0%} of the relation's other facts"
+
+
+def _ours_plans(
+    adapter: ModelAdapter, relation: str, ids: list[str], population: list[str], groups: dict[str, list[str]],
+    prompts: FactPrompts, kns: dict, bags: Mapping[str, list], config: UpdateConfig, rng, skips: SkipLog,
+) -> Iterator[tuple[str, PlannedEdit]]:
+    """Our sampling: the sample's facts in a seeded order, each at most once, until enough are edited."""
+    candidates = [f for f in ids if f in kns]
+    rng.shuffle(candidates)
+    done = 0
+    for fact_id in candidates:
+        if done == config.facts_per_relation:
+            return
+        edit = _plan_edit(adapter, fact_id, relation, ids, population, groups, prompts, kns, bags, config, rng, skips)
+        if edit is not None:
+            done += 1
+            yield fact_id, edit
+
+
+def _official_plans(
+    adapter: ModelAdapter, relation: str, ids: list[str], everything: dict[str, list[str]], prompts: FactPrompts,
+    kns: dict, bags: Mapping[str, list], config: UpdateConfig, rng, skips: SkipLog,
+) -> Iterator[tuple[str, PlannedEdit]]:
+    """The official sampling (module docstring): draws with replacement until exactly
+    ``facts_per_relation`` edits or ``max_draws`` draws; a skipped draw is logged once per fact and reason."""
+    pool = everything.get(relation, [])
+    others = sorted(r for r in everything if r != relation)
+    logged: set[tuple[str, str]] = set()
+    correct: dict[tuple[str, int], bool] = {}
+
+    def skip(reason: str, fact_id: str, item: str | None = None) -> None:
+        if (reason, fact_id) not in logged:
+            logged.add((reason, fact_id))
+            skips.add(reason, relation, fact_id, item)
+
+    done = 0
+    for _ in range(config.max_draws):
+        if done == config.facts_per_relation:
+            return
+        fact_id = rng.choice(ids)
+        old_object = prompts.facts[fact_id]["object"]
+        own = prompts.of(fact_id)
+        if not own:
+            skip("no usable prompt", fact_id)
+            continue
+        template = prompts.relations[relation].templates[own[0].template_id]
+        new_object, new_id = _official_new_object(adapter, old_object, [prompts.facts[f]["object"] for f in pool], template, rng)
+        if new_object is None:
+            skip("no other single-token object in the relation to update to", fact_id)
+            continue
+        neurons = _selected(fact_id, kns, bags, [], config)
+        if not neurons:
+            skip(_no_kn_reason(config), fact_id)
+            continue
+        prompt = rng.choice(own)
+        key = (fact_id, prompt.template_id)
+        if key not in correct:
+            correct[key] = int(answer_distribution(adapter, prompt.encoded).argmax()) == prompt.encoded.target_id
+        if not correct[key]:
+            skip("the model answers the drawn prompt wrongly", fact_id, f"template {prompt.template_id}")
+            continue
+        try:  # t' as a token in the drawn prompt's own template
+            new_id = adapter.answer_token(new_object, prompts.relations[relation].templates[prompt.template_id])
+        except MultiTokenObject:
+            skip("no other single-token object in the relation to update to", fact_id)
+            continue
+        intra_pool = [f for f in pool if f != fact_id]
+        intra = [p for _ in range(config.intra_facts if intra_pool else 0) for p in _usable_draw(prompts, intra_pool, rng)]
+        inter = []
+        for _ in range(config.inter_facts if others else 0):  # relation first, then one of its facts
+            inter += _usable_draw(prompts, everything[rng.choice(others)], rng)
+        if not intra or not inter:
+            skip(f"no {'intra' if not intra else 'inter'}-relation prompts to measure perplexity on", fact_id)
+            continue
+        done += 1
+        yield fact_id, PlannedEdit(prompt, prompt.encoded.target_id, new_id, new_object, neurons, intra, inter)
+
+
+def _usable_draw(prompts: FactPrompts, fact_ids: list[str], rng, tries: int = 100) -> list[Prompt]:
+    """The prompts of a fact drawn uniformly from ``fact_ids``, redrawn while the model cannot be asked it
+    (a multi-token object; PARAREL's objects are all single BERT tokens, so the official draw never
+    meets one). Empty when ``tries`` draws found none."""
+    for _ in range(tries):
+        found = prompts.of(rng.choice(fact_ids))
+        if found:
+            return found
+    return []
+
+
+def _official_new_object(adapter: ModelAdapter, old_object: str, objects: list[str], template: str, rng,
+                         tries: int = 1000) -> tuple[str | None, int]:
+    """t': the object of a random fact of the relation whose object differs, redrawn until it is one token
+    for the model (the official loop draws ``random.choice`` over the relation's facts until it differs).
+    (None, -1) when no such object exists or ``tries`` draws found none."""
+    if not any(o != old_object for o in objects):
+        return None, -1
+    for _ in range(tries):
+        obj = rng.choice(objects)
+        if obj == old_object:
+            continue
+        try:
+            return obj, adapter.answer_token(obj, template)
+        except MultiTokenObject:
+            continue
+    return None, -1
+
+
 def _plan_edit(
     adapter: ModelAdapter, fact_id: str, relation: str, ids: list[str], population: list[str], groups: dict[str, list[str]],
-    prompts: FactPrompts, kns: dict, config: UpdateConfig, rng, skips: SkipLog,
+    prompts: FactPrompts, kns: dict, bags: Mapping[str, list], config: UpdateConfig, rng, skips: SkipLog,
 ) -> PlannedEdit | None:
-    """Everything one edit needs, or None (with the reason logged)."""
+    """Everything one edit needs under our sampling, or None (with the reason logged)."""
     own = prompts.of(fact_id)
     if not own:
         return None
-    neurons = exclusive_neurons(fact_id, kns, population, config.max_share)
+    neurons = _selected(fact_id, kns, bags, population, config)
     if not neurons:
-        skips.add(f"no knowledge neuron shared by fewer than {config.max_share:.0%} of the relation's other facts", relation, fact_id)
+        skips.add(_no_kn_reason(config), relation, fact_id)
         return None
     prompt = rng.choice(own)  # one prompt, as the official script draws it
     if int(answer_distribution(adapter, prompt.encoded).argmax()) != prompt.encoded.target_id:
@@ -310,10 +472,15 @@ def delta_ppl(ppl_prompts: pd.DataFrame, source: str = "p") -> float:
             logs = ppl_prompts[f"p_{when}"].map(lambda p: math.log(p) if p > 0 else -math.inf)
         else:
             logs = ppl_prompts[f"logp_{when}"]
-        per_edit = [log_perplexity(group.tolist()) for _, group in logs.groupby(ppl_prompts["fact_id"])]
+        per_edit = [log_perplexity(group.tolist()) for _, group in logs.groupby(ppl_prompts[_edit_column(ppl_prompts)])]
         mean = sum(per_edit) / len(per_edit)
         out.append(math.exp(mean) if mean < 709.78 else math.inf)
     return out[1] - out[0] if math.isfinite(out[0]) else math.nan
+
+
+def _edit_column(frame: pd.DataFrame) -> str:
+    """One edit per value: ``edit`` (a fact drawn twice is two edits), or ``fact_id`` in tables from before it."""
+    return "edit" if "edit" in frame.columns else "fact_id"
 
 
 def median_delta_ppl(ppl_prompts: pd.DataFrame) -> float:
@@ -321,7 +488,7 @@ def median_delta_ppl(ppl_prompts: pd.DataFrame) -> float:
     that send one answer's probability to 0."""
     if not len(ppl_prompts):
         return float("nan")
-    per_edit = [delta_ppl(group, "logp") for _, group in ppl_prompts.groupby("fact_id")]
+    per_edit = [delta_ppl(group, "logp") for _, group in ppl_prompts.groupby(_edit_column(ppl_prompts))]
     return float(pd.Series(per_edit).median())
 
 

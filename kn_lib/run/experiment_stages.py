@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, replace
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import pandas as pd
@@ -47,7 +49,7 @@ from .registry import (
     DEFAULT_CHUNK, IGConfig, Job, KNConfig, KnUsageError, MissingInputs, Option, Preset, RunSettings, Stage, StageContext,
     data_checksums, register_preset, register_stage, same_facts,
 )
-from .search_stages import REFINE
+from .search_stages import REFINE, above_threshold
 from .store import ResultStore, cache_key
 
 BASELINE = "activation"  # the paper's baseline attribution method
@@ -127,6 +129,13 @@ class Experiment:
     options: tuple[Option, ...]
     compares_baseline: bool = False
     needs_bags: bool = False
+    # config fields added after results were committed, with the value that reproduces the code before
+    # them: left out of the settings key at that value, so those results stay found (as that variant)
+    legacy: Mapping[str, Any] = {}
+
+    def key_config(self, settings: RunSettings) -> dict:
+        config = asdict(self.config(settings))
+        return {k: v for k, v in config.items() if not (k in self.legacy and v == self.legacy[k])}
 
     def config(self, settings: RunSettings) -> Any:
         raise NotImplementedError
@@ -172,19 +181,27 @@ class SuppressAmplify(Experiment):
     options = (Option("unrelated", _bool, None, "also apply each fact's neurons to a fact of another relation, yes or no (default yes)"),
                Option("averaging", str, None, "official (default: facts without knowledge neurons count as zero change) "
                                               "or kn_only (ours: facts with knowledge neurons only)", choices=("official", "kn_only")),
+               Option("unrelated_pool", str, None, "where unrelated facts come from: all (default, official: every fact of the "
+                                                   "other relations) or sample (ours: the sample's)", choices=("all", "sample")),
                SEED_OPTION)
+    legacy = {"unrelated_pool": "sample"}
 
     def config(self, settings):
         from ..experiments import ManipulationConfig
 
         unrelated, averaging = settings.param("unrelated"), _option(self, "averaging").check(settings)
+        pool = _option(self, "unrelated_pool").check(settings)
         return ManipulationConfig(seed=_experiment_seed(settings), unrelated=True if unrelated is None else _bool(unrelated),
-                                  **({} if averaging is None else {"averaging": averaging}))
+                                  **({} if averaging is None else {"averaging": averaging}),
+                                  **({} if pool is None else {"unrelated_pool": pool}))
 
     def run(self, adapter, refined, facts, settings, inputs):
         from ..experiments import suppress_and_amplify
 
-        return suppress_and_amplify(adapter, refined, facts, settings.load_relations(), self.config(settings))
+        config = self.config(settings)
+        if config.unrelated and config.unrelated_pool == "all":
+            return suppress_and_amplify(adapter, refined, facts, _relations_of_all(), config, population=all_facts())
+        return suppress_and_amplify(adapter, refined, facts, settings.load_relations(), config)
 
 
 class BingRel(Experiment):
@@ -221,8 +238,15 @@ class Update(Experiment):
         Option("inter_facts", int, None, "facts of other relations for Delta inter-relation PPL (default 5)"),
         Option("random_control", _bool, None, "repeat each edit on as many random neurons, yes or no (default yes)"),
         Option("sign_aware", _bool, None, "flip the edit of neurons with negative activation, yes or no (default no; not the paper's)"),
+        Option("selection", str, None, "which neurons are edited: official (default, select_kn: count over the relation's "
+                                       "bags, own included, at most 10 %) or ours (shared by fewer than 10 % of the other facts)",
+               choices=("official", "ours")),
+        Option("sampling", str, None, "official (default: facts with replacement, t' and perplexity facts from all the "
+                                      "relation's facts) or ours (without replacement, from the sample)",
+               choices=("official", "ours")),
         SEED_OPTION,
     )
+    legacy = {"selection": "ours", "sampling": "ours", "max_draws": 10000}
     _fields = {"edits_per_relation": ("facts_per_relation", int), "max_share": ("max_share", float), "lambda1": ("lambda1", float),
                "lambda2": ("lambda2", float), "intra_facts": ("intra_facts", int), "inter_facts": ("inter_facts", int),
                "random_control": ("random_control", _bool), "sign_aware": ("sign_aware", _bool)}
@@ -231,12 +255,20 @@ class Update(Experiment):
         from ..experiments import UpdateConfig
 
         given = {field: cast(settings.param(opt)) for opt, (field, cast) in self._fields.items() if settings.param(opt) is not None}
+        for name in ("selection", "sampling"):
+            value = _option(self, name).check(settings)
+            if value is not None:
+                given[name] = value
         return UpdateConfig(seed=_experiment_seed(settings), **given)
 
     def run(self, adapter, refined, facts, settings, inputs):
         from ..experiments import update_facts
 
-        return update_facts(adapter, refined, facts, settings.load_relations(), self.config(settings), inputs.get("searched"))
+        config = self.config(settings)
+        official = config.sampling == "official"
+        return update_facts(adapter, refined, facts, _relations_of_all() if official else settings.load_relations(), config,
+                            inputs.get("searched"), population=all_facts() if official else None,
+                            bags=inputs.get("bags") if config.selection == "official" else None)
 
     def summaries(self, result):
         return list(result.summary)
@@ -253,9 +285,15 @@ class Erase(Experiment):
                                              "among the sample's, else every relation of the sample; a known-facts "
                                              "sample: every relation with at least 20 known facts in it)"),
         Option("top_k", int, None, "most frequent knowledge neurons erased per relation (default 20)"),
-        Option("max_other_facts", _optional_int, None, "facts of other relations evaluated, or 'all' (default all)"),
+        Option("max_other_facts", _optional_int, None, "facts of other relations evaluated, a uniform sample over all "
+                                                       "their facts, or 'all' (default all, as the official script)"),
+        Option("ties", str, None, "order of tied neuron counts: first (default, official Counter.most_common: first "
+                                  "seen in bag order) or index (ours: lower layer and index)", choices=("first", "index")),
+        Option("erased_facts", str, None, "facts of the erased relation measured: all (default, official) or sample "
+                                          "(ours: the analysed facts only)", choices=("all", "sample")),
         SEED_OPTION,
     )
+    legacy = {"ties": "index", "erased_facts": "sample"}
 
     def config(self, settings):
         from ..experiments import EraseConfig
@@ -281,15 +319,110 @@ class Erase(Experiment):
         other = settings.param("max_other_facts")
         if other is not None:
             extra["max_other_facts"] = int(other)
+        for name in ("ties", "erased_facts"):
+            value = _option(self, name).check(settings)
+            if value is not None:
+                extra[name] = value
         return EraseConfig(relations=erase, seed=_experiment_seed(settings), **extra)
 
     def run(self, adapter, refined, facts, settings, inputs):
         from ..experiments import erase_relations
 
-        return erase_relations(adapter, refined, facts, settings.load_relations(), self.config(settings))
+        config = self.config(settings)
+        if config.ties == "first":  # bags in the official order: facts by data index, neurons by first appearance
+            refined = ordered_refined(refined, inputs["coarse"])
+        everything = config.erased_facts == "all" or config.max_other_facts is not None
+        population = all_facts() if everything else None
+        relations = _relations_of_all() if everything else settings.load_relations()
+        return erase_relations(adapter, refined, facts, relations, config, population)
 
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (Statistics(), SuppressAmplify(), BingRel(), Update(), Erase())}
+
+
+# -- what the official definitions read beyond the sample -------------------------------------------
+
+
+def all_facts() -> list[dict]:
+    """Every fact of every relation, in data order: the population the official scripts draw from
+    (unrelated facts, new answers, perplexity facts, the erased relation's facts)."""
+    from .. import data
+
+    return _all_facts(tuple(data.relation_ids()))
+
+
+@lru_cache(maxsize=2)
+def _all_facts(relations: tuple[str, ...]) -> list[dict]:
+    from .. import data
+
+    return data.load_facts(list(relations)).to_list()
+
+
+def _relations_of_all():
+    from .. import data
+
+    return RunSettings(model="?", relations=tuple(data.relation_ids())).load_relations()
+
+
+def largest_bags(ctx: StageContext, settings: RunSettings, relations: list[str], refined: pd.DataFrame,
+                 searched: pd.DataFrame) -> dict[str, dict[str, list]]:
+    """Per relation, the bags the official ``select_kn`` counts over: every fact searched in the refine
+    results of this model and method (same attribution and refinement settings, any fact sample) that
+    search the most facts of the relation, empty bags included, together with the analysed sample's own.
+    (The official script searched every fact; a store holds a sample, so the largest one is used.)"""
+    from ..experiments.neuron_sets import neurons_by_fact
+
+    own_key = REFINE.key_settings(settings)
+    method_store = StageContext("attribute", settings, ctx.root).inputs("attribute")
+    attribute_settings = _sample_free(method_store.manifest().get("settings", {})) if method_store.exists() else None
+    best: dict[str, tuple[int, str, list[str]]] = {}
+    base = Path(ctx.root) / settings.model / "refine"
+    for manifest_path in sorted(base.glob("*/manifest.json")) if base.is_dir() else []:
+        store = ResultStore(ctx.root, settings.model, "refine", manifest_path.parent.name)
+        try:
+            manifest = store.manifest()
+            key = manifest["settings"]
+            if {k: v for k, v in key.items() if k not in ("attribute_key", "facts_per_relation")} != \
+                    {k: v for k, v in own_key.items() if k not in ("attribute_key", "facts_per_relation")}:
+                continue
+            attribute = ResultStore(ctx.root, settings.model, "attribute", key["attribute_key"])
+            if _sample_free(attribute.manifest().get("settings", {})) != attribute_settings:
+                continue
+            entries = store.entries()
+        except Exception:  # an unreadable store is not a candidate (``kn info --verify`` reports it)
+            continue
+        for relation in relations:
+            ids = list(entries.get(relation, {}).get("fact_ids", ()))
+            if len(ids) > best.get(relation, (0, "", []))[0]:
+                best[relation] = (len(ids), store.key, ids)
+    own = neurons_by_fact(refined)
+    searched_by = {r: list(g["fact_id"]) for r, g in searched.groupby("relation")} if len(searched) else {}
+    out: dict[str, dict[str, list]] = {}
+    for relation in relations:
+        _, key, ids = best.get(relation, (0, "", []))
+        found = neurons_by_fact(ResultStore(ctx.root, settings.model, "refine", key).read("refined", [relation])) if key else {}
+        bags = {f: found.get(f, []) for f in ids}
+        for f in searched_by.get(relation, ()):  # the sample's own bags (a fact of both: the same search)
+            bags.setdefault(f, own.get(f, []))
+        out[relation] = bags
+    return out
+
+
+def _sample_free(attribute_settings: Mapping) -> dict:
+    """Attribution settings without what only picks the fact sample."""
+    return {k: v for k, v in attribute_settings.items() if k not in ("chunk_size", "known", "screen_key")}
+
+
+def ordered_refined(refined: pd.DataFrame, coarse: pd.DataFrame) -> pd.DataFrame:
+    """The refined table reordered as the official bag lists are (``neuron_sets.official_bag_order``)."""
+    from ..experiments.neuron_sets import official_bag_order
+
+    if refined.empty:
+        return refined
+    order = official_bag_order(refined, coarse)
+    rank = {(f, n): (i, j) for i, (f, ns) in enumerate(order.items()) for j, n in enumerate(ns)}
+    keys = [rank[(f, (int(l), int(n)))] for f, l, n in zip(refined["fact_id"], refined["layer"], refined["neuron"])]
+    return refined.iloc[sorted(range(len(refined)), key=keys.__getitem__)].reset_index(drop=True)
 
 
 # -- stage functions -------------------------------------------------------------------------------
@@ -303,7 +436,7 @@ def _key_settings(experiment: Experiment) -> Callable[[RunSettings], dict]:
             "relations": settings.relation_ids(),  # an experiment's shard holds the whole sample
             "facts_per_relation": settings.facts_per_relation,
             "method": settings.config.method,
-            "config": asdict(experiment.config(settings)),
+            "config": experiment.key_config(settings),
         }
         if experiment.compares_baseline and settings.config.method != BASELINE:
             out["baseline_refine_key"] = cache_key(REFINE.key_settings(_with_method(settings, BASELINE)))
@@ -359,6 +492,13 @@ def _compute(experiment: Experiment) -> Callable[..., dict]:
             prompts = attribute.read("prompts", shards)
             searched = prompts[prompts["fact_id"].isin(wanted)] if len(prompts) else pd.DataFrame(columns=["fact_id", "relation"])
             inputs["searched"] = searched[["fact_id", "relation"]].drop_duplicates().reset_index(drop=True)
+        if experiment.name == "update":
+            inputs["bags"] = largest_bags(ctx, settings, relations, refined, inputs["searched"])
+        if experiment.name == "erase":
+            attribute = StageContext("attribute", settings, ctx.root).inputs("attribute")
+            shards = [s for s in attribute.entries() if s.split("/")[0] in set(relations)]
+            coarse = attribute.read("coarse", shards) if shards else pd.DataFrame(columns=["fact_id", "template_id", "layer", "neuron", "score"])
+            inputs["coarse"] = above_threshold(coarse[coarse["fact_id"].isin(wanted)], settings.config.coarse_threshold)
         if experiment.needs_bags:
             from ..bingrel import load_bags
 

@@ -239,7 +239,7 @@ class Update(Experiment):
         Option("random_control", _bool, None, "repeat each edit on as many random neurons, yes or no (default yes)"),
         Option("sign_aware", _bool, None, "flip the edit of neurons with negative activation, yes or no (default no; not the paper's)"),
         Option("selection", str, None, "which neurons are edited: official (default, select_kn: count over the relation's "
-                                       "bags, own included, at most 10 %) or ours (shared by fewer than 10 % of the other facts)",
+                                       "bags, own included, at most 10%%) or ours (shared by fewer than 10%% of the other facts)",
                choices=("official", "ours")),
         Option("sampling", str, None, "official (default: facts with replacement, t' and perplexity facts from all the "
                                       "relation's facts) or ours (without replacement, from the sample)",

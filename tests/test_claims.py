@@ -4,7 +4,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kn_lib.book.claims import Interval, bootstrap_ci, ceiling_verdict, claim_row, verdict
+from kn_lib.book.claims import (
+    CEILING_VERDICTS,
+    EFFECT_VERDICTS,
+    VERDICTS,
+    Interval,
+    bootstrap_ci,
+    ceiling_verdict,
+    claim_row,
+    direction,
+    size,
+    verdict,
+)
 
 
 def _iv(est, low, high, n=10):
@@ -39,56 +50,86 @@ def test_empty_frame_gives_nan_and_bad_level_raises():
 
 
 @pytest.mark.parametrize(
-    "paper, est, low, high, n, expected",
+    "paper, est, low, high, n, expected, found, how_big",
     [
-        # negative claim (Figure 4: -29 %), every branch
-        (-29.0, -45.0, -60.0, -35.0, 10, "stronger"),  # the whole interval beyond the paper's effect
-        (-29.0, -25.0, -35.0, -15.0, 10, "holds"),  # excludes 0 on the paper's side, estimate >= half
-        (-29.0, -15.0, -20.0, -10.0, 10, "holds"),  # estimate just over half (14.5)
-        (-29.0, -5.0, -8.0, -2.0, 10, "weaker"),  # right side, far smaller than half
-        (-29.0, -20.0, -40.0, 3.0, 10, "weaker"),  # estimate large but the interval touches 0
-        (-29.0, 1.0, -10.0, 12.0, 10, "inconclusive"),  # straddles 0, estimate on the other side
-        (-29.0, 0.0, -10.0, 12.0, 10, "inconclusive"),  # straddles 0, estimate exactly 0
-        (-29.0, 4.0, 1.0, 7.0, 10, "reversed"),  # excludes 0 on the other side
-        (31.0, 40.0, 20.0, 60.0, 10, "holds"),
-        (31.0, -1.0, -5.0, 10.0, 10, "inconclusive"),  # used to be "reversed" on the estimate alone
-        (31.0, 8.0, 2.0, 200.0, 10, "weaker"),  # a wide interval never holds on its upper end
-        # no data: fewer than 10 clusters, whatever the interval
-        (31.0, 40.0, 20.0, 60.0, 4, "no data"),
-        (31.0, 40.0, 20.0, 60.0, 9, "no data"),
-        (31.0, 40.0, 40.0, 40.0, 9, "no data"),
-        (31.0, 40.0, 40.0, 40.0, 10, "stronger"),  # zero width from 10 clusters: a real (if odd) interval
-        (31.0, float("nan"), float("nan"), float("nan"), 10, "no data"),
+        # a negative claim (Figure 4: -29 %), every branch
+        (-29.0, -25.0, -35.0, -15.0, 10, "holds", "confirmed", "consistent"),  # excludes 0, contains -29
+        (-29.0, -15.0, -20.0, -10.0, 10, "confirmed, smaller", "confirmed", "smaller"),  # short of the paper
+        (-29.0, -45.0, -60.0, -35.0, 10, "confirmed, larger", "confirmed", "larger"),  # wholly beyond it
+        (-29.0, -20.0, -40.0, 3.0, 10, "not detected", "not detected", "consistent"),  # reaches both 0 and -29
+        (-29.0, -2.0, -8.0, 3.0, 10, "not detected", "not detected", "smaller"),  # spans 0 only
+        (-29.0, 4.0, 1.0, 7.0, 10, "reversed", "reversed", "smaller"),  # excludes 0 on the other side
+        # the same branches for a positive claim (Figure 5: +31 %)
+        (31.0, 40.0, 20.0, 60.0, 10, "holds", "confirmed", "consistent"),
+        (31.0, 10.0, 5.0, 15.0, 10, "confirmed, smaller", "confirmed", "smaller"),
+        (31.0, 80.0, 50.0, 120.0, 10, "confirmed, larger", "confirmed", "larger"),
+        (31.0, 8.0, -2.0, 200.0, 10, "not detected", "not detected", "consistent"),  # a positive estimate spanning 0
+        (31.0, -1.0, -5.0, 10.0, 10, "not detected", "not detected", "smaller"),
+        (31.0, -4.0, -7.0, -1.0, 10, "reversed", "reversed", "smaller"),
+        # the ends are inclusive: an interval that touches 0 does not exclude it; one that touches the
+        # paper's value contains it
+        (31.0, 10.0, 0.0, 20.0, 10, "not detected", "not detected", "smaller"),
+        (31.0, 20.0, 10.0, 31.0, 10, "holds", "confirmed", "consistent"),
+        (31.0, 40.0, 31.0, 50.0, 10, "holds", "confirmed", "consistent"),
+        (31.0, 40.0, 40.0, 40.0, 10, "confirmed, larger", "confirmed", "larger"),  # zero width from 10 clusters
+        # no data: fewer than 10 clusters whatever the interval, or nothing estimated
+        (31.0, 40.0, 20.0, 60.0, 4, "no data", "—", "—"),
+        (31.0, 40.0, 20.0, 60.0, 9, "no data", "—", "—"),
+        (31.0, float("nan"), float("nan"), float("nan"), 10, "no data", "—", "—"),
     ],
 )
-def test_verdicts(paper, est, low, high, n, expected):
-    assert verdict(paper, _iv(est, low, high, n)) == expected
+def test_verdicts(paper, est, low, high, n, expected, found, how_big):
+    iv = _iv(est, low, high, n)
+    assert verdict(paper, iv) == expected
+    assert direction(paper, iv) == found and size(paper, iv) == how_big
+    row = claim_row("c", "Figure 4", paper, iv)
+    assert (row["verdict"], row["direction"], row["size"]) == (expected, found, how_big)
+    assert expected in EFFECT_VERDICTS and expected in VERDICTS
+
+
+def test_verdict_is_symmetric_in_size_and_sign():
+    # the same interval mirrored around the paper's value gets the mirrored size, for either sign
+    for paper in (31.0, -31.0):
+        s = np.sign(paper)
+        below, above = _iv(s * 15, s * 10, s * 20), _iv(s * 47, s * 42, s * 52)
+        assert (verdict(paper, below), verdict(paper, above)) == ("confirmed, smaller", "confirmed, larger")
 
 
 @pytest.mark.parametrize(
-    "paper, est, low, high, n, expected",
+    "paper, est, low, high, n, expected, how_big",
     [
-        (4.9, 2.0, 0.5, 4.0, 10, "holds"),  # at most the paper's side effect
-        (4.9, 4.0, 1.0, 9.0, 10, "inconclusive"),  # the interval contains the paper's value
-        (4.9, 400.0, 100.0, 900.0, 10, "reversed"),  # more collateral damage than the paper reports
-        (4.9, 400.0, 100.0, 900.0, 3, "no data"),
+        (4.9, 2.0, 0.5, 4.0, 10, "holds", "smaller"),  # at most the paper's side effect
+        (4.9, 3.0, 0.5, 4.9, 10, "holds", "consistent"),  # an upper end at the ceiling still holds
+        (4.9, 4.0, 1.0, 9.0, 10, "inconclusive", "consistent"),  # the interval contains the paper's value
+        (4.9, 400.0, 100.0, 900.0, 10, "exceeded", "larger"),  # more collateral damage than the paper reports
+        (4.9, 400.0, 100.0, 900.0, 3, "no data", "—"),
+        (4.9, float("nan"), float("nan"), float("nan"), 30, "no data", "—"),
     ],
 )
-def test_ceiling_verdicts(paper, est, low, high, n, expected):
+def test_ceiling_verdicts(paper, est, low, high, n, expected, how_big):
     assert ceiling_verdict(paper, _iv(est, low, high, n)) == expected
-    assert claim_row("c", "Table 5", paper, _iv(est, low, high, n), ceiling=True)["verdict"] == expected
+    row = claim_row("c", "Table 5", paper, _iv(est, low, high, n), ceiling=True)
+    assert (row["verdict"], row["direction"], row["size"], row["test"]) == (expected, "—", how_big, "ceiling")
+    assert expected in CEILING_VERDICTS and expected in VERDICTS
 
 
 def test_verdict_against_a_non_zero_null_and_row():
     # "KNs overlap more within a relation than across": paper 1.23 vs null 0.09 (the inter-relation value)
-    assert verdict(1.23, _iv(0.9, 0.7, 1.1), null=0.09) == "holds"
-    assert verdict(1.23, _iv(0.05, 0.0, 0.1), null=0.09) == "inconclusive"  # 0.1 > 0.09: touches the null
+    assert verdict(1.23, _iv(1.2, 1.0, 1.4), null=0.09) == "holds"
+    assert verdict(1.23, _iv(0.9, 0.7, 1.1), null=0.09) == "confirmed, smaller"  # 1.1 < 1.23
+    assert verdict(1.23, _iv(2.0, 1.5, 2.5), null=0.09) == "confirmed, larger"
+    assert verdict(1.23, _iv(0.05, 0.0, 0.1), null=0.09) == "not detected"  # 0.1 > 0.09: touches the null
     assert verdict(1.23, _iv(0.03, 0.0, 0.08), null=0.09) == "reversed"
+    # a paper value below a non-zero null: the paper's direction is down
+    assert verdict(-1.0, _iv(-0.8, -1.2, -0.5), null=0.5) == "holds"
+    assert verdict(-1.0, _iv(0.6, 0.55, 0.7), null=0.5) == "reversed"
     row = claim_row("x", "Table 2", 1.23, _iv(0.9, 0.7, 1.1), null=0.09)
-    assert row["verdict"] == "holds" and row["paper"] == 1.23 and row["ci_low"] == 0.7
+    assert row["verdict"] == "confirmed, smaller" and row["paper"] == 1.23 and row["ci_low"] == 0.7
+    assert row["direction"] == "confirmed" and row["size"] == "smaller"
     assert row["n_clusters"] == 10 and row["kind"] == "paper's metric"
-    with pytest.raises(ValueError):
-        verdict(0.0, _iv(1, 0, 2))
+    for judge in (verdict, direction, size):
+        with pytest.raises(ValueError):
+            judge(0.0, _iv(1, 0, 2))
     # nothing measured (e.g. no edit possible): no verdict rather than a false "reversed"
     assert verdict(34.4, _iv(float("nan"), float("nan"), float("nan"))) == "no data"
 
@@ -110,7 +151,8 @@ def test_paper_claims_on_synthetic_tables_follow_the_data():
     from kn_lib.book.claims import paper_claims
 
     claims = paper_claims({"suppress": _suppress_table(12)}, n_boot=200).set_index("claim")
-    assert claims.loc["suppressing KNs lowers p(answer)", "verdict"] == "holds"
+    # ~-25 % against the paper's -29 %: direction confirmed, the interval short of the paper's value
+    assert claims.loc["suppressing KNs lowers p(answer)", "verdict"] == "confirmed, smaller"
     assert claims.loc["amplifying KNs raises p(answer)", "verdict"] == "reversed"
     assert claims.loc["suppressing KNs lowers p(answer)", "ours"] == pytest.approx(-25, abs=3)
 
@@ -140,15 +182,19 @@ def test_compare_designs_widths_and_changed_verdicts():
         return pd.DataFrame([{"claim": c, "kind": "paper's metric", "n_clusters": n, "ours": o, "ci_low": lo, "ci_high": hi,
                               "verdict": v} for c, n, o, lo, hi, v in rows])
 
-    before = table([("a", 10, 1.0, -1.0, 3.0, "inconclusive"), ("b", 4, 2.0, 2.0, 2.0, "no data"), ("only before", 8, 0, 0, 1, "holds")])
-    after = table([("a", 40, 1.0, 0.5, 1.5, "holds"), ("b", 30, 2.0, 1.0, 3.0, "holds"), ("only after", 9, 0, 0, 1, "weaker")])
+    before = table([("a", 10, 1.0, -1.0, 3.0, "not detected"), ("b", 4, 2.0, 2.0, 2.0, "no data"),
+                    ("c", 12, 2.0, 1.0, 3.0, "holds"), ("only before", 8, 0, 0, 1, "holds")])
+    after = table([("a", 40, 1.0, 0.5, 1.5, "holds"), ("b", 30, 2.0, 1.0, 3.0, "holds"), ("c", 30, 2.0, 1.5, 2.5, "holds"),
+                   ("only after", 9, 0, 0, 1, "not detected")])
     out = compare_designs(before, after.assign(sample="big")).set_index("claim")
     assert out.loc["a", "width_ratio"] == pytest.approx(0.25)  # 1.0 wide after, 4.0 before
-    assert np.isnan(out.loc["b", "width_ratio"])  # zero width before: no ratio
-    assert out.loc["a", "verdict_changed"] and out.loc["b", "verdict_changed"]
-    assert not out.loc["only before", "verdict_changed"] and not out.loc["only after", "verdict_changed"]
+    assert out.loc["c", "width_ratio"] == pytest.approx(0.5)
+    # only claims with data on both sides are comparisons: "no data" -> "holds" is not a changed verdict
+    assert out["both_data"].to_dict() == {"a": True, "b": False, "c": True, "only before": False, "only after": False}
+    assert out["verdict_changed"].to_dict() == {"a": True, "b": False, "c": False, "only before": False, "only after": False}
+    assert np.isnan(out.loc["b", "width_ratio"])  # no data before: no ratio
     assert out.loc["a", "n_clusters_before"] == 10 and out.loc["a", "n_clusters_after"] == 40 and out.loc["a", "sample"] == "big"
-    assert set(out.index) == {"a", "b", "only before", "only after"}
+    assert set(out.index) == {"a", "b", "c", "only before", "only after"}
 
 
 def test_claims_by_sample_labels_rows_and_refuses_a_table_from_two_samples():
@@ -164,3 +210,59 @@ def test_claims_by_sample_labels_rows_and_refuses_a_table_from_two_samples():
     assert (out[out["sample"] == "wide"]["n_clusters"] == 12).all()
     with pytest.raises(ValueError, match="suppress"):
         claims_by_sample({"a": {"suppress": _suppress_table(12)}, "b": {"suppress": _suppress_table(12)}})
+
+
+def _erase_table(n_relations: int, seed: int = 0) -> pd.DataFrame:
+    """erase table: per erased relation, 3 facts of its own (p halves) and 5 of other relations (p
+    unchanged), each with a few prompts: a large contrast, no side effect."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for r in range(n_relations):
+        for scope, facts, factor in (("erased", 3, 0.5), ("other", 5, 1.0)):
+            for f in range(facts):
+                for _ in range(2):
+                    p = rng.uniform(0.2, 0.8)
+                    rows.append({"erased_relation": f"P{r}", "scope": scope, "fact_id": f"{scope}{r}/{f}",
+                                 "method": "ig", "p_before": p, "p_after": p * factor})
+    return pd.DataFrame(rows)
+
+
+def test_erase_claims_resample_erased_relations():
+    from kn_lib.book.claims import paper_claims
+
+    # Table 5 is a mean over erased relations: n is the number of relations, not of facts
+    many = paper_claims({"erase": _erase_table(12)}, n_boot=100).set_index("claim")
+    assert (many["n_clusters"] == 12).all() and (many["where"] == "Table 5").all()
+    contrast = many.loc[many.index.str.contains("more than the others")].iloc[0]
+    assert contrast["direction"] == "confirmed"
+    side = many.loc[many.index.str.contains("leaves the other")].iloc[0]
+    assert side["test"] == "ceiling" and side["ours"] == pytest.approx(0) and side["verdict"] == "holds"
+    # five erased relations (SmolLM2's runs): whatever the number of facts, too few clusters to decide
+    few = paper_claims({"erase": _erase_table(5)}, n_boot=100)
+    assert (few["n_clusters"] == 5).all() and (few["verdict"] == "no data").all()
+
+
+def test_agreement_compares_only_claims_every_model_tested():
+    from kn_lib.book.claims import agreement
+
+    def table(rows):
+        return pd.DataFrame([{"claim": c, "verdict": v, "direction": d} for c, v, d in rows])
+
+    a = table([("x", "holds", "confirmed"), ("y", "confirmed, smaller", "confirmed"), ("z", "reversed", "reversed"),
+               ("w", "holds", "confirmed")])
+    b = table([("x", "holds", "confirmed"), ("y", "confirmed, larger", "confirmed"), ("z", "no data", "—")])
+    out = agreement({"m1": a, "m2": b}).set_index("claim")
+    assert list(out.index) == ["x", "y"]  # z: no data on m2; w: not tested on m2
+    assert out["same direction"].all() and out["same verdict"].to_dict() == {"x": True, "y": False}
+    assert out.loc["y", "m2"] == "confirmed, larger"
+    assert agreement({"m1": a.assign(verdict="no data"), "m2": b}).empty
+
+
+def test_no_testable_claim_gives_an_empty_table_with_every_column():
+    from kn_lib.book.claims import CLAIM_COLUMNS, claims_by_sample, compare_designs, paper_claims
+
+    empty = paper_claims({})
+    assert empty.empty and list(empty.columns) == CLAIM_COLUMNS
+    assert list(claim_row("c", "Table 2", 1.0, _iv(1.0, 0.5, 1.5))) == CLAIM_COLUMNS
+    # the chapter's comparisons still run when a design has no committed results at all
+    assert compare_designs(empty, claims_by_sample({"none": {}})).empty

@@ -1,27 +1,34 @@
 """Does a claim of the paper hold here? Bootstrap confidence intervals and a verdict that follows from them.
 
 The book's "Does it hold?" chapter puts each claim of Dai et al. (2022) next to our estimate with a
-95% bootstrap interval. Resampling is by *cluster* where observations are not independent: prompts of
-one fact, facts of one relation. A relation-averaged number (Figures 4-5) is resampled over relations,
-a per-fact one over facts, so the interval reflects the variation the paper's average hides.
+95% bootstrap interval. Resampling is by *cluster*, the unit the statistic averages over: a
+relation-averaged number (Figures 4-5, Tables 4 and 5) is resampled over relations, a per-fact or
+per-edit one (Table 6) over facts, so the interval reflects the variation the paper's average hides.
 
-Effect claims ("suppressing KNs lowers p") compare our interval with "no effect" (``null``) and with the
-paper's effect (``effect = paper - null``); in the paper's direction:
+An **effect claim** ("suppressing KNs lowers p") is read twice against our interval, in the paper's
+direction (``effect = paper - null``; ``null`` is "no effect", 0 unless the claim compares with
+another value):
 
-* **stronger**: the interval's lower end exceeds the paper's effect;
-* **holds**: the interval excludes "no effect" on the paper's side and the estimate reaches at least
-  half the paper's effect;
-* **weaker**: the estimate is on the paper's side, but the interval touches "no effect" or the
-  estimate is below half the paper's effect;
-* **reversed**: the interval excludes "no effect" on the other side;
-* **inconclusive**: the interval straddles "no effect" and the estimate is not on the paper's side;
-* **no data**: fewer than 10 clusters (too few to resample: the interval says little), or nothing to
-  estimate at all.
+* ``direction``: **confirmed** when the interval excludes the null on the paper's side, **not
+  detected** when it contains the null, **reversed** when it excludes the null on the other side;
+* ``size`` against the paper's value: **smaller** when the whole interval lies short of it (in the
+  paper's direction), **consistent** when the interval contains it, **larger** when the whole
+  interval lies beyond it.
 
-Ceiling claims ("other relations' perplexity stays similar": the paper reports a small side effect)
-compare our interval with the paper's value: **holds** when the interval's upper end is at most the
-paper's value, **reversed** when its lower end exceeds it (more collateral damage than the paper
-reports), **inconclusive** when it contains it; **no data** as above.
+The verdict names both, and is symmetric in the size: **holds** only when the direction is confirmed
+*and* the interval contains the paper's value; **confirmed, smaller** / **confirmed, larger** when
+the direction is confirmed but the size differs; **not detected**; **reversed**. A wide interval that
+reaches the paper's value but also "no effect" is "not detected" (its size column says
+"consistent": too few data to tell), never "holds".
+
+A **ceiling claim** ("other relations' perplexity stays similar": the paper reports a small side
+effect and claims no more than that) compares our interval with the paper's value as an upper
+bound: **holds** when the interval's upper end is at most the paper's value, **exceeded** when its
+lower end lies above it (more collateral damage than the paper reports), **inconclusive** when the
+interval contains it. Its ``size`` is read as for an effect; it has no ``direction`` ("—").
+
+Either kind is **no data** when fewer than ``MIN_CLUSTERS`` clusters were resampled (too few for
+the interval to say much) or nothing could be estimated; its direction and size are then "—".
 
 A claim row also says whether it tests the paper's own metric or one of our variants (``kind``), so
 that the two are tallied apart.
@@ -88,7 +95,12 @@ def bootstrap_ci(
 
 
 MIN_CLUSTERS = 10  # fewer clusters (relations, facts or edits resampled) than this: no verdict
-VERDICTS = ("stronger", "holds", "weaker", "inconclusive", "reversed", "no data")
+NOT_APPLICABLE = "—"  # direction of a ceiling claim; direction and size without data
+DIRECTIONS = ("confirmed", "not detected", "reversed")
+SIZES = ("smaller", "consistent", "larger")
+EFFECT_VERDICTS = ("holds", "confirmed, smaller", "confirmed, larger", "not detected", "reversed", "no data")
+CEILING_VERDICTS = ("holds", "exceeded", "inconclusive", "no data")
+VERDICTS = tuple(dict.fromkeys(EFFECT_VERDICTS + CEILING_VERDICTS))  # every label, agreement first
 PAPER_METRIC, OUR_VARIANT = "paper's metric", "our variant"
 
 
@@ -98,47 +110,88 @@ def _no_data(ours: Interval) -> bool:
     return ours.n_clusters < MIN_CLUSTERS
 
 
-def verdict(paper: float, ours: Interval, null: float = 0.0) -> str:
-    """The verdict of an effect claim (see the module docstring) for a paper value against our interval."""
+def _towards_paper(paper: float, ours: Interval, null: float) -> tuple[float, float, float]:
+    """The interval's ends and the paper's effect on an axis where "no effect" is 0 and the paper's
+    effect is positive, so that one rule serves claims of either sign."""
     effect = paper - null
     if effect == 0:
         raise ValueError("the paper's value equals the null: no direction to test")
-    if _no_data(ours):
-        return "no data"
     sign = float(np.sign(effect))
-    est = sign * (ours.estimate - null)  # in the paper's direction: > 0 agrees with the paper
     low, high = sorted((sign * (ours.low - null), sign * (ours.high - null)))
-    if high < 0:
-        return "reversed"
-    if low > abs(effect):
-        return "stronger"
-    if low > 0 and est >= 0.5 * abs(effect):
-        return "holds"
-    if est > 0:
-        return "weaker"
-    return "inconclusive"
+    return low, high, abs(effect)
+
+
+def _position(low: float, high: float, target: float) -> int:
+    """-1 when the interval [low, high] lies wholly below ``target``, +1 wholly above, 0 when it contains it."""
+    return -1 if high < target else (1 if low > target else 0)
+
+
+def direction(paper: float, ours: Interval, null: float = 0.0) -> str:
+    """Does our interval exclude "no effect" on the paper's side (confirmed), contain it (not detected),
+    or exclude it on the other side (reversed)? "—" without data."""
+    low, high, _ = _towards_paper(paper, ours, null)
+    if _no_data(ours):
+        return NOT_APPLICABLE
+    return {1: "confirmed", 0: "not detected", -1: "reversed"}[_position(low, high, 0.0)]
+
+
+def size(paper: float, ours: Interval, null: float = 0.0) -> str:
+    """Our interval against the paper's value, in the paper's direction: wholly short of it (smaller),
+    containing it (consistent) or wholly beyond it (larger). "—" without data."""
+    low, high, effect = _towards_paper(paper, ours, null)
+    if _no_data(ours):
+        return NOT_APPLICABLE
+    return {-1: "smaller", 0: "consistent", 1: "larger"}[_position(low, high, effect)]
+
+
+def verdict(paper: float, ours: Interval, null: float = 0.0) -> str:
+    """The verdict of an effect claim (module docstring): "holds" only when the direction is confirmed
+    and the interval contains the paper's value; otherwise it names what differs."""
+    found = direction(paper, ours, null)
+    if found == NOT_APPLICABLE:
+        return "no data"
+    if found != "confirmed":
+        return found
+    how_big = size(paper, ours, null)
+    return "holds" if how_big == "consistent" else f"confirmed, {how_big}"
 
 
 def ceiling_verdict(paper: float, ours: Interval) -> str:
-    """The verdict of a ceiling claim: is our side effect at most the paper's (see the module docstring)?"""
+    """The verdict of a ceiling claim: is our side effect at most the paper's (module docstring)?"""
     if _no_data(ours):
         return "no data"
     if ours.high <= paper:
         return "holds"
     if ours.low > paper:
-        return "reversed"
+        return "exceeded"
     return "inconclusive"
+
+
+def _ceiling_size(paper: float, ours: Interval) -> str:
+    """The size column of a ceiling claim: our interval against the paper's value, on its own scale."""
+    if _no_data(ours):
+        return NOT_APPLICABLE
+    return {-1: "smaller", 0: "consistent", 1: "larger"}[_position(ours.low, ours.high, paper)]
+
+
+CLAIM_COLUMNS = ["claim", "where", "kind", "paper", "ours", "ci_low", "ci_high", "null", "unit", "verdict", "direction",
+                 "size", "n_clusters", "test", "note"]  # the fields of ``claim_row``, in order
 
 
 def claim_row(
     claim: str, where: str, paper: float, ours: Interval, null: float = 0.0, unit: str = "", kind: str = PAPER_METRIC,
     ceiling: bool = False, note: str = "",
 ) -> dict:
-    """One row of the claims table: the paper's number, ours with its interval and n, and the verdict."""
+    """One row of the claims table: the paper's number, ours with its interval and n, the verdict, and
+    the two readings it names (``direction``, ``size``; module docstring)."""
+    if ceiling:
+        judged = {"verdict": ceiling_verdict(paper, ours), "direction": NOT_APPLICABLE, "size": _ceiling_size(paper, ours)}
+    else:
+        judged = {"verdict": verdict(paper, ours, null), "direction": direction(paper, ours, null),
+                  "size": size(paper, ours, null)}
     return {
         "claim": claim, "where": where, "kind": kind, "paper": paper, "ours": ours.estimate, "ci_low": ours.low,
-        "ci_high": ours.high, "null": null, "unit": unit,
-        "verdict": ceiling_verdict(paper, ours) if ceiling else verdict(paper, ours, null),
+        "ci_high": ours.high, "null": null, "unit": unit, **judged,
         "n_clusters": ours.n_clusters, "test": "ceiling" if ceiling else "effect", "note": note,
     }
 
@@ -214,6 +267,10 @@ def paper_claims(tables: dict[str, pd.DataFrame], n_boot: int = 1000, seed: int 
     (bingrel ``by_relation``), ``bingrel_abs`` (the same over |activation|, e.g. from
     ``bingrel_activation.mean_activation(..., absolute=True)``), ``update`` (update ``table``), ``update_signed``
     (the same for the sign-aware edit, our variant), ``ppl_prompts`` (update ``ppl_prompts``), ``erase`` (erase ``table``).
+
+    Each interval resamples the unit its statistic averages over: relations for Table 2, Figures 4-5
+    and Table 4, edited facts for Table 6, erased relations for Table 5 (so a run that erased fewer
+    than ``MIN_CLUSTERS`` relations gets "no data", however many facts it measured).
     """
     from . import paper
 
@@ -277,7 +334,7 @@ def paper_claims(tables: dict[str, pd.DataFrame], n_boot: int = 1000, seed: int 
             rows.append(claim_row(
                 f"editing KNs barely changes the perplexity of {what} (Delta PPL at most the paper's)", "Table 6", p(key),
                 bootstrap_ci(ppl[ppl["neuron_set"] == "knowledge"], lambda f, s=scope: _delta_ppl(f, s), "fact_id", **boot),
-                ceiling=True, note=f"from log-probabilities; the paper's formula on float32 p gives {official:.3g}"
+                unit="Δ perplexity", ceiling=True, note=f"from log-probabilities; the paper's formula on float32 p gives {official:.3g}"
                 + (" (an answer probability underflows to 0)" if not np.isfinite(official) else "")))
     if "erase" in tables:
         er = tables["erase"][tables["erase"]["method"] == "ig"] if "method" in tables["erase"] else tables["erase"]
@@ -287,12 +344,12 @@ def paper_claims(tables: dict[str, pd.DataFrame], n_boot: int = 1000, seed: int 
         ])
         rows.append(claim_row(
             "erasing a relation's top KNs hurts that relation more than the others (PPL change, difference)", "Table 5",
-            float(paper_contrast), bootstrap_ci(er, _erase_contrast, "fact_id", **boot), unit="points"))
+            float(paper_contrast), bootstrap_ci(er, _erase_contrast, "erased_relation", **boot), unit="points"))
         paper_other = np.mean([100 * (v["other_after"] - v["other_before"]) / v["other_before"] for v in paper.ERASE.values()])
         rows.append(claim_row(
             "erasing a relation leaves the other relations' perplexity similar (PPL change at most the paper's)", "Table 5",
-            float(paper_other), bootstrap_ci(er, _erase_other_change, "fact_id", **boot), unit="%", ceiling=True))
-    return pd.DataFrame(rows)
+            float(paper_other), bootstrap_ci(er, _erase_other_change, "erased_relation", **boot), unit="%", ceiling=True))
+    return pd.DataFrame(rows, columns=CLAIM_COLUMNS)  # no claim testable: an empty table, its columns kept
 
 
 def edit_reach(paraphrases: pd.DataFrame, ppl_prompts: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -329,18 +386,44 @@ def claims_by_sample(groups: dict[str, dict[str, pd.DataFrame]], n_boot: int = 1
     if len(names) != len(set(names)):
         raise ValueError(f"a table is taken from two samples: {sorted(n for n in set(names) if names.count(n) > 1)}")
     frames = [paper_claims(tables, n_boot=n_boot, seed=seed).assign(sample=label) for label, tables in groups.items() if tables]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["claim", "kind", "verdict", "sample"])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*CLAIM_COLUMNS, "sample"])
 
 
 def compare_designs(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
-    """Each claim under two sample designs (``paper_claims`` tables; ``after`` may carry a ``sample``
-    column naming where its row's data came from): n, estimate, interval and verdict of both, whether
-    the verdict changed, and the interval's width after as a share of before (below 1: narrower).
-    Claims tested in only one design keep empty cells for the other."""
+    """Each claim under two designs (``paper_claims`` tables: two samples, or two refinement rules;
+    ``after`` may carry a ``sample`` column naming where its row's data came from): n, estimate,
+    interval and verdict of both, and the interval's width after as a share of before (below 1:
+    narrower). Claims tested in only one design keep empty cells for the other.
+
+    Only a claim with data on both sides (``both_data``: tested in both, neither "no data") is a
+    comparison: a verdict that goes from "no data" to anything says the design added clusters, not that
+    the answer changed. ``verdict_changed`` is therefore True only for such a claim, and ``width_ratio``
+    is NaN for the others."""
     cols = ["claim", "kind", "n_clusters", "ours", "ci_low", "ci_high", "verdict"]
     extra = ["sample"] if "sample" in after else []
     out = before[cols].merge(after[cols + extra], on=["claim", "kind"], how="outer", suffixes=("_before", "_after"))
+    decided = {s: out[f"verdict_{s}"].notna() & (out[f"verdict_{s}"] != "no data") for s in ("before", "after")}
+    out["both_data"] = decided["before"] & decided["after"]
     width = {s: out[f"ci_high_{s}"] - out[f"ci_low_{s}"] for s in ("before", "after")}
-    out["width_ratio"] = (width["after"] / width["before"].where(width["before"] > 0)).astype(float)
-    out["verdict_changed"] = out["verdict_before"].notna() & out["verdict_after"].notna() & (out["verdict_before"] != out["verdict_after"])
+    ratio = (width["after"] / width["before"].where(width["before"] > 0)).astype(float)
+    out["width_ratio"] = ratio.where(out["both_data"])
+    out["verdict_changed"] = out["both_data"] & (out["verdict_before"] != out["verdict_after"])
     return out
+
+
+def agreement(claims: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Do two (or more) models' claims tables say the same? One row per claim that every model could
+    test (no "no data"), its verdict per model (columns named by ``claims``' keys), and whether the
+    direction and the whole verdict agree. Models differ in scale, so the direction (is the paper's
+    effect there at all?) can agree where the size does not."""
+    both = pd.concat([frame.assign(model=name) for name, frame in claims.items()])
+    both = both[both["verdict"] != "no data"]
+    if both.empty:
+        return pd.DataFrame(columns=["claim", *claims, "same direction", "same verdict"])
+    wide = {col: both.pivot_table(index="claim", columns="model", values=col, aggfunc="first").reindex(columns=list(claims))
+            for col in ("verdict", "direction")}
+    tested = wide["verdict"].notna().all(axis=1)
+    out = wide["verdict"][tested].copy()
+    out["same direction"] = wide["direction"][tested].nunique(axis=1).eq(1)
+    out["same verdict"] = out[list(claims)].nunique(axis=1).eq(1)
+    return out.reset_index().rename_axis(columns=None)

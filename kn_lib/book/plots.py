@@ -386,16 +386,40 @@ def share_plot(
 
 
 def verdict_colours() -> dict[str, tuple]:
-    """One colour per verdict of ``kn_lib.claims`` (colour-blind palette): agreement in blue / green,
-    "weaker" orange, "reversed" vermillion (a warning), "inconclusive" and "no data" greys."""
+    """One colour per verdict of ``kn_lib.book.claims`` (colour-blind palette): "holds" green, a
+    confirmed direction of another size blue (larger) or orange (smaller), "reversed" and "exceeded"
+    vermillion and pink (warnings), undecided verdicts in greys and brown."""
     c = sns.color_palette(PALETTE, 10)
-    return {"stronger": c[0], "holds": c[2], "weaker": c[1], "inconclusive": c[7], "reversed": c[3],
-            "no data": (0.8, 0.8, 0.8)}
+    return {"holds": c[2], "confirmed, larger": c[0], "confirmed, smaller": c[1], "not detected": c[7],
+            "reversed": c[3], "exceeded": c[4], "inconclusive": c[5], "no data": (0.8, 0.8, 0.8)}
+
+
+WIDE_SPAN = 100  # a row whose values span more than this factor gets a log axis (claims_forest)
+
+
+def _forest_scale(ax: Axes, values: Sequence[float], paper: float, unit: str) -> str:
+    """Give one forest-plot row a scale on which both the paper's value and ours are visible, and
+    return its axis label (``unit`` and the scale). A row whose values span more than ``WIDE_SPAN``
+    times (a perplexity change of 1e9 against the paper's 8.4) would draw the paper's value at zero
+    on a linear axis: it gets a log axis when every value is positive, else a symmetric log axis,
+    linear within the paper's value."""
+    finite = np.abs([v for v in values if np.isfinite(v)])
+    unit = unit or "no unit"
+    smallest = finite[finite > 0].min() if (finite > 0).any() else 1.0
+    if len(finite) == 0 or finite.max() / smallest <= WIDE_SPAN:
+        return unit
+    if all(v > 0 for v in values if np.isfinite(v)):
+        ax.set_xscale("log")
+        return f"{unit} (log scale)"
+    linthresh = abs(paper) if paper else smallest
+    ax.set_xscale("symlog", linthresh=linthresh)
+    return f"{unit} (symmetric log scale, linear within ±{linthresh:.3g})"
 
 
 def claims_forest(claims, wrap: int = 95):
-    """The claims chapter's forest plot: one row per claim (its own x scale and unit), the paper's value
-    (black diamond), ours with its 95% interval coloured by verdict, "no effect" dashed; one legend."""
+    """The claims chapter's forest plot: one row per claim (its own x scale and unit; a log scale
+    where the paper's value and ours lie orders of magnitude apart), the paper's value (black
+    diamond), ours with its 95% interval coloured by verdict, "no effect" dashed; one legend."""
     import textwrap
 
     from matplotlib.lines import Line2D
@@ -405,15 +429,18 @@ def claims_forest(claims, wrap: int = 95):
     fig, axes = plt.subplots(len(rows), 1, figsize=(9, 1.05 * len(rows) + 1.0), squeeze=False)
     for ax, r in zip(axes[:, 0], rows):
         colour = colours.get(r.verdict, "grey")
+        effect = getattr(r, "test", "effect") == "effect"
+        values = [r.paper, r.ours, r.ci_low, r.ci_high] + ([r.null] if effect else [])
+        label = _forest_scale(ax, values, r.paper - (r.null if effect else 0.0), r.unit)
         if np.isfinite(r.ours) and np.isfinite(r.ci_low):
             ax.errorbar([r.ours], [0], xerr=[[r.ours - r.ci_low], [r.ci_high - r.ours]], fmt="o", color=colour, capsize=4)
         ax.plot([r.paper], [0], marker="D", color="black", linestyle="none")
-        if getattr(r, "test", "effect") == "effect":
+        if effect and (ax.get_xscale() != "log" or r.null > 0):
             ax.axvline(r.null, color="grey", linewidth=0.8, linestyle="--")
         ax.set_yticks([])
         title = f"{r.claim} [{r.verdict}; n = {r.n_clusters}]"
         ax.set_title("\n".join(textwrap.wrap(title, wrap)), fontsize=9, loc="left")
-        ax.set_xlabel(r.unit, fontsize=8, labelpad=1)
+        ax.set_xlabel(label, fontsize=8, labelpad=1)
         ax.tick_params(axis="x", labelsize=8)
     handles = [Line2D([], [], marker="D", color="black", linestyle="none", label="paper")]
     handles += [Line2D([], [], marker="o", color=colours[v], label=f"ours: {v}") for v in colours

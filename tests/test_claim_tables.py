@@ -1,0 +1,85 @@
+"""The claims chapter's plumbing: which committed tables each claim reads, and how its tables are shown."""
+
+import numpy as np
+import pandas as pd
+
+from kn_lib.book import claim_tables
+from kn_lib.book.claims import compare_designs
+from kn_lib.run.results import ResultsNotFound
+
+
+class FakeSample:
+    """A BookSample stand-in whose committed results are the ``stages`` given (stage -> table -> frame)."""
+
+    def __init__(self, stages: dict, model: str = "m", share_rule: str = "official"):
+        self.stages, self.model, self.share_rule = stages, model, share_rule
+
+    def load(self, stage, table=None, **kwargs):
+        key = (table, tuple(sorted(kwargs.get("params", {}).items())))
+        try:
+            return self.stages[stage][key]
+        except KeyError:
+            raise ResultsNotFound(f"no {stage}") from None
+
+
+def _frame(tag):
+    return pd.DataFrame({"x": [tag]})
+
+
+def test_load_tables_leaves_out_and_reports_missing_runs():
+    said = []
+    sample = FakeSample({"statistics": {("pairs", ()): _frame("pairs")}, "update": {("table", ()): _frame("upd")}})
+    out = claim_tables.load_tables(sample, ["pairs", "update", "erase"], "small", said.append)
+    assert set(out) == {"pairs", "update"} and out["update"]["x"][0] == "upd"
+    assert said == ["small: erase not run"]
+
+
+def test_stored_tables_adds_the_sign_aware_edit_and_reports_each_missing_stage():
+    said = []
+    signed = (("lambda2", 2.0), ("sign_aware", True))
+    sample = FakeSample({"update": {("table", ()): _frame("upd"), ("table", signed): _frame("signed")}})
+    out = claim_tables.stored_tables(sample, said.append)
+    assert out["update_signed"]["x"][0] == "signed" and "bingrel_abs" not in out
+    # each stage said once: update's paraphrases and ppl_prompts are missing, its table is not
+    stages = ("statistics", "suppress-amplify", "bingrel", "erase", "update")
+    assert said == [f"m (official rule): {s} not run" for s in stages]
+    assert all(s.startswith("m (official rule): ") for s in said)
+
+
+def test_first_committed_takes_the_largest_sample_with_every_table():
+    said = []
+    big = FakeSample({"update": {("paraphrases", ()): _frame("big")}}, model="big")
+    small = FakeSample({"update": {("paraphrases", ()): _frame("small"), ("ppl_prompts", ()): _frame("small")}})
+    label, found = claim_tables.first_committed({"48": big, "10": small}, ["paraphrases", "ppl_prompts"], said.append)
+    assert label == "10" and found["paraphrases"]["x"][0] == "small"
+    assert said == ["big, 48: update not run"]
+    assert claim_tables.first_committed({"48": big}, ["ppl_prompts"], said.append) == (None, {})
+
+
+def test_verdict_counts_name_every_verdict():
+    counts = claim_tables.verdict_counts(pd.DataFrame({"verdict": ["holds", "confirmed, smaller", "holds", "no data"]}))
+    assert counts["holds"] == 2 and counts["smaller"] == 1 and counts["no_data"] == 1 and counts["reversed"] == 0
+    assert set(counts) >= {"larger", "not_detected", "exceeded", "inconclusive"}
+
+
+def test_shown_tables_put_n_and_interval_on_both_sides():
+    claims = pd.DataFrame([{"claim": "a", "where": "Table 2", "unit": "", "paper": 1.0, "ours": 0.5, "ci_low": 0.25,
+                            "ci_high": 0.75, "n_clusters": 12, "direction": "confirmed", "size": "smaller",
+                            "verdict": "confirmed, smaller", "note": "", "kind": "paper's metric"}])
+    shown = claim_tables.shown_claims(claims)
+    assert shown["ours, 95% CI"][0] == "0.5 [0.25, 0.75]" and shown["n (clusters)"][0] == 12
+    assert shown["paper (bert-base-cased)"][0] == "1" and claims["paper"][0] == 1.0  # the input is left alone
+    after = claims.assign(ours=np.nan, ci_low=np.nan, ci_high=np.nan, n_clusters=3, verdict="no data")
+    designs = claim_tables.shown_designs(compare_designs(claims, after), "official", "paper's text")
+    row = designs.iloc[0]
+    assert row["official: ours, 95% CI"] == "0.5 [0.25, 0.75]" and row["official: n"] == 12
+    assert row["paper's text: n"] == 3 and row["paper's text: verdict"] == "no data"
+    assert not row["both have data"] and not row["verdict changed"]
+
+
+def test_reach_value_reads_one_number_or_nan():
+    reach = pd.DataFrame([{"quantity": "q", "neurons": "knowledge", "percent": 20.0, "n_edits": 121}])
+    assert claim_tables.reach_value(reach, "q", "knowledge") == 20.0
+    assert claim_tables.reach_value(reach, "q", "knowledge", "n_edits") == 121
+    assert np.isnan(claim_tables.reach_value(reach, "q", "random"))
+    assert np.isnan(claim_tables.reach_value(pd.DataFrame(), "q", "knowledge"))

@@ -74,15 +74,26 @@ def refine_fact(
         official:  c >= max(p n, min_count)      (2_get_kn.py, ``parse_kn``; min_count = 3)
         paper:     c >  p n                       ("shared by more than p% of the prompts")
 
-    Compared in exact hundredths of p (the official script's floats make 0.7 * 10 = 7.000000000000001,
-    so at an exact boundary it drops a neuron that its rule means to keep; we keep it)."""
+    The official rule compares in the script's floats, with p as the search accumulated it
+    (``official_p_sequence``): 0.7 * 10 = 7.000000000000001, so at that exact boundary a neuron in 7 of
+    10 prompts is dropped, as in the paper's numbers. The paper's rule compares in exact hundredths of p."""
     _check_rule(rule)
     n = len(coarse_sets)
     counts = Counter(neuron for s in coarse_sets for neuron in s)
-    p_hundredths = round(p * 100)
     if rule == "paper":
+        p_hundredths = round(p * 100)
         return {neuron for neuron, c in counts.items() if c * 100 > p_hundredths * n}
-    return {neuron for neuron, c in counts.items() if c * 100 >= max(p_hundredths * n, min_count * 100)}
+    threshold = max(n * p, min_count)  # parse_kn: mode_threshold = max(tot_num * mode_ratio, min_threshold)
+    return {neuron for neuron, c in counts.items() if c >= threshold}
+
+
+def official_p_sequence(start: float = 0.7, step: float = 0.05, moves: Sequence[int] = ()) -> list[float]:
+    """The p values ``2_get_kn.py`` evaluates, accumulated in floats as its ``mode_ratio_bag -= 0.05`` /
+    ``+= 0.05`` do (0.7 - 0.05 = 0.6499999999999999): ``moves`` are the directions (+1 / -1) taken."""
+    out = [start]
+    for move in moves:
+        out.append(out[-1] + step if move > 0 else out[-1] - step)
+    return out
 
 
 @dataclass
@@ -139,8 +150,9 @@ def adaptive_share_threshold(
     n_steps = round(1 / step)
     trace: list[tuple[float, float]] = []
     direction = 0
+    official_p = start
     while True:
-        p = round(k * step, 10)
+        p = official_p if rule == "official" else round(k * step, 10)
         mean = mean_refined_count(facts, p, rule, min_count)
         trace.append((p, mean))
         if low <= mean <= high:
@@ -149,6 +161,7 @@ def adaptive_share_threshold(
         if rule == "official":
             if len(trace) == max_evaluations:
                 return _non_empty(ThresholdSearch(p, mean, False, f"{max_evaluations} evaluations", trace), low, high)
+            official_p = official_p + step if want > 0 else official_p - step  # the script's float arithmetic
             k += want
             continue
         if direction and want != direction:  # jumped over the interval

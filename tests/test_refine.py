@@ -1,6 +1,7 @@
 """Refinement on hand-made coarse sets with known answers, including the adaptive p edge cases, under the
 official rule (2_get_kn.py, worked out by hand) and the paper text's rule."""
 
+import pytest
 import torch
 
 from kn_lib.refine import (
@@ -143,8 +144,8 @@ def test_official_rule_gives_nothing_with_fewer_than_three_prompts():
 def test_official_search_stops_after_six_evaluations_and_keeps_the_last():
     # 20 prompts: one neuron in 20/20, none else: mean 1 < 2 at every p, so p falls 0.7 -> 0.45
     res = adaptive_share_threshold(_facts(2, [1.0]))
-    assert [p for p, _ in res.trace] == [0.7, 0.65, 0.6, 0.55, 0.5, 0.45]
-    assert (res.p, res.mean_count, res.converged, res.reason) == (0.45, 1.0, False, "6 evaluations")
+    assert [p for p, _ in res.trace] == pytest.approx([0.7, 0.65, 0.6, 0.55, 0.5, 0.45])
+    assert (res.p, res.mean_count, res.converged, res.reason) == (pytest.approx(0.45), 1.0, False, "6 evaluations")
     # the paper's reading goes on to p = 0
     assert adaptive_share_threshold(_facts(2, [1.0]), rule="paper").p == 0.0
 
@@ -152,21 +153,21 @@ def test_official_search_stops_after_six_evaluations_and_keeps_the_last():
 def test_official_search_oscillates_over_a_jumped_interval_and_keeps_the_sixth():
     # 6 neurons at 0.7 (> 5), 1 at 0.75 (< 2): 0.7, 0.75, 0.7, 0.75, 0.7, 0.75 -> the last, 0.75
     res = adaptive_share_threshold(_facts(1, [1.0, 0.7, 0.7, 0.7, 0.7, 0.7]))
-    assert [p for p, _ in res.trace] == [0.7, 0.75, 0.7, 0.75, 0.7, 0.75]
-    assert (res.p, res.mean_count, res.reason) == (0.75, 1.0, "6 evaluations")
+    assert [p for p, _ in res.trace] == pytest.approx([0.7, 0.75, 0.7, 0.75, 0.7, 0.75])
+    assert (res.p, res.mean_count, res.reason) == (pytest.approx(0.75), 1.0, "6 evaluations")
 
 
 def test_official_search_rises_within_bounds_and_converges():
     shares = [1.0, 0.95, 0.9, 0.85, 0.8, 0.8, 0.8, 0.8]  # 8 neurons >= 0.7, 0.75 and 0.8; 4 >= 0.85
     res = adaptive_share_threshold(_facts(2, shares))
-    assert [p for p, _ in res.trace] == [0.7, 0.75, 0.8, 0.85] and res.converged and res.mean_count == 4.0
+    assert [p for p, _ in res.trace] == pytest.approx([0.7, 0.75, 0.8, 0.85]) and res.converged and res.mean_count == 4.0
 
 
 def test_official_search_never_ends_empty_when_it_saw_neurons():
     # 12 prompts, 8 neurons in 11 of them: 8 (> 5) for p <= 0.9 (11 >= 10.8), 0 at p = 0.95 (11 < 11.4)
     sets = [{(0, j) for j in range(8)}] * 11 + [set()]
     res = adaptive_share_threshold({"P0/0": sets}, start=0.9)
-    assert [p for p, _ in res.trace][:2] == [0.9, 0.95]
+    assert [p for p, _ in res.trace][:2] == pytest.approx([0.9, 0.95])
     assert res.reason == "non-empty kept" and res.mean_count == 8.0 and res.p == 0.9
 
 
@@ -182,3 +183,23 @@ def test_unknown_rule_is_refused():
 
     with pytest.raises(ValueError, match="share rule"):
         refine_fact([{(0, 0)}], 0.5, "strict")
+
+
+def test_official_rule_uses_the_scripts_float_p():
+    """2_get_kn.py accumulates p in floats (0.7 + 0.05 + 0.05 + 0.05 + 0.05 = 0.9000000000000001) and keeps
+    a neuron when its count c >= n p: with n = 10 prompts, 10 p = 9.000000000000002, so a neuron in 9 of 10
+    prompts is dropped at that p, where exact arithmetic (9 >= 9) would keep it."""
+    from kn_lib.refine import official_p_sequence, refine_fact
+
+    seq = official_p_sequence(moves=[1, 1, 1, 1])
+    assert seq[-1] == 0.9000000000000001 and seq[-1] != 0.9
+    assert official_p_sequence(moves=[-1])[-1] == 0.6499999999999999
+    sets = [{(0, 0)}] * 9 + [set()]
+    assert refine_fact(sets, seq[-1]) == set()
+    assert refine_fact(sets, 0.9) == {(0, 0)}
+    # the search reaches that p by the same additions: 10 neurons in 9 of 10 prompts (> 5) send p up until
+    # 0.9000000000000001 drops them all, then down once more (the sixth and last evaluation)
+    many = [{(0, j) for j in range(10)}] * 9 + [set()]
+    res = adaptive_share_threshold({"P0/0": many})
+    assert [p for p, _ in res.trace] == official_p_sequence(moves=[1, 1, 1, 1, -1])
+    assert res.trace[4] == (0.9000000000000001, 0.0) and res.p == 0.8500000000000001 and res.mean_count == 10.0

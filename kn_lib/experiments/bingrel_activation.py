@@ -16,7 +16,7 @@ cloze prompts of ``CausalLMAdapter``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterable, Literal, Mapping
 
 import pandas as pd
 import torch
@@ -35,6 +35,13 @@ class BingRelConfig:
     max_words: int = MAX_WORDS  # the random word is among the first max_words words
     max_tokens: int = 512  # longer encodings are skipped (BERT's limit; the official max_seq_length)
     max_sentences: int | None = None  # per bag and type (None: all, up to ten in BINGREL); a seeded sample
+    # Table 4's mean over relations: "official" (8_plot_fig_distant.py: every relation of the run, one
+    # without any activation counting 0) or "present" (ours: relations with data only)
+    relation_mean: Literal["official", "present"] = "official"
+
+    def __post_init__(self) -> None:
+        if self.relation_mean not in ("official", "present"):
+            raise ValueError(f"relation_mean must be 'official' or 'present', got {self.relation_mean!r}")
 
 
 @dataclass(frozen=True)
@@ -141,6 +148,24 @@ def mean_activation(table: pd.DataFrame, by: list[str], absolute: bool = False) 
     return per_relation.groupby(by)["activation"].mean().reset_index()
 
 
+def table4_means(by_relation: pd.DataFrame, relations: Iterable[str], averaging: str = "official") -> pd.Series:
+    r"""Table 4's mean activation per type from the per-relation means (``mean_activation(..., ["relation",
+    "type"])``). ``"official"`` (``8_plot_fig_distant.py``: ``np.mean`` over every relation of the run, a
+    relation without any activation of a type counting 0)::
+
+        A(type) = (1 / |R|) \sum_{r \in R} a_r(type),   a_r = 0 where relation r has no data;
+
+    ``"present"`` (ours): the mean over the relations that have data."""
+    if averaging not in ("official", "present"):
+        raise ValueError(f"averaging must be 'official' or 'present', got {averaging!r}")
+    wide = by_relation.pivot_table(index="relation", columns="type", values="activation", aggfunc="mean")
+    wide = wide.reindex(columns=list(TYPES))
+    if averaging == "present":
+        return wide.mean()
+    relations = sorted(set(relations) | set(wide.index))
+    return wide.reindex(relations).fillna(0.0).mean()
+
+
 @torch.no_grad()
 def bingrel_activation(
     adapter: ModelAdapter, refined: pd.DataFrame, bags: Mapping[str, FactBags], config: BingRelConfig = BingRelConfig()
@@ -174,7 +199,7 @@ def bingrel_activation(
     table = pd.DataFrame(rows, columns=["fact_id", "relation", "type", "sentence_id", "layer", "neuron", "activation",
                                         "masked_word", "sentence"])
     by_relation = mean_activation(table, ["relation", "type"])
-    overall = mean_activation(table, ["type"]).set_index("type")["activation"]
+    overall = table4_means(by_relation, {fact.relation for fact in bags.values()}, config.relation_mean)
     tag = tag_of(refined)
     counts = table.drop_duplicates(["fact_id", "type", "sentence_id"])["type"].value_counts()
     summary = BingRelSummary(

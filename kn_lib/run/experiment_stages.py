@@ -211,14 +211,20 @@ class BingRel(Experiment):
         Option("max_sentences", _optional_int, None, "sentences per bag and type, or 'all' (default all, up to ten)"),
         Option("max_words", int, None, "the random masked word is among the first N words (default 50)"),
         Option("max_tokens", int, None, "longer encodings are skipped (default 512)"),
+        Option("relation_mean", str, None, "Table 4's mean over relations: official (default: every relation of the run, "
+                                           "one without data at 0) or present (ours: relations with data)",
+               choices=("official", "present")),
         SEED_OPTION,
     )
+    legacy = {"relation_mean": "present"}
 
     def config(self, settings):
         from ..experiments import BingRelConfig
 
         given = {k: settings.param(k) for k in ("max_sentences", "max_words", "max_tokens")}
-        return BingRelConfig(seed=_experiment_seed(settings), **{k: int(v) for k, v in given.items() if v is not None})
+        mean = _option(self, "relation_mean").check(settings)
+        return BingRelConfig(seed=_experiment_seed(settings), **{k: int(v) for k, v in given.items() if v is not None},
+                             **({} if mean is None else {"relation_mean": mean}))
 
     def run(self, adapter, refined, facts, settings, inputs):
         from ..experiments import bingrel_activation

@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from kn_lib.book import KNOWN_FACTS, BookSample, known_facts_sample, side_by_side
+from kn_lib.book import KNOWN_EARLIER, KNOWN_FACTS, KNOWN_OFFICIAL, BookSample, known_facts_sample, side_by_side
 from kn_lib.run.results import ResultsNotFound
 
 
@@ -32,7 +32,10 @@ def test_side_by_side_with_nothing_run_is_empty_with_a_sample_column():
 
 def test_known_facts_sample_is_the_preset_run():
     sample = known_facts_sample("tiny-random-llama")
-    assert sample == BookSample(model="tiny-random-llama", **KNOWN_FACTS)
+    assert sample == BookSample(model="tiny-random-llama", **KNOWN_FACTS, params=KNOWN_OFFICIAL)
+    assert sample.settings().param("edits_per_relation") == 10  # the paper's, over the preset's 30
+    earlier = known_facts_sample("tiny-random-llama", params=KNOWN_EARLIER)
+    assert earlier.settings().param("edits_per_relation") == 30 and earlier.settings().param("selection") == "ours"
     smaller = known_facts_sample("tiny-random-llama", facts_per_relation=8)
     assert (smaller.preset, smaller.facts_per_relation) == ("known-facts", 8)
     assert smaller.settings().known == "most"

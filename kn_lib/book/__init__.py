@@ -188,3 +188,32 @@ def repository_file(relative: str) -> "Path":
     if not path.exists():
         raise FileNotFoundError(f"{path}: not in this checkout (is kn_lib installed from the repository, `pip install -e .`?)")
     return path
+
+
+def editable_by_relation(sample: BookSample, max_share: float = 0.1) -> pd.DataFrame:
+    """How many edits the official ``select_kn`` allows, per relation of ``sample``: the bags it counts
+    over (``n_bags``: the largest committed search of the relation, as ``kn update`` reads them), the
+    sample's facts with knowledge neurons, and those of them with a neuron that ``select_kn`` keeps
+    (count over the bags, own included, at most ``max_share`` of them). With fewer than 20 bags no
+    neuron can be kept. Reads committed refine results; computes no model output."""
+    from ..experiments.neuron_sets import neurons_by_fact
+    from ..experiments.update_facts import official_exclusive_neurons
+    from ..run.experiment_stages import largest_bags
+    from ..run.registry import StageContext
+
+    settings = sample.settings()
+    refined = sample.load("refine")
+    prompts = sample.load("attribute", "prompts")
+    searched = prompts[["fact_id", "relation"]].drop_duplicates()
+    relations = settings.relation_ids()
+    bags = largest_bags(StageContext("update", settings, results.default_root()), settings, relations, refined, searched)
+    kns = neurons_by_fact(refined)
+    rows = []
+    for relation in relations:
+        with_kn = [f for f in searched.loc[searched["relation"] == relation, "fact_id"] if kns.get(f)]
+        relation_bags = bags.get(relation, {})
+        kept = [f for f in with_kn
+                if official_exclusive_neurons(kns[f], [b for g, b in relation_bags.items() if g != f] + [kns[f]])]
+        rows.append({"relation": relation, "n_bags": len(relation_bags), "n_facts_with_kn": len(with_kn),
+                     "n_facts_editable": len(kept)})
+    return pd.DataFrame(rows)

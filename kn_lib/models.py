@@ -53,6 +53,10 @@ class UnknownModel(ValueError):
     """The name is neither an offline model nor a loadable Hugging Face model."""
 
 
+class ModelCacheWarning(UserWarning):
+    """A converted model in the cache failed its checksum (damaged, truncated) and is rebuilt."""
+
+
 def describe(name: str) -> str:
     """The human-readable identity of a model, for captions and result manifests."""
     offline = _offline_models()
@@ -117,42 +121,104 @@ def _load_offline(name: str, spec: OfflineModel, dtype: torch.dtype):
     the transformers version, and later loads read that copy in about a second. The copy holds exactly
     the weights the GGUF loader produced (tests/test_models.py compares the logits). ``KN_NO_MODEL_CACHE=1``
     always reads the GGUF file.
+
+    The copy's files are checked against the sha256 recorded when it was written
+    (``model_files.checksum_problem``, once per process): a damaged, truncated or unfinished copy is
+    rebuilt from the GGUF file, with one ``ModelCacheWarning`` line saying so, instead of giving wrong
+    numbers or a traceback. transformers' progress bars (loading and writing weights) are off meanwhile.
     """
+    import os
+    from pathlib import Path
+
+    directory, filename = spec.locate()
+    gguf = Path(directory) / filename
+    with _no_progress_bars():
+        if os.environ.get("KN_NO_MODEL_CACHE") == "1" or dtype != torch.float32:
+            return _from_gguf(directory, filename, dtype)
+        return _cached(name, gguf, dtype)
+
+
+def _cached(name: str, gguf, dtype: torch.dtype):
+    """``_load_offline`` through the converted copy: read it if intact, else (re)build it."""
     import hashlib
     import os
     import shutil
     import tempfile
+    import warnings
     from pathlib import Path
 
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .model_files import cache_dir
+    from .model_files import CHECKSUMS, cache_dir, checksum_problem, write_checksums
 
-    directory, filename = spec.locate()
-    gguf = Path(directory) / filename
-    if os.environ.get("KN_NO_MODEL_CACHE") == "1" or dtype != torch.float32:
-        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
-        return AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=dtype), tokenizer
+    directory, filename = gguf.parent, gguf.name
     stat = gguf.stat()
     stamp = hashlib.sha256(f"{gguf.resolve()} {stat.st_size} {stat.st_mtime_ns} {transformers.__version__}".encode()).hexdigest()[:12]
     converted = cache_dir() / "converted" / f"{name}-float32-{stamp}"
-    if (converted / "config.json").is_file():
-        return AutoModelForCausalLM.from_pretrained(converted, dtype=dtype), AutoTokenizer.from_pretrained(converted)
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=dtype)
+    if converted.exists():
+        problem = checksum_problem(converted)
+        if problem is None:
+            try:
+                return AutoModelForCausalLM.from_pretrained(converted, dtype=dtype), AutoTokenizer.from_pretrained(converted)
+            except Exception as err:  # noqa: BLE001  (intact files that do not load, e.g. a folder edited by hand)
+                problem = f"does not load ({err.__class__.__name__})"
+        if (converted / CHECKSUMS).exists():  # a copy from before checksums were recorded is rebuilt quietly
+            warnings.warn(f"{converted}: cached copy of {name} {problem}; rebuilding it from {gguf}", ModelCacheWarning, stacklevel=4)
+        _discard(converted)
+    model, tokenizer = _from_gguf(directory, filename, dtype)
     try:  # write a temporary folder, then rename it: a concurrent or interrupted save leaves no half copy
         converted.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=converted.parent, prefix=f".{converted.name}."))
-        _save_dequantised(model, tmp)
-        tokenizer.save_pretrained(tmp)
         try:
+            _save_dequantised(model, tmp)
+            tokenizer.save_pretrained(tmp)
+            write_checksums(tmp)  # last: a folder without checksums is unfinished
             os.replace(tmp, converted)
-        except OSError:  # another process got there first
+        except OSError:  # another process got there first, or the disk is full
             shutil.rmtree(tmp, ignore_errors=True)
     except OSError:  # read-only cache: the next load reads the GGUF file again
         pass
     return model, tokenizer
+
+
+class _no_progress_bars:
+    """transformers' progress bars off for a while (they would add lines around kn's own messages)."""
+
+    def __enter__(self) -> None:
+        from transformers.utils import logging
+
+        self.was_on = logging.is_progress_bar_enabled()
+        logging.disable_progress_bar()
+
+    def __exit__(self, *exc) -> None:
+        from transformers.utils import logging
+
+        if self.was_on:
+            logging.enable_progress_bar()
+
+
+def _from_gguf(directory, filename: str, dtype: torch.dtype):
+    """Model and tokenizer read from the GGUF file itself (every tensor dequantised: tens of seconds)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+    return AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=dtype), tokenizer
+
+
+def _discard(folder) -> None:
+    """Remove a damaged cached folder: renamed first (others see it gone at once), then deleted."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    folder = Path(folder)
+    aside = folder.with_name(f".{folder.name}.damaged-{os.getpid()}")
+    try:
+        os.replace(folder, aside)
+    except OSError:  # gone already (another process rebuilds it), or a read-only cache
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _save_dequantised(model, folder) -> None:

@@ -29,6 +29,7 @@ from .adapters import CausalLMAdapter, EncodedPrompt, ModelAdapter
 
 Rule = Literal["right", "left", "gauss-legendre"]
 Precision = Literal["float32", "bfloat16"]
+MAX_STEPS = 1000  # bound on m (the paper uses 20; tests compare against 400 Gauss-Legendre nodes)
 
 
 @dataclass(frozen=True)
@@ -51,16 +52,23 @@ class IGConfig:
     precision: Precision = "float32"
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if not _is_int(self.steps) or not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps must be an integer from 1 to {MAX_STEPS}, got {self.steps!r}")
         if self.rule not in ("right", "left", "gauss-legendre"):
             raise ValueError(f"rule must be 'right', 'left' or 'gauss-legendre', got {self.rule!r}")
         if self.precision not in ("float32", "bfloat16"):
             raise ValueError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
         if self.method not in ("fast", "packed", "reference"):
             raise ValueError(f"method must be 'fast', 'packed' or 'reference', got {self.method!r}")
-        if self.batch_rows is not None and self.batch_rows < 1:
-            raise ValueError(f"batch_rows must be >= 1, got {self.batch_rows}")
+        if self.batch_rows is not None and (not _is_int(self.batch_rows) or self.batch_rows < 1):
+            raise ValueError(f"batch_rows must be an integer >= 1 or None, got {self.batch_rows!r}")
+
+
+def _is_int(value: object) -> bool:
+    """An integer (Python's or numpy's), not a bool, a float (2.5, nan) or a string."""
+    import numbers
+
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def default_batch_rows(device: torch.device) -> int:

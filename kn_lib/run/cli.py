@@ -15,13 +15,17 @@ Every fault ends in one line on stderr (``kn: error: ...``) and an exit status:
   before its inputs, ``--backend ray`` without ray. Arguments are checked before anything is written.
 * 1, runtime: disk full, permission denied, a damaged manifest or corrupt shard of an input stage,
   bad data files; ``kn info --verify`` that found damage. Finished shards are kept; rerun to resume.
-* 130: interrupted (Ctrl-C); finished shards are kept; rerun to resume.
+* 130: interrupted (Ctrl-C), 143: terminated (SIGTERM, e.g. ``docker stop``, a batch system's time
+  limit); finished shards are kept; rerun to resume.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +33,7 @@ from typing import Sequence
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
 RESUME = "finished shards are kept; rerun the same command to resume"
 
 
@@ -51,11 +56,47 @@ _positive_int = _int_at_least(1, "a positive integer")
 _seed = _int_at_least(0, "an integer >= 0")
 
 
+def _int_from_to(low: int, high: int, what: str = ""):
+    """An argparse type: an integer in [low, high], else "expected an integer from low to high, got ..."."""
+    at_least = _int_at_least(low, f"an integer from {low} to {high}{what}")
+
+    def parse(text: str) -> int:
+        value = at_least(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high}{what}, got {value}")
+        return value
+
+    return parse
+
+
+def _cpus() -> int:
+    return os.cpu_count() or 1
+
+
+def _out_dir(text: str) -> Path:
+    """``--out``: a directory name; an empty one (which would write into the current folder) is refused."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a directory, got {text!r}")
+    return Path(text)
+
+
+CONCURRENCY = """\
+Two runs on one machine: torch starts one thread per CPU core in each run, so two runs oversubscribe
+the cores (each about twice as slow). Give each run its share with --threads (on 2 cores: --threads 1
+each). Runs with the same settings and --out share the shards: each computes different ones. The thread
+count changes scores in about the 5th digit; every shard records its device, dtype, threads and library
+versions, and `kn info --verify` notes a store whose shards differ in them.
+
+Exit status: 0 done, 1 runtime fault (disk full, damaged files), 2 bad arguments, 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM); finished shards are kept: rerun the same command to resume."""
+
+
 def _facts(text: str) -> int | None:
     return None if text == "all" else _positive_int(text)
 
 
 def _common(parser: argparse.ArgumentParser, with_preset_default: bool = True) -> None:
+    from ..attribution import MAX_STEPS
     from ..models import DEFAULT_MODEL
     from .results import default_root
     from .registry import DEFAULT_PRESET, PRESETS
@@ -67,7 +108,7 @@ def _common(parser: argparse.ArgumentParser, with_preset_default: bool = True) -
     g.add_argument("--relations", help="comma-separated relation ids, e.g. P19,P36 (default: the preset's)")
     g.add_argument("--facts-per-relation", type=_facts, help="facts sampled per relation, or 'all' (default: the preset's)")
     g.add_argument("--seed", type=_seed, help="seed of the fact sample (default: the preset's, 0)")
-    g.add_argument("--steps", type=_positive_int, help="integrated-gradients steps m (default 20, the paper's)")
+    g.add_argument("--steps", type=_int_from_to(1, MAX_STEPS), help=f"integrated-gradients steps m, 1 to {MAX_STEPS} (default 20, the paper's)")
     g.add_argument("--method", choices=["ig", "activation"], help="attribution: ig (default) or the activation baseline")
     g.add_argument("--threshold", type=float, help="coarse threshold t (default 0.2 for ig, 0.5 for activation: the official script's)")
     g.add_argument("--share-rule", choices=["official", "paper"],
@@ -77,12 +118,14 @@ def _common(parser: argparse.ArgumentParser, with_preset_default: bool = True) -
                    help="sample only facts the model knows, from its screen (`kn screen --preset paper`): some prompt "
                         "answered top-1 (any) or most of them (most); none: uniform (default: the preset's)")
     h = parser.add_argument_group("where and how")
-    h.add_argument("--out", type=Path, default=None, help=f"results root (default {default_root()}, or $KN_RESULTS_DIR)")
+    h.add_argument("--out", type=_out_dir, default=None, help=f"results root (default {default_root()}, or $KN_RESULTS_DIR)")
     h.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default auto: cuda when available")
     h.add_argument("--backend", choices=["local", "ray"], default="local", help="ray: shards as tasks on Ray actors")
     h.add_argument("--ray-address", help="address of a running Ray cluster (default: start a local one)")
     h.add_argument("--workers", type=_positive_int, help="Ray actors (default: one per GPU, else one per CPU)")
-    h.add_argument("--threads", type=_positive_int, help="torch CPU threads of a local run (default: torch's; 1 helps on a busy machine)")
+    h.add_argument("--threads", type=_int_from_to(1, _cpus(), " (this machine's CPUs)"),
+                   help=f"torch CPU threads of a local run, 1 to {_cpus()} (default: torch's, one per core; with several "
+                        "runs on this machine give each its share: see `kn --help`)")
     h.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -96,7 +139,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from .registry import stage_registry
 
-    parser = _Parser(prog="kn", description="Knowledge neurons (Dai et al. 2022): run the reproduction's stages.")
+    parser = _Parser(prog="kn", description="Knowledge neurons (Dai et al. 2022): run the reproduction's stages.",
+                     epilog=CONCURRENCY, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, stage in stage_registry().items():
         p = sub.add_parser(name, help=stage.help, description=stage.help)
@@ -109,13 +153,25 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(command_stages=None)
     p = sub.add_parser("info", help="data counts, presets, stages, models and results present")
-    p.add_argument("--out", type=Path, default=None, help="results root to list")
+    p.add_argument("--out", type=_out_dir, default=None, help="results root to list")
     p.add_argument("--verify", action="store_true", help="check every shard's checksum (exit status 1 when any fails)")
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread where Ctrl-C raises ``KeyboardInterrupt``: the same clean-up runs
+    (claims released, temporary files removed) and finished shards are kept."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     with warnings.catch_warnings():
         warnings.showwarning = _warning_line
         try:
@@ -124,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(text)
                 return EXIT_RUNTIME if damaged and args.verify else 0
             return _run(args)
+        except Terminated:
+            return _fail(f"terminated (SIGTERM); {RESUME}", EXIT_TERMINATED, prefix="kn: ")
         except KeyboardInterrupt:
             return _fail(f"interrupted; {RESUME}", EXIT_INTERRUPTED, prefix="kn: ")
         except _user_errors() as err:
@@ -134,6 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             where = f": {err.filename}" if getattr(err, "filename", None) else ""
             resume = f"; {RESUME}" if args.command != "info" else ""
             return _fail(f"{err.strerror or err}{where}{resume}", EXIT_RUNTIME)
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
 
 
 def _fail(message: str, status: int, prefix: str = "kn: error: ") -> int:
@@ -164,7 +225,7 @@ def _runtime_errors() -> tuple[type[BaseException], ...]:
 def _run(args: argparse.Namespace) -> int:
     from ..model_registry import check_model
     from .results import default_root
-    from .runner import check_writable, import_ray, run_stage
+    from .runner import check_writable, import_ray, resolve_device, run_stage
     from .registry import PRESETS, settings_for
 
     root = args.out if args.out is not None else default_root()
@@ -176,6 +237,8 @@ def _run(args: argparse.Namespace) -> int:
     )
     if args.backend == "ray":
         import_ray()
+    else:
+        resolve_device(args.device)  # --device cuda without CUDA: a usage error, before anything is written
     check_model(args.model)
     check_writable(root)  # after the arguments: a bad one leaves nothing behind
     if args.threads:
@@ -205,7 +268,7 @@ def _info(out: Path | None, verify: bool) -> tuple[str, int]:
     from .. import data
     from ..model_registry import describe_model, known_names
     from .registry import PRESETS, stage_registry
-    from .store import DamagedManifest, default_root, stores
+    from .store import DamagedManifest, default_root, provenance_mix, stores
 
     lines = []
     summary = data.relation_summary()
@@ -247,6 +310,9 @@ def _info(out: Path | None, verify: bool) -> tuple[str, int]:
                         lines.append(f"    {shard}: {reason}; rerun `kn {stage_dir.name}` with the same options to recompute it")
                     if len(bad) > 5:
                         lines.append(f"    ... and {len(bad) - 5} more")
+                    mix = provenance_mix(m["shards"]) if verify else None
+                    if mix:  # a fact to know, not damage: scores differ in about the 5th digit
+                        lines.append(f"    note: its shards were not all computed the same way: {mix}")
                     damaged += bool(bad)
     if not found:
         lines.append("  (none)")

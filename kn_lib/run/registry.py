@@ -20,6 +20,7 @@ experiments that need the model to hold the fact (suppress/amplify, update, eras
 from __future__ import annotations
 
 import math
+import numbers
 import zlib
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .. import data, sources
-from ..attribution import IGConfig
+from ..attribution import MAX_STEPS, IGConfig
 from ..pipeline import KNConfig
 
 DEFAULT_CHUNK = 8  # facts per attribution shard: small enough to lose little to a crash
@@ -229,8 +230,8 @@ def settings_for(
             raise KnUsageError(f"unknown share rule {share_rule!r} (use official or paper)")
         config = replace(config, share_rule=share_rule)
     if steps is not None:
-        if steps < 1:
-            raise KnUsageError(f"--steps must be >= 1, got {steps}")
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= MAX_STEPS:
+            raise KnUsageError(f"--steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}")
         config = replace(config, ig=replace(config.ig, steps=steps))
     chunk = chunk_size if chunk_size is not None else DEFAULT_CHUNK
     if chunk < 1:
@@ -301,6 +302,13 @@ class Option:
         return value
 
 
+def holds_facts(entry: Mapping, job: Job) -> bool:
+    """``Stage.covers``' default, for shards whose rows are computed per fact, each fact on its own
+    (attribute): the entry holds every fact of the job. The runner also reuses the facts of such a shard
+    when a larger sample's job needs more of them (it computes only the missing ones)."""
+    return set(job.fact_ids) <= set(entry.get("fact_ids", ()))
+
+
 @dataclass(frozen=True)
 class Stage:
     """A registered stage. ``compute(ctx, job, adapter, on_fact) -> {table: DataFrame}`` calls
@@ -316,7 +324,7 @@ class Stage:
     depends: tuple[str, ...] = ()
     options: tuple[Option, ...] = ()
     # is a finished shard's manifest entry good for this job? default: it holds all the job's facts
-    covers: Callable[[Mapping, Job], bool] = lambda entry, job: set(job.fact_ids) <= set(entry.get("fact_ids", ()))
+    covers: Callable[[Mapping, Job], bool] = holds_facts
 
 
 def same_facts(entry: Mapping, job: Job) -> bool:
@@ -375,7 +383,7 @@ def ig_settings(config: KNConfig) -> dict[str, Any]:
 
 
 __all__ = [
-    "same_facts", "DEFAULT_CHUNK", "DEFAULT_PRESET", "IGConfig", "Job", "KNConfig", "KnUsageError", "MissingInputs", "Option", "PRESETS", "Preset",
+    "holds_facts", "same_facts", "DEFAULT_CHUNK", "DEFAULT_PRESET", "IGConfig", "Job", "KNConfig", "KnUsageError", "MissingInputs", "Option", "PRESETS", "Preset",
     "RunSettings", "Stage", "StageContext", "chunks", "common_key_settings", "data_checksums", "register_preset",
     "register_stage", "settings_for", "stage_registry", "stored_threshold",
 ]

@@ -7,11 +7,14 @@
 2. keeps the finished shards whose files still match the manifest; a shard that fails its checksum
    is reported (``CorruptShardWarning``) and recomputed;
 3. claims each remaining shard before computing it (``ResultStore.claim``), so that two runs with the
-   same settings split the shards and each waits for the other's instead of repeating them;
+   same settings split the shards and each waits for the other's instead of repeating them; a thread
+   renews the run's claims (heartbeat), and a run that waits says for which shard and whose claim, once;
 4. computes its shards, one model per process: in this process (``backend="local"``) or in Ray actors
    (``backend="ray"``: one model per actor, one GPU per actor when the cluster has GPUs), writing each
    shard from this process as soon as it is done, so a run killed at any moment loses at most the
-   shards in flight;
+   shards in flight. Each shard records how it was computed (``runtime_provenance``). A local run that
+   meets a finished shard holding some of a job's facts (a smaller sample's, per-fact stages only:
+   ``registry.holds_facts``) computes only the missing facts, when that shard was computed the same way;
 5. returns a ``StageSummary`` (facts done, skipped with reasons, time per fact) whose ``line()`` the
    ``kn`` command prints.
 
@@ -20,17 +23,20 @@ Ray is optional (``pip install ray``): imported only when ``backend="ray"``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import threading
 import time
 import uuid
+import warnings
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from . import store as results  # the store module; ``store`` names a ResultStore below
-from .registry import Job, RunSettings, Stage, StageContext, stage_registry
+from .registry import Job, RunSettings, Stage, StageContext, holds_facts, stage_registry
 
 # Seconds to wait after computing each shard, before writing it: lets tests kill a run mid-way.
 SHARD_DELAY_ENV = "KN_TEST_SHARD_DELAY"
@@ -38,6 +44,10 @@ SHARD_DELAY_ENV = "KN_TEST_SHARD_DELAY"
 
 class RayNotInstalled(ImportError):
     """``backend="ray"`` without the ray package."""
+
+
+class ClaimWaitWarning(UserWarning):
+    """A run waits for shards that other runs have claimed (which, whose, and until when)."""
 
 
 @dataclass
@@ -100,11 +110,33 @@ def check_writable(root: Path) -> None:
 
 
 def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without CUDA is a ``KnUsageError``."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        from .registry import KnUsageError
+
+        raise KnUsageError(f"--device cuda: no CUDA device here (torch {torch.__version__}, "
+                           f"{'a CPU-only build' if torch.version.cuda is None else 'no GPU visible'}); use --device cpu or auto")
+    return device
+
+
+def runtime_provenance(device: str, adapter=None) -> dict[str, Any]:
+    """How a shard is computed, recorded in its manifest entry (not in the key): device, dtype of the
+    model's weights, torch CPU threads (scores differ in the 5th digit between 1 and 2 threads) and the
+    versions of torch, transformers and kn_lib. dtype and threads are None for a stage without a model."""
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    dtype = None
+    if adapter is not None:
+        dtype = str(next(adapter.model.parameters()).dtype).removeprefix("torch.")
+    return {"device": device, "dtype": dtype, "threads": torch.get_num_threads() if adapter is not None else None,
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "kn_lib": __version__}}
 
 
 def run_stage(
@@ -167,24 +199,34 @@ def run_stage(
                desc=f"{spec.name} {settings.model}", disable=not progress, smoothing=0.1, dynamic_ncols=True)
     owner = f"{results._HOST}:{os.getpid()}:{uuid.uuid4().hex}"  # this run, as its claims name it
     claimed: set[str] = set()
+    partial: dict[str, tuple[Job, dict]] = {}  # shard -> (the whole job, the finished facts' tables)
     try:
-        mine = _claimed(store, spec, todo, owner, claimed, summary, bar.update)
-        if backend == "local":
-            outputs = _run_local(spec, ctx, mine, adapter, bar.update)
-        elif backend == "ray":
-            outputs = _run_ray(spec, ctx, mine, ray_address, workers, bar.update, len(todo))
-        else:
-            raise ValueError(f"unknown backend {backend!r} (use local or ray)")
-        for job, tables, seconds, meta in outputs:
-            if delay:
-                time.sleep(delay)
-            store.write_shard(job.shard, tables, {"relation": job.relation, "fact_ids": job.fact_ids, "seconds": round(seconds, 3),
-                                                  "backend": backend, **meta})
-            store.release(job.shard, owner)
-            claimed.discard(job.shard)
-            summary.shards_computed += 1
-            summary.facts_computed += len(job.facts)
-            summary.compute_seconds += seconds
+        with _heartbeat(store, claimed, owner):
+            mine = _claimed(store, spec, todo, owner, claimed, summary, bar.update)
+            if backend == "local":
+                if spec.covers is holds_facts:  # per-fact shards: compute only the facts a finished shard lacks
+                    here = runtime_provenance(resolve_device(settings.device), adapter if spec.needs_model else None)
+                    mine = _missing_facts(store, spec, mine, here, partial, bar.update)
+                outputs = _run_local(spec, ctx, mine, adapter, bar.update)
+            elif backend == "ray":
+                outputs = _run_ray(spec, ctx, mine, ray_address, workers, bar.update, len(todo))
+            else:
+                raise ValueError(f"unknown backend {backend!r} (use local or ray)")
+            for job, tables, seconds, meta in outputs:
+                if delay:
+                    time.sleep(delay)
+                computed = len(job.facts)
+                if job.shard in partial:
+                    job, kept = partial.pop(job.shard)
+                    tables = _merge_facts(job, kept, tables)
+                    meta = {**meta, "facts_reused": len(job.facts) - computed}
+                store.write_shard(job.shard, tables, {"relation": job.relation, "fact_ids": job.fact_ids, "seconds": round(seconds, 3),
+                                                      "backend": backend, **meta})
+                store.release(job.shard, owner)
+                claimed.discard(job.shard)
+                summary.shards_computed += 1
+                summary.facts_computed += computed
+                summary.compute_seconds += seconds
     finally:
         for shard in claimed:  # interrupted or failed: let the next run take these at once
             store.release(shard, owner)
@@ -216,13 +258,38 @@ def _recover_shards(store: results.ResultStore, spec: Stage, jobs: list[Job]) ->
     return recovered
 
 
+@contextlib.contextmanager
+def _heartbeat(store: results.ResultStore, claimed: set[str], owner: str) -> Iterator[None]:
+    """Renew this run's claims every ``store.claim_heartbeat()`` seconds, in a thread, while the body runs:
+    a claim that stops being renewed (the run was killed, its host is gone) is taken over by others."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(results.claim_heartbeat()):
+            try:
+                if claimed:
+                    store.renew(list(claimed), owner)
+            except Exception:  # noqa: BLE001  (a missed beat ages the claim; the next one renews it)
+                pass
+
+    thread = threading.Thread(target=beat, name=f"kn-claims-{store.key}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
 def _claimed(store: results.ResultStore, spec: Stage, jobs: list[Job], owner: str, claimed: set[str],
              summary: StageSummary, on_fact, poll: float = 0.5) -> Iterator[Job]:
     """The jobs this run computes, each claimed first. A job another live run has claimed is put back
-    and tried again after the others (waiting ``poll`` seconds once every job left is someone else's);
-    when that run finishes it, it counts as reused, and when it dies, its claim is taken over."""
+    and tried again after the others (waiting ``poll`` seconds once every job left is someone else's,
+    saying once which shards wait and who holds them: ``ClaimWaitWarning``); when that run finishes it,
+    it counts as reused, and when its claim goes stale (dead, or not renewed), it is taken over."""
     waiting = deque(jobs)
     tried = 0
+    told: set[tuple[str, str]] = set()  # (shard, holder) already reported
     while waiting:
         job = waiting.popleft()
         state = store.claim(job.shard, owner, lambda entry, job=job: spec.covers(entry, job))
@@ -238,8 +305,67 @@ def _claimed(store: results.ResultStore, spec: Stage, jobs: list[Job], owner: st
             waiting.append(job)
             tried += 1
             if tried >= len(waiting):
+                _tell_waiting(store, waiting, told)
                 time.sleep(poll)
                 tried = 0
+
+
+def _tell_waiting(store: results.ResultStore, waiting: Iterable[Job], told: set[tuple[str, str]]) -> None:
+    """One line when the shards this run waits for, or their holders, change: which shards, whose claims."""
+    holders = {job.shard: store.holder(job.shard) for job in waiting}
+    now = {(shard, str((claim or {}).get("owner"))) for shard, claim in holders.items()}
+    if now <= told:
+        return
+    told |= now
+    named = [f"{shard} ({results.describe_claim(claim)})" for shard, claim in holders.items()]
+    more = f" and {len(named) - 3} more" if len(named) > 3 else ""
+    warnings.warn(f"{store.dir}: waiting for {len(named)} shard{'s' if len(named) > 1 else ''} that another run computes: "
+                  f"{', '.join(named[:3])}{more}; a claim not renewed for {results.claim_timeout():.0f} s is taken over "
+                  f"(${results.CLAIM_STALE_ENV})", ClaimWaitWarning, stacklevel=2)
+
+
+def _missing_facts(store: results.ResultStore, spec: Stage, jobs: Iterable[Job], here: dict[str, Any],
+                   partial: dict[str, tuple[Job, dict]], on_fact) -> Iterator[Job]:
+    """Each claimed job, or, when an intact finished entry of its shard holds some of its facts (a smaller
+    sample's) and was computed exactly as this run computes (``here``: device, dtype, threads, versions),
+    a job of the missing facts only; ``partial`` keeps the whole job and the finished facts' tables."""
+    import pandas as pd
+
+    for job in jobs:
+        entry = store.entries().get(job.shard)
+        done = set(entry.get("fact_ids", ())) if entry is not None else set()
+        same_way = entry is not None and all(entry.get(k) == v for k, v in here.items())
+        if not (done and done < set(job.fact_ids) and same_way and store.check(job.shard, entry).ok
+                and set(entry["tables"]) == set(spec.tables)):
+            yield job
+            continue
+        try:
+            kept = {name: pd.read_parquet(store.dir / entry["tables"][name]["path"]) for name in spec.tables}
+        except Exception:  # noqa: BLE001  (unreadable: compute the whole job)
+            yield job
+            continue
+        if not all("fact_id" in frame.columns for frame in kept.values()):
+            yield job
+            continue
+        partial[job.shard] = (job, {name: frame[frame["fact_id"].isin(job.fact_ids)] for name, frame in kept.items()})
+        on_fact(len([f for f in job.fact_ids if f in done]))
+        yield replace(job, facts=tuple(f for f in job.facts if f["fact_id"] not in done))
+
+
+def _merge_facts(job: Job, kept: dict, computed: dict) -> dict:
+    """The tables of a whole job from the finished facts' rows and the newly computed ones, in the job's
+    fact order (as computing the whole job would give them)."""
+    import numpy as np
+
+    order = {fact: i for i, fact in enumerate(job.fact_ids)}
+    merged = {}
+    for name, frame in computed.items():
+        both = results.concat([kept[name].reset_index(drop=True), frame.reset_index(drop=True)])
+        if set(both.columns) == set(frame.columns):
+            both = both[list(frame.columns)].astype(frame.dtypes.to_dict())
+        rank = np.argsort(both["fact_id"].map(order).to_numpy(), kind="stable")
+        merged[name] = both.iloc[rank].reset_index(drop=True)
+    return merged
 
 
 def _count_skips(summary: StageSummary, spec: Stage, store: results.ResultStore, jobs: list[Job]) -> None:
@@ -273,7 +399,8 @@ def _run_local(spec: Stage, ctx: StageContext, jobs: Iterable[Job], adapter, on_
             adapter = load_adapter(ctx.settings.model, device)
         t0 = time.perf_counter()
         tables = spec.compute(ctx, job, adapter if spec.needs_model else None, on_fact)
-        yield job, tables, time.perf_counter() - t0, {"device": device if spec.needs_model else "cpu"}
+        yield job, tables, time.perf_counter() - t0, runtime_provenance(device if spec.needs_model else "cpu",
+                                                                        adapter if spec.needs_model else None)
 
 
 def import_ray():
@@ -296,7 +423,7 @@ class ShardWorker:
     def run(self, spec: Stage, ctx: StageContext, job: Job) -> tuple[dict, float, dict]:
         t0 = time.perf_counter()
         tables = spec.compute(ctx, job, self.adapter, None)
-        return tables, time.perf_counter() - t0, {"device": self.device, "worker_pid": os.getpid()}
+        return tables, time.perf_counter() - t0, {**runtime_provenance(self.device, self.adapter), "worker_pid": os.getpid()}
 
 
 def _run_ray(spec: Stage, ctx: StageContext, jobs: Iterable[Job], address: str | None, workers: int | None, on_fact,

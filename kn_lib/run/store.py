@@ -14,14 +14,23 @@ Layout::
 * Every file is written to a temporary name and renamed into place (``os.replace``), and a shard's
   manifest entry is written after its files: a run killed at any moment leaves finished shards, at most
   unlisted files that the next run overwrites, and temporary files that the next run removes.
-* A shard being computed is *claimed* (``.claims/<shard>.json`` with the pid, host and start time of
-  the run), so a second run with the same settings computes other shards and waits for this one
-  instead of repeating it; a claim whose process is dead (same host) or that is older than
-  ``KN_CLAIM_STALE_SECONDS`` (another host; default a day) is taken over.
+* A shard being computed is *claimed* (``.claims/<shard>.json`` with the pid, host, start time and
+  last renewal of the run), so a second run with the same settings computes other shards and waits for
+  this one instead of repeating it. The run renews its claims every ``KN_CLAIM_HEARTBEAT_SECONDS``
+  (default 60, ``renew``); a claim whose process is dead (same host) or that has not been renewed for
+  ``KN_CLAIM_STALE_SECONDS`` (default 600: a run killed on another host, or in a container that came
+  back under another host name) is taken over. Hosts sharing a store need clocks that agree to well
+  within that limit.
 * A manifest entry is never replaced by one covering fewer facts (a small sample racing a large one).
-* A damaged ``manifest.json`` (truncated, not JSON) raises ``DamagedManifest`` naming the file; a run
-  with the same settings moves it aside (``manifest.json.damaged-<time>``), starts a new one and lists
-  again the shards whose files on disk hold exactly their facts (``adopt``; the runner checks them).
+* A damaged ``manifest.json`` (truncated, not JSON, a directory, or JSON of the wrong shape: a shard
+  without ``tables``, ``fact_ids`` that are not a list, settings edited so that they no longer hash to
+  the directory's key) raises ``DamagedManifest`` naming the file and what is wrong; a run with the
+  same settings moves it aside (``manifest.json.damaged-<time>``), starts a new one and lists again the
+  shards whose files on disk hold exactly their facts (``adopt``; the runner checks them).
+* Each shard entry records how it was computed (device, dtype, torch threads, versions of torch,
+  transformers and kn_lib: the runner's ``meta``); ``provenance_mix`` says when a store's shards differ
+  in it (scores change in the 5th digit with the thread count). It is not part of the key.
+* A write that fails (disk full) names the file it was writing.
 * Files follow the umask (the temporary files they start as are private).
 
 ``kn_lib.run.results.load`` reads a table back over all finished shards, for the book.
@@ -34,6 +43,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import tempfile
@@ -41,7 +51,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import pandas as pd
@@ -156,12 +166,25 @@ def _commit(tmp: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
+def _naming(err: OSError, dest: Path) -> OSError:
+    """The error with ``dest`` as its file name when it has none (a failed write, e.g. disk full, names no
+    file): the message then says which file could not be written."""
+    if err.filename is not None:
+        return err
+    named = OSError(err.errno, err.strerror or " ".join(str(err).split()), str(dest))
+    named.__cause__ = err
+    return named
+
+
 def write_atomic(dest: Path, data: bytes) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_in(dest.parent, dest.name)
     try:
         tmp.write_bytes(data)
         _commit(tmp, dest)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise _naming(err, dest) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -175,6 +198,9 @@ def write_parquet_atomic(dest: Path, frame: pd.DataFrame) -> str:
         frame.to_parquet(tmp, index=False)
         digest = sha256_file(tmp)
         _commit(tmp, dest)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise _naming(err, dest) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -232,17 +258,24 @@ class ResultStore:
         return self.dir / MANIFEST
 
     def exists(self) -> bool:
-        return self.manifest_path.is_file()
+        """Whether ``manifest.json`` is there (a directory of that name too: ``manifest`` reports it)."""
+        return self.manifest_path.exists() or self.manifest_path.is_symlink()
 
     def manifest(self) -> dict[str, Any]:
+        """The manifest, checked for the shape every reader relies on (``DamagedManifest`` when not)."""
         if not self.exists():
             raise ResultsNotFound(f"{self.dir}: no results (no {MANIFEST})")
+        if self.manifest_path.is_dir():
+            raise DamagedManifest(f"{self.manifest_path}: damaged manifest (a directory, not a file); {self._fix}")
         try:
             found = json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise DamagedManifest(f"{self.manifest_path}: damaged manifest ({err}); {self._fix}") from None
-        if not (isinstance(found, dict) and isinstance(found.get("shards"), dict) and "settings" in found):
-            raise DamagedManifest(f"{self.manifest_path}: damaged manifest (not a results manifest); {self._fix}")
+        problem = manifest_problem(found)
+        if problem is None and _is_cache_key(self.key) and cache_key(found["settings"]) != self.key:
+            problem = f"its settings hash to {cache_key(found['settings'])}, not to the directory's key: edited?"
+        if problem is not None:
+            raise DamagedManifest(f"{self.manifest_path}: damaged manifest ({problem}); {self._fix}")
         return found
 
     @property
@@ -259,7 +292,7 @@ class ResultStore:
         aside = None
         with self._locked():
             for claim in (self.dir / CLAIMS).glob("*.json"):  # left by killed runs
-                if _stale(_read_claim(claim) or {}):
+                if claim_is_stale(_read_claim(claim) or {}):
                     claim.unlink(missing_ok=True)
             if self.exists():
                 try:
@@ -269,7 +302,8 @@ class ResultStore:
                     os.replace(self.manifest_path, aside)
                 else:
                     if json.loads(json.dumps(settings, default=str)) != found:
-                        raise RuntimeError(f"{self.dir}: manifest settings differ from this run's (hash collision?)")
+                        raise DamagedManifest(f"{self.manifest_path}: its settings differ from this run's though both hash to "
+                                              f"{self.key}; move {self.dir} aside and rerun")
                     return None
             manifest = {
                 "format": FORMAT, "model": self.model, "stage": self.stage, "key": self.key,
@@ -359,20 +393,38 @@ class ResultStore:
         return self.dir / CLAIMS / f"{shard.replace('/', '__')}.json"
 
     def claim(self, shard: str, owner: str, covered: Callable[[Mapping[str, Any]], bool] | None = None) -> str:
-        """Claim a shard before computing it: ``"mine"`` (compute it, then ``release``), ``"done"`` (an
-        intact entry that ``covered`` accepts exists: nothing to do) or ``"theirs"`` (a live run
-        computes it: wait). A claim of a dead process is taken over."""
+        """Claim a shard before computing it: ``"mine"`` (compute it, ``renew`` the claim meanwhile, then
+        ``release``), ``"done"`` (an intact entry that ``covered`` accepts exists: nothing to do) or
+        ``"theirs"`` (a live run computes it: wait; ``holder`` says who). A stale claim (``claim_is_stale``)
+        is taken over."""
         path = self._claim_path(shard)
         with self._locked():
             entry = self.entries().get(shard)
             if entry is not None and covered is not None and covered(entry) and self.check(shard, entry).ok:
                 return "done"
             held = _read_claim(path)
-            if held is not None and held.get("owner") != owner and not _stale(held):
+            if held is not None and held.get("owner") != owner and not claim_is_stale(held):
                 return "theirs"
-            record = {"owner": owner, "pid": os.getpid(), "host": _HOST, "started": time.time()}
+            now = time.time()
+            record = {"owner": owner, "pid": os.getpid(), "host": _HOST, "started": now, "renewed": now}
             write_atomic(path, json.dumps(record).encode())
         return "mine"
+
+    def renew(self, shards: Iterable[str], owner: str) -> int:
+        """Heartbeat: mark this run's claims of ``shards`` as renewed now; returns how many it still held."""
+        renewed = 0
+        with self._locked():
+            for shard in shards:
+                path = self._claim_path(shard)
+                held = _read_claim(path)
+                if held is not None and held.get("owner") == owner:
+                    write_atomic(path, json.dumps({**held, "renewed": time.time()}).encode())
+                    renewed += 1
+        return renewed
+
+    def holder(self, shard: str) -> dict[str, Any] | None:
+        """The claim on a shard (owner, pid, host, started, renewed), None when unclaimed."""
+        return _read_claim(self._claim_path(shard))
 
     def release(self, shard: str, owner: str) -> None:
         """Drop this run's claim of a shard (another run's claim is left alone)."""
@@ -405,7 +457,28 @@ class ResultStore:
 
 
 CLAIMS = ".claims"  # claims of shards being computed (hidden: not a table)
-CLAIM_STALE_ENV = "KN_CLAIM_STALE_SECONDS"  # a claim from another host older than this is taken over
+CLAIM_STALE_ENV = "KN_CLAIM_STALE_SECONDS"  # a claim not renewed for this long is taken over
+CLAIM_HEARTBEAT_ENV = "KN_CLAIM_HEARTBEAT_SECONDS"  # how often a run renews its claims
+DEFAULT_CLAIM_STALE = 600.0
+DEFAULT_CLAIM_HEARTBEAT = 60.0
+
+
+def _seconds(env: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(env) or default)
+    except ValueError:
+        return default
+    return value if value > 0 and value == value else default
+
+
+def claim_timeout() -> float:
+    """Seconds after its last renewal at which a claim is taken over (``KN_CLAIM_STALE_SECONDS``)."""
+    return _seconds(CLAIM_STALE_ENV, DEFAULT_CLAIM_STALE)
+
+
+def claim_heartbeat() -> float:
+    """Seconds between renewals of a run's claims (``KN_CLAIM_HEARTBEAT_SECONDS``), at most a third of the timeout."""
+    return min(_seconds(CLAIM_HEARTBEAT_ENV, DEFAULT_CLAIM_HEARTBEAT), claim_timeout() / 3)
 
 
 def _read_claim(path: Path) -> dict[str, Any] | None:
@@ -418,13 +491,107 @@ def _read_claim(path: Path) -> dict[str, Any] | None:
     return held if isinstance(held, dict) else {}
 
 
-def _stale(claim: Mapping[str, Any]) -> bool:
-    """A claim nobody will finish: its process is dead (this host), or it is older than the limit (another host)."""
-    if not {"pid", "host", "started"} <= claim.keys():
+def claim_is_stale(claim: Mapping[str, Any]) -> bool:
+    """A claim nobody will finish: unreadable, its process is dead (this host), or not renewed for
+    ``claim_timeout()`` seconds (any host: a run killed elsewhere, a container restarted under a new name)."""
+    try:
+        pid, host, renewed = int(claim["pid"]), str(claim["host"]), float(claim.get("renewed", claim["started"]))
+    except (KeyError, TypeError, ValueError):
         return True
-    if claim["host"] == _HOST:
-        return not _alive(int(claim["pid"]))
-    return time.time() - float(claim["started"]) > float(os.environ.get(CLAIM_STALE_ENV) or 24 * 3600)
+    if host == _HOST and not _alive(pid):
+        return True
+    return claim_age(claim) > claim_timeout() or renewed != renewed
+
+
+def claim_age(claim: Mapping[str, Any]) -> float:
+    """Seconds since the claim was last renewed (by this host's clock)."""
+    try:
+        return time.time() - float(claim.get("renewed", claim["started"]))
+    except (KeyError, TypeError, ValueError):
+        return float("inf")
+
+
+def describe_claim(claim: Mapping[str, Any] | None) -> str:
+    """Who holds a claim, for a message: "host h, pid 12, renewed 3 s ago"."""
+    if not claim:
+        return "an unreadable claim"
+    age = claim_age(claim)
+    when = f"renewed {age:.0f} s ago" if age != float("inf") else "never renewed"
+    return f"host {claim.get('host', '?')}, pid {claim.get('pid', '?')}, {when}"
+
+
+def _is_cache_key(key: str) -> bool:
+    """Whether a directory name is a ``cache_key`` (tests use other names, whose settings are not hashed)."""
+    return re.fullmatch(r"[0-9a-f]{12}", key) is not None
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def manifest_problem(found: Any) -> str | None:
+    """What makes parsed JSON unusable as a manifest (None: nothing): the shape every reader relies on."""
+    if not isinstance(found, dict):
+        return "not a results manifest"
+    if not isinstance(found.get("settings"), dict):
+        return "no settings mapping"
+    if not isinstance(found.get("shards"), dict):
+        return "no shards mapping"
+    for shard, entry in found["shards"].items():
+        problem = _entry_problem(entry)
+        if problem is not None:
+            return f"shard {shard}: {problem}"
+    return None
+
+
+def _entry_problem(entry: Any) -> str | None:
+    if not isinstance(entry, dict):
+        return "not a mapping"
+    tables = entry.get("tables")
+    if not isinstance(tables, dict):
+        return "no tables"
+    for table, info in tables.items():
+        if not isinstance(info, dict):
+            return f"table {table}: not a mapping"
+        path = info.get("path")
+        if not isinstance(path, str) or not path or PurePosixPath(path).is_absolute() or ".." in PurePosixPath(path).parts:
+            return f"table {table}: path {path!r} is not a relative path inside the directory"
+        if not (isinstance(info.get("sha256"), str) and _SHA256.fullmatch(info["sha256"])):
+            return f"table {table}: sha256 {info.get('sha256')!r} is not a checksum"
+        if "rows" in info and (not isinstance(info["rows"], int) or isinstance(info["rows"], bool) or info["rows"] < 0):
+            return f"table {table}: rows {info['rows']!r} is not a count"
+    fact_ids = entry.get("fact_ids", [])
+    if not isinstance(fact_ids, list) or not all(isinstance(f, str) for f in fact_ids):
+        return f"fact_ids {str(fact_ids)[:40]!r} is not a list of fact ids"
+    if "relation" in entry and not isinstance(entry["relation"], str):
+        return f"relation {entry['relation']!r} is not a relation id"
+    return None
+
+
+PROVENANCE_FIELDS = ("device", "dtype", "threads", "versions")  # how a shard was computed (runner's meta)
+
+
+def provenance_mix(entries: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """How the shards of one store differ in the way they were computed (device, dtype, threads,
+    library versions), e.g. "threads 1 (3 shards), 2 (1 shard)"; None when they agree. Shards from
+    before provenance was recorded (no ``versions``) count as "not recorded" when others have it."""
+    recorded = {s: e for s, e in entries.items() if isinstance(e.get("versions"), dict)}
+    if not recorded:
+        return None
+    parts = []
+    for name in PROVENANCE_FIELDS:
+        if name == "versions":
+            libraries = sorted({lib for e in recorded.values() for lib in e["versions"]})
+            values = {lib: [str(e["versions"].get(lib)) for e in recorded.values()] for lib in libraries}
+        else:
+            values = {name: [str(e.get(name)) for e in recorded.values()]}
+        for label, seen in values.items():
+            counts = {v: seen.count(v) for v in sorted(set(seen))}
+            if len(counts) > 1:
+                parts.append(f"{label} " + ", ".join(f"{v} ({n} shard{'s' if n > 1 else ''})" for v, n in counts.items()))
+    missing = len(entries) - len(recorded)
+    if missing:
+        parts.append(f"{missing} shard{'s' if missing > 1 else ''} from before kn_lib recorded this")
+    return "; ".join(parts) or None
 
 
 def concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -438,8 +605,9 @@ def concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 def stores(root: Path | str, model: str, stage: str) -> list[ResultStore]:
     """Every settings key present for (model, stage), newest first."""
     base = Path(root) / safe_name(model) / stage
-    found = [ResultStore(root, model, stage, d.name) for d in base.iterdir() if (d / MANIFEST).is_file()] if base.is_dir() else []
-    return sorted(found, key=lambda s: s.manifest_path.stat().st_mtime, reverse=True)
+    found = [ResultStore(root, model, stage, d.name) for d in base.iterdir()] if base.is_dir() else []
+    found = [s for s in found if s.exists()]  # a manifest.json that is a directory too: ``manifest`` reports it
+    return sorted(found, key=lambda s: s.manifest_path.lstat().st_mtime, reverse=True)
 
 
 def _now() -> str:

@@ -34,9 +34,12 @@ book: install
 
 # The chapters as notebooks in JupyterLab: jupytext opens the MyST .md files as notebooks by default
 # (the default-viewer setting in book/_lab/); or download a chapter's executed .ipynb from its page.
+# The lab extra is installed on first use. JupyterLab refuses to run as root (most containers) without
+# --allow-root, which is added only then. LAB_ARGS passes more options (e.g. --no-browser --port=8899).
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 lab: install
-	$(PY) -m pip install --quiet -e '.[lab]'
-	JUPYTERLAB_SETTINGS_DIR=$(abspath book/_lab) $(VENV)/bin/jupyter lab book/
+	$(PY) -c 'import jupyterlab, jupytext' 2>/dev/null || $(PY) -m pip install --quiet -e '.[lab]'
+	JUPYTERLAB_SETTINGS_DIR=$(abspath book/_lab) $(VENV)/bin/jupyter lab $(LAB_ROOT) $(LAB_ARGS) book/
 
 test: install
 	$(PY) -m pytest -q

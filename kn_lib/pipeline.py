@@ -12,6 +12,8 @@ the settings, ready for Parquet:
 
 from __future__ import annotations
 
+import numbers
+
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Literal, Mapping
 
@@ -79,6 +81,10 @@ class KNConfig:
             raise ValueError(f"KNConfig: need 0 <= kn_low <= kn_high, got kn_low={self.kn_low}, kn_high={self.kn_high}")
         if self.share_rule not in SHARE_RULES:
             raise ValueError(f"KNConfig: share_rule must be one of {', '.join(SHARE_RULES)}, got {self.share_rule!r}")
+        for name in ("max_evaluations", "min_count"):  # nan and 2.5 pass a `< 1` check: ask for an integer
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"KNConfig: {name} must be an integer >= 1, got {value!r}")
         if self.max_evaluations < 1 or self.min_count < 1:
             raise ValueError(f"KNConfig: max_evaluations and min_count must be >= 1, got {self.max_evaluations}, {self.min_count}")
 

@@ -25,6 +25,7 @@ Neurons are ``(layer, index)`` pairs throughout.
 
 from __future__ import annotations
 
+import numbers
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Literal, Mapping, Sequence
@@ -142,8 +143,8 @@ def adaptive_share_threshold(
     _check_rule(rule)
     if step <= 0:
         raise ValueError(f"p step must be > 0, got {step}")
-    if max_evaluations < 1:
-        raise ValueError(f"max_evaluations must be >= 1, got {max_evaluations}")
+    if isinstance(max_evaluations, bool) or not isinstance(max_evaluations, numbers.Integral) or max_evaluations < 1:
+        raise ValueError(f"max_evaluations must be an integer >= 1, got {max_evaluations!r}")
     if not any(len(s) for s in facts.values()):
         return ThresholdSearch(start, 0.0, False, "no facts")
     k = round(start / step)  # p = k * step, exact on the grid

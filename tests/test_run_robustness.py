@@ -229,13 +229,17 @@ def test_settings_for_names_the_steps_bound(steps):
         settings_for(MODEL, "smoke", steps=steps)
 
 
-@pytest.mark.xfail(strict=True, reason="KNConfig lives in kn_lib/pipeline.py, outside issue 26's files: max_evaluations "
-                   "is checked with `< 1`, which nan passes; needs an integer check there")
 def test_knconfig_max_evaluations_nan():
     from kn_lib.pipeline import KNConfig
+    from kn_lib.refine import adaptive_share_threshold
 
-    with pytest.raises(ValueError, match="max_evaluations"):
-        KNConfig(max_evaluations=math.nan)
+    for bad in (math.nan, 2.5, True):
+        with pytest.raises(ValueError, match="max_evaluations"):
+            KNConfig(max_evaluations=bad)
+        with pytest.raises(ValueError, match="max_evaluations"):
+            adaptive_share_threshold({"P0/0": [{(0, 0)}] * 3}, max_evaluations=bad)
+    with pytest.raises(ValueError, match="min_count"):
+        KNConfig(min_count=math.nan)
 
 
 # -- 5. how each shard was computed -------------------------------------------------------------------

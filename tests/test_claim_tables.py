@@ -31,28 +31,47 @@ def test_load_tables_leaves_out_and_reports_missing_runs():
     sample = FakeSample({"statistics": {("pairs", ()): _frame("pairs")}, "update": {("table", ()): _frame("upd")}})
     out = claim_tables.load_tables(sample, ["pairs", "update", "erase"], "small", said.append)
     assert set(out) == {"pairs", "update"} and out["update"]["x"][0] == "upd"
-    assert said == ["small: erase not run"]
+    assert said == ["small: erase not run (or nothing committed yet)"]
 
 
-def test_stored_tables_adds_the_sign_aware_edit_and_reports_each_missing_stage():
+def test_stored_tables_adds_the_sign_aware_edit_and_reports_each_missing_stage_once():
     said = []
     signed = (("lambda2", 2.0), ("sign_aware", True))
     sample = FakeSample({"update": {("table", ()): _frame("upd"), ("table", signed): _frame("signed")}})
-    out = claim_tables.stored_tables(sample, said.append)
-    assert out["update_signed"]["x"][0] == "signed" and "bingrel_abs" not in out
+    groups = claim_tables.stored_tables(sample, "m", said.append)
+    assert list(groups) == ["m"] and groups["m"]["update_signed"]["x"][0] == "signed"
+    assert set(groups["m"]) == {"update", "update_signed"}
     # each stage said once: update's paraphrases and ppl_prompts are missing, its table is not
-    stages = ("statistics", "suppress-amplify", "bingrel", "erase", "update")
-    assert said == [f"m (official rule): {s} not run" for s in stages]
-    assert all(s.startswith("m (official rule): ") for s in said)
+    stages = ("statistics", "suppress-amplify", "bingrel", "erase", "update", "bingrel (bingrel_abs)")
+    assert "erase_by_relation" in claim_tables.ALL_TABLES  # erase said once for its two tables
+    assert said == [f"m: {s} not run (or nothing committed yet)" for s in stages]
+
+
+def test_each_table_comes_from_the_first_run_that_has_it_and_says_which():
+    said = []
+    official = FakeSample({"statistics": {("pairs", ()): _frame("official pairs")},
+                           "erase": {("table", ()): pd.DataFrame()}})  # empty: still being computed
+    earlier = FakeSample({"statistics": {("pairs", ()): _frame("earlier pairs")},
+                          "erase": {("table", ()): _frame("earlier erase")}})
+    runs = {"official definitions": official, "earlier definitions": earlier}
+    groups = claim_tables.load_first(runs, ["pairs", "erase", "suppress"], "known", said.append)
+    assert groups["known, official definitions"]["pairs"]["x"][0] == "official pairs"
+    assert groups["known, earlier definitions"]["erase"]["x"][0] == "earlier erase"
+    assert set(groups) == {"known, official definitions", "known, earlier definitions"}
+    assert said == ["known: suppress-amplify not run (or nothing committed yet)"]
+    design = claim_tables.tables_by_sample({"big": (official, ["pairs"]), "known": (runs, ["erase"])}, said.append)
+    assert {g: set(t) for g, t in design.items()} == {"big": {"pairs"}, "known, earlier definitions": {"erase"}}
 
 
 def test_first_committed_takes_the_largest_sample_with_every_table():
     said = []
     big = FakeSample({"update": {("paraphrases", ()): _frame("big")}}, model="big")
+    empty = FakeSample({"update": {("paraphrases", ()): _frame("e"), ("ppl_prompts", ()): pd.DataFrame()}})
     small = FakeSample({"update": {("paraphrases", ()): _frame("small"), ("ppl_prompts", ()): _frame("small")}})
-    label, found = claim_tables.first_committed({"48": big, "10": small}, ["paraphrases", "ppl_prompts"], said.append)
+    label, found = claim_tables.first_committed({"48": big, "30": empty, "10": small}, ["paraphrases", "ppl_prompts"],
+                                                said.append)
     assert label == "10" and found["paraphrases"]["x"][0] == "small"
-    assert said == ["big, 48: update not run"]
+    assert said == [f"{n}: update not run (or nothing committed yet)" for n in ("48", "30")]
     assert claim_tables.first_committed({"48": big}, ["ppl_prompts"], said.append) == (None, {})
 
 
@@ -70,8 +89,10 @@ def test_shown_tables_put_n_and_interval_on_both_sides():
     assert shown["ours, 95% CI"][0] == "0.5 [0.25, 0.75]" and shown["n (clusters)"][0] == 12
     assert shown["paper (bert-base-cased)"][0] == "1" and claims["paper"][0] == 1.0  # the input is left alone
     after = claims.assign(ours=np.nan, ci_low=np.nan, ci_high=np.nan, n_clusters=3, verdict="no data")
-    designs = claim_tables.shown_designs(compare_designs(claims, after), "official", "paper's text")
+    designs = claim_tables.shown_designs(compare_designs(claims.assign(sample="s1"), after.assign(sample="s2")),
+                                         "official", "paper's text")
     row = designs.iloc[0]
+    assert row["official: sample"] == "s1" and row["paper's text: sample"] == "s2"
     assert row["official: ours, 95% CI"] == "0.5 [0.25, 0.75]" and row["official: n"] == 12
     assert row["paper's text: n"] == 3 and row["paper's text: verdict"] == "no data"
     assert not row["both have data"] and not row["verdict changed"]
@@ -83,3 +104,22 @@ def test_reach_value_reads_one_number_or_nan():
     assert claim_tables.reach_value(reach, "q", "knowledge", "n_edits") == 121
     assert np.isnan(claim_tables.reach_value(reach, "q", "random"))
     assert np.isnan(claim_tables.reach_value(pd.DataFrame(), "q", "knowledge"))
+
+
+def test_official_then_earlier_names_both_runs():
+    from kn_lib.book import EARLIER_DEFINITIONS, BookSample
+
+    runs = claim_tables.official_then_earlier(BookSample(facts_per_relation=10))
+    assert list(runs) == ["official definitions", "earlier definitions"]
+    assert runs["official definitions"].params == () and runs["earlier definitions"].params == EARLIER_DEFINITIONS
+    assert runs["earlier definitions"].facts_per_relation == 10
+
+
+def test_load_stage_reads_the_first_run_that_has_it():
+    import pytest
+
+    official = FakeSample({})
+    earlier = FakeSample({"suppress-amplify": {(None, ()): _frame("rows")}})
+    assert claim_tables.load_stage({"o": official, "e": earlier}, "suppress-amplify")["x"][0] == "rows"
+    with pytest.raises(ResultsNotFound):
+        claim_tables.load_stage({"o": official}, "suppress-amplify")

@@ -186,7 +186,8 @@ def test_compare_designs_widths_and_changed_verdicts():
                     ("c", 12, 2.0, 1.0, 3.0, "holds"), ("only before", 8, 0, 0, 1, "holds")])
     after = table([("a", 40, 1.0, 0.5, 1.5, "holds"), ("b", 30, 2.0, 1.0, 3.0, "holds"), ("c", 30, 2.0, 1.5, 2.5, "holds"),
                    ("only after", 9, 0, 0, 1, "not detected")])
-    out = compare_designs(before, after.assign(sample="big")).set_index("claim")
+    out = compare_designs(before.assign(sample="small"), after.assign(sample="big")).set_index("claim")
+    assert out.loc["a", "sample_before"] == "small" and out.loc["only after", "sample"] == "big"
     assert out.loc["a", "width_ratio"] == pytest.approx(0.25)  # 1.0 wide after, 4.0 before
     assert out.loc["c", "width_ratio"] == pytest.approx(0.5)
     # only claims with data on both sides are comparisons: "no data" -> "holds" is not a changed verdict

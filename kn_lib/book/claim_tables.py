@@ -2,18 +2,20 @@
 tables as a reader sees them.
 
 ``kn_lib.book.claims`` turns tables into intervals and verdicts; this module fetches those tables
-from the ``kn`` command's results (a run that was not made is left out and said so, never replaced
-by another) and formats the results, so that the chapter shows only the calls a reader would retype.
+from the ``kn`` command's results (a run that was not made is left out and said so; only
+``first_committed``, asked for the largest of several runs, falls back to the next and names it) and
+formats the results, so that the chapter shows only the calls a reader would retype.
 Nothing here computes a result.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, Sequence
+import dataclasses
+from typing import Callable, Iterable, Mapping, Sequence, Union
 
 import pandas as pd
 
-from . import BookSample, paper
+from . import EARLIER_DEFINITIONS, BookSample, paper
 from ..run.results import ResultsNotFound
 from .claims import VERDICTS
 
@@ -26,61 +28,113 @@ TABLES = {
     "erase": ("erase", "table"),
     "paraphrases": ("update", "paraphrases"),
     "ppl_prompts": ("update", "ppl_prompts"),
+    "erase_by_relation": ("erase", "by_relation"),  # not a claim's: the accuracy beside Table 5
 }
 SIGN_AWARE = {"sign_aware": True, "lambda2": 2.0}  # our variant of the edit (kn update --sign-aware yes --lambda2 2)
+# tables made from a stage's results rather than stored as they are: name -> stage
+DERIVED = {"update_signed": "update", "bingrel_abs": "bingrel"}
+ALL_TABLES = (*TABLES, *DERIVED)
+Runs = Union[BookSample, Mapping[str, BookSample]]  # one run, or candidate runs by label, tried in order
 
 
-def load_tables(sample: BookSample, names: Iterable[str], label: str,
-                say: Callable[[str], None] = print) -> dict[str, pd.DataFrame]:
-    """The named claim tables (``TABLES``) of one sample. An experiment not run for it is left out and
-    ``say`` reports it, so that a page states what its verdicts lack."""
-    out, missing = {}, []
-    for name in names:
-        stage, table = TABLES[name]
-        try:
-            out[name] = sample.load(stage, table)
-        except ResultsNotFound:
-            missing.append(stage)
-    for stage in dict.fromkeys(missing):  # once per stage, however many of its tables are missing
-        say(f"{label}: {stage} not run")
-    return out
-
-
-def stored_tables(sample: BookSample, say: Callable[[str], None] = print) -> dict[str, pd.DataFrame]:
-    """Every table ``paper_claims`` reads for one sample: ``TABLES``, the sign-aware edit (our variant)
-    and Table 4 by magnitude (the BingRel chapter: signs cancel in gated FFNs). Missing runs are left
-    out and reported through ``say``."""
+def _bingrel_abs(raw: pd.DataFrame) -> pd.DataFrame:
+    """Table 4 by magnitude (the BingRel chapter: signs cancel in gated FFNs), per method."""
     from ..experiments.bingrel_activation import mean_activation
 
-    label = f"{sample.model} ({sample.share_rule} rule)"
-    out = load_tables(sample, TABLES, label, say)
-    try:
-        out["update_signed"] = sample.load("update", "table", params=SIGN_AWARE)
-    except ResultsNotFound:
-        say(f"{label}: sign-aware update not run")
-    if "bingrel" in out:
-        raw = sample.load("bingrel")
-        out["bingrel_abs"] = pd.concat([
-            mean_activation(raw[raw["method"] == m], ["relation", "type"], absolute=True).assign(method=m)
-            for m in raw["method"].unique()
-        ])
+    return pd.concat([
+        mean_activation(raw[raw["method"] == m], ["relation", "type"], absolute=True).assign(method=m)
+        for m in raw["method"].unique()
+    ])
+
+
+def load_table(sample: BookSample, name: str) -> pd.DataFrame:
+    """One claim table of a sample: a stored table (``TABLES``), the sign-aware edit's table (our
+    variant) or Table 4 by magnitude. Raises ``ResultsNotFound`` when the run was not made."""
+    if name == "update_signed":
+        return sample.load("update", "table", params=SIGN_AWARE)
+    if name == "bingrel_abs":
+        return _bingrel_abs(sample.load("bingrel"))
+    return sample.load(*TABLES[name])
+
+
+def official_then_earlier(sample: BookSample, earlier: tuple = EARLIER_DEFINITIONS) -> dict[str, BookSample]:
+    """A sample's candidate runs for ``load_first``: under the official definitions (the sample as
+    given), then under the earlier readings (``earlier`` as its stage options), for results computed
+    before the official definitions became the defaults; the group labels say which served."""
+    return {"official definitions": sample, "earlier definitions": dataclasses.replace(sample, params=earlier)}
+
+
+def load_stage(runs: Mapping[str, BookSample], stage: str, table: str | None = None) -> pd.DataFrame:
+    """A stage's table from the first of ``runs`` that has it (e.g. ``official_then_earlier``);
+    ``ResultsNotFound`` when none has."""
+    for sample in runs.values():
+        try:
+            return sample.load(stage, table)
+        except ResultsNotFound:
+            continue
+    raise ResultsNotFound(f"{stage}: not run for any of {', '.join(runs)}")
+
+
+def _stage(name: str) -> str:
+    return DERIVED.get(name) or TABLES[name][0]
+
+
+def load_first(runs: Runs, names: Iterable[str], label: str,
+               say: Callable[[str], None] = print) -> dict[str, dict[str, pd.DataFrame]]:
+    """The named claim tables, each from the first of ``runs`` that has it committed, grouped by the
+    run that served it: {group label: {name: table}}. ``runs`` is one sample (its group is ``label``)
+    or candidate samples by label, tried in order (their groups are "``label``, candidate label"),
+    e.g. a run under the official definitions, then one under earlier ones. An empty table counts as
+    not committed. A table no run has is left out, and ``say`` reports its stage once, so that a page
+    states what its verdicts lack."""
+    candidates = dict(runs) if isinstance(runs, Mapping) else {"": runs}
+    out: dict[str, dict[str, pd.DataFrame]] = {}
+    missing = []
+    for name in names:
+        for sub, sample in candidates.items():
+            try:
+                table = load_table(sample, name)
+            except ResultsNotFound:
+                continue
+            if table.empty:  # a run still being computed (or with nothing to measure) decides nothing
+                continue
+            out.setdefault(f"{label}, {sub}" if sub else label, {})[name] = table
+            break
+        else:
+            missing.append(_stage(name) if name not in DERIVED else f"{_stage(name)} ({name})")
+    for stage in dict.fromkeys(missing):  # once per stage, however many of its tables are missing
+        say(f"{label}: {stage} not run (or nothing committed yet)")
     return out
 
 
-def tables_by_sample(sources: Mapping[str, tuple[BookSample, Sequence[str]]],
+def load_tables(runs: Runs, names: Iterable[str], label: str,
+                say: Callable[[str], None] = print) -> dict[str, pd.DataFrame]:
+    """The named claim tables of ``runs`` (``load_first``) in one dict, whichever run served each."""
+    return {name: table for group in load_first(runs, names, label, say).values() for name, table in group.items()}
+
+
+def stored_tables(runs: Runs, label: str, say: Callable[[str], None] = print) -> dict[str, dict[str, pd.DataFrame]]:
+    """Every table ``paper_claims`` reads (``ALL_TABLES``) for one sample, grouped by the run that
+    served it (``load_first``): the groups ``claims.claims_by_sample`` takes."""
+    return load_first(runs, ALL_TABLES, label, say)
+
+
+def tables_by_sample(sources: Mapping[str, tuple[Runs, Sequence[str]]],
                      say: Callable[[str], None] = print) -> dict[str, dict[str, pd.DataFrame]]:
-    """A sample design for ``claims.claims_by_sample``: ``sources`` maps a label to (sample, names of
-    the tables taken from it); each label gets the tables of its sample that are committed."""
-    return {label: load_tables(sample, names, f"{sample.model}, {label}", say)
-            for label, (sample, names) in sources.items()}
+    """A sample design for ``claims.claims_by_sample``: ``sources`` maps a label to (runs, names of
+    the tables taken from them); each table comes from the first run that has it (``load_first``)."""
+    out: dict[str, dict[str, pd.DataFrame]] = {}
+    for label, (runs, names) in sources.items():
+        out.update(load_first(runs, names, label, say))
+    return out
 
 
 def first_committed(samples: Mapping[str, BookSample], names: Sequence[str],
                     say: Callable[[str], None] = print) -> tuple[str | None, dict[str, pd.DataFrame]]:
-    """The first sample of ``samples`` (largest first) with all of ``names`` committed, as (label,
-    tables); (None, {}) when none has them. Each one passed over is reported through ``say``."""
+    """The first sample of ``samples`` (largest first) with all of ``names`` committed and not empty,
+    as (label, tables); (None, {}) when none has them. Each one passed over is reported."""
     for label, sample in samples.items():
-        found = load_tables(sample, names, f"{sample.model}, {label}", say)
+        found = load_tables(sample, names, label, say)
         if len(found) == len(names):
             return label, found
     return None, {}
@@ -122,9 +176,10 @@ def shown_designs(designs: pd.DataFrame, before: str = "before", after: str = "a
     out = pd.DataFrame({"claim": designs["claim"]})
     if "model" in designs:
         out.insert(0, "model", designs["model"])
-    if "sample" in designs:
-        out[f"{after}: sample"] = designs["sample"]
     for side, name in (("before", before), ("after", after)):
+        sample = "sample_before" if side == "before" else "sample"
+        if sample in designs:
+            out[f"{name}: sample"] = designs[sample].fillna("")
         out[f"{name}: n"] = designs[f"n_clusters_{side}"].astype("Int64")
         out[f"{name}: ours, 95% CI"] = [_interval(*r) for r in designs[
             [f"ours_{side}", f"ci_low_{side}", f"ci_high_{side}"]].itertuples(index=False)]

@@ -391,7 +391,8 @@ def claims_by_sample(groups: dict[str, dict[str, pd.DataFrame]], n_boot: int = 1
 
 def compare_designs(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     """Each claim under two designs (``paper_claims`` tables: two samples, or two refinement rules;
-    ``after`` may carry a ``sample`` column naming where its row's data came from): n, estimate,
+    either may carry a ``sample`` column naming where its row's data came from, kept as
+    ``sample_before`` and ``sample``): n, estimate,
     interval and verdict of both, and the interval's width after as a share of before (below 1:
     narrower). Claims tested in only one design keep empty cells for the other.
 
@@ -401,7 +402,8 @@ def compare_designs(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     is NaN for the others."""
     cols = ["claim", "kind", "n_clusters", "ours", "ci_low", "ci_high", "verdict"]
     extra = ["sample"] if "sample" in after else []
-    out = before[cols].merge(after[cols + extra], on=["claim", "kind"], how="outer", suffixes=("_before", "_after"))
+    first = before[cols + (["sample"] if "sample" in before else [])].rename(columns={"sample": "sample_before"})
+    out = first.merge(after[cols + extra], on=["claim", "kind"], how="outer", suffixes=("_before", "_after"))
     decided = {s: out[f"verdict_{s}"].notna() & (out[f"verdict_{s}"] != "no data") for s in ("before", "after")}
     out["both_data"] = decided["before"] & decided["after"]
     width = {s: out[f"ci_high_{s}"] - out[f"ci_low_{s}"] for s in ("before", "after")}

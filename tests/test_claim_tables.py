@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from kn_lib.book import claim_tables
 from kn_lib.book.claims import compare_designs
@@ -123,3 +124,18 @@ def test_load_stage_reads_the_first_run_that_has_it():
     assert claim_tables.load_stage({"o": official, "e": earlier}, "suppress-amplify")["x"][0] == "rows"
     with pytest.raises(ResultsNotFound):
         claim_tables.load_stage({"o": official}, "suppress-amplify")
+
+
+def test_bingrel_claims_use_the_official_mean_with_absent_relations_at_zero():
+    import pandas as pd
+
+    from kn_lib.book.claim_tables import with_absent_relations
+    from kn_lib.experiments.bingrel_activation import table4_means
+
+    by_relation = pd.DataFrame({"method": "ig", "relation": ["P19"] * 3, "type": ["T1", "T2", "T3"],
+                                "activation": [0.6, 0.3, 0.0]})
+    full = with_absent_relations(by_relation, ["P19", "P36", "P30"])
+    assert len(full) == 9 and full[full.relation == "P36"].activation.eq(0).all()
+    official = table4_means(by_relation, ["P19", "P36", "P30"], "official")
+    assert official["T1"] == pytest.approx(0.2) == full[full.type == "T1"].activation.mean()
+    assert table4_means(by_relation, ["P19", "P36", "P30"], "present")["T1"] == pytest.approx(0.6)

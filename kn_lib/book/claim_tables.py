@@ -54,7 +54,21 @@ def load_table(sample: BookSample, name: str) -> pd.DataFrame:
         return sample.load("update", "table", params=SIGN_AWARE)
     if name == "bingrel_abs":
         return _bingrel_abs(sample.load("bingrel"))
+    if name == "bingrel":  # the official mean: a relation of the run without data counts 0
+        return with_absent_relations(sample.load(*TABLES[name]), sample.settings().relation_ids())
     return sample.load(*TABLES[name])
+
+
+def with_absent_relations(by_relation: pd.DataFrame, relations: Iterable[str]) -> pd.DataFrame:
+    """Table 4's per-relation means with a row of activation 0 for every (method, relation, type) of the
+    run that has no data, so that a mean over the rows is the official ``8_plot_fig_distant.py`` mean
+    (``bingrel_activation.table4_means(..., "official")``) and a bootstrap resamples every relation."""
+    from ..experiments.bingrel_activation import TYPES
+
+    rows = [{"method": m, "relation": r, "type": t, "activation": 0.0}
+            for m in by_relation["method"].unique() for r in relations for t in TYPES
+            if not ((by_relation["method"] == m) & (by_relation["relation"] == r) & (by_relation["type"] == t)).any()]
+    return pd.concat([by_relation, pd.DataFrame(rows, columns=["method", "relation", "type", "activation"])], ignore_index=True)
 
 
 def official_then_earlier(sample: BookSample, earlier: tuple = EARLIER_DEFINITIONS) -> dict[str, BookSample]:

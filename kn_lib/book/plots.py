@@ -465,14 +465,14 @@ def _relation_order(relations) -> list[str]:
     return sorted(set(relations), key=key)
 
 
-def _percent_symlog(ax: Axes, linthresh: float) -> None:
-    """A symmetric-log x axis (linear within ±linthresh) with ticks written as plain signed percents."""
+def _percent_symlog(ax: Axes, linthresh: float, axis: str = "x", fmt: str = "{:.0f}") -> None:
+    """A symmetric-log ``axis`` (linear within ±linthresh) with ticks written as plain signed percents;
+    the default short labels ("1000", not "+1,000") suit a narrow panel, where decades lie close."""
     from matplotlib.ticker import FuncFormatter
 
-    ax.set_xscale("symlog", linthresh=linthresh)
-    # short labels ("1000", not "+1,000"): decades lie close together on a narrow panel
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0f}".replace("-", "−")))
-    ax.axvline(0, color="black", linewidth=0.8)
+    getattr(ax, f"set_{axis}scale")("symlog", linthresh=linthresh)
+    getattr(ax, f"{axis}axis").set_major_formatter(FuncFormatter(lambda v, _: fmt.format(v).replace("-", "−")))
+    (ax.axvline if axis == "x" else ax.axhline)(0, color="black", linewidth=0.8)
 
 
 def change_by_relation(
@@ -552,15 +552,6 @@ def change_by_scope(
     return fig
 
 
-def _percent_log_y(ax: Axes, linthresh: float) -> None:
-    """A symmetric-log y axis (linear within ±linthresh) with ticks written as plain signed percents."""
-    from matplotlib.ticker import FuncFormatter
-
-    ax.set_yscale("symlog", linthresh=linthresh)
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}".replace("-", "−")))
-    ax.axhline(0, color="black", linewidth=0.8)
-
-
 def erase_change_bars(
     changes: pd.DataFrame,
     sources: Sequence[str] | None = None,
@@ -585,7 +576,7 @@ def erase_change_bars(
         for j, scope in enumerate(scopes):
             values = part[part["prompts"] == scope].set_index("relation")["change"].reindex(relations)
             ax.bar(np.arange(len(relations)) - 0.4 + bar * (j + 0.5), values.fillna(0), width=bar, color=colours[scope])
-        _percent_log_y(ax, linthresh)
+        _percent_symlog(ax, linthresh, axis="y", fmt="{:,.0f}")
         ax.set_xticks(np.arange(len(relations)), relations)
         ax.set(title=source, xlabel="erased relation")
         ax.grid(axis="x", visible=False)

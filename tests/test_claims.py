@@ -267,3 +267,15 @@ def test_no_testable_claim_gives_an_empty_table_with_every_column():
     assert list(claim_row("c", "Table 2", 1.0, _iv(1.0, 0.5, 1.5))) == CLAIM_COLUMNS
     # the chapter's comparisons still run when a design has no committed results at all
     assert compare_designs(empty, claims_by_sample({"none": {}})).empty
+
+
+def test_edit_reach_counts_edits_and_resamples_facts():
+    """The official sampling may edit a fact twice: two edits, one fact (the cluster resampled)."""
+    from kn_lib.book.claims import edit_reach
+
+    para = pd.DataFrame({"edit": [1, 1, 2, 3], "fact_id": ["P19/0", "P19/0", "P19/0", "P19/1"], "neuron_set": "knowledge",
+                         "template_id": [1, 2, 1, 1], "correct_before": True, "changed": True, "success": [True, False, True, True]})
+    ppl = pd.DataFrame({"edit": [1, 2, 3], "fact_id": ["P19/0", "P19/0", "P19/1"], "neuron_set": "knowledge",
+                        "scope": "intra", "top1_changed": [True, False, False], "new_after": False})
+    row = edit_reach(para, ppl, n_boot=50).iloc[0]
+    assert (row["n_edits"], row["n_facts"], row["n_prompts"]) == (3, 2, 4)

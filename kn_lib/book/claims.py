@@ -372,8 +372,10 @@ def edit_reach(paraphrases: pd.DataFrame, ppl_prompts: pd.DataFrame, n_boot: int
     for quantity, frame, column in measures:
         for neuron_set, sel in frame.groupby("neuron_set"):
             iv = bootstrap_ci(sel, lambda f, c=column: 100 * f[c].mean(), "fact_id", n_boot=n_boot, seed=seed)
+            # facts are resampled (the official sampling may edit a fact twice: two edits, one cluster)
+            n_edits = int(sel["edit"].nunique()) if "edit" in sel.columns else iv.n_clusters
             rows.append({"quantity": quantity, "neurons": neuron_set, "percent": iv.estimate, "ci_low": iv.low,
-                         "ci_high": iv.high, "n_prompts": len(sel), "n_edits": iv.n_clusters})
+                         "ci_high": iv.high, "n_prompts": len(sel), "n_edits": n_edits, "n_facts": iv.n_clusters})
     return pd.DataFrame(rows)
 
 

@@ -197,7 +197,7 @@ def editable_by_relation(sample: BookSample, max_share: float = 0.1) -> pd.DataF
     (count over the bags, own included, at most ``max_share`` of them). With fewer than 20 bags no
     neuron can be kept. Reads committed refine results; computes no model output."""
     from ..experiments.neuron_sets import neurons_by_fact
-    from ..experiments.update_facts import official_exclusive_neurons
+    from ..experiments.update_facts import official_selection
     from ..run.experiment_stages import largest_bags
     from ..run.registry import StageContext
 
@@ -212,8 +212,7 @@ def editable_by_relation(sample: BookSample, max_share: float = 0.1) -> pd.DataF
     for relation in relations:
         with_kn = [f for f in searched.loc[searched["relation"] == relation, "fact_id"] if kns.get(f)]
         relation_bags = bags.get(relation, {})
-        kept = [f for f in with_kn
-                if official_exclusive_neurons(kns[f], [b for g, b in relation_bags.items() if g != f] + [kns[f]])]
+        kept = [f for f in with_kn if official_selection(f, kns, relation_bags)]
         rows.append({"relation": relation, "n_bags": len(relation_bags), "n_facts_with_kn": len(with_kn),
                      "n_facts_editable": len(kept)})
     return pd.DataFrame(rows)

@@ -33,7 +33,7 @@ from ..adapters import ModelAdapter
 from ..data import Relation
 from .evaluation import FactPrompts, Prompt, SkipLog, answer_log_distributions, perplexity, seeded_rng, tag_of
 from .interventions import edited_value_slots, erased_value_slots
-from .neuron_sets import check_refined, most_frequent, neurons_by_fact
+from .neuron_sets import check_refined, data_order, most_frequent, neurons_by_fact
 
 PAPER_RELATIONS = ("P19", "P27", "P106", "P937")
 
@@ -124,7 +124,8 @@ def erase_relations(
     sample_ids = {f["fact_id"] for f in facts}
     known = {f["fact_id"] for f in population}
     prompts = FactPrompts(adapter, population + [f for f in facts if f["fact_id"] not in known], relations, skips)
-    kns = _bags(refined, config.ties)
+    # the official tie order reads each bag in the refined table's row order (``official_bag_order``)
+    kns = neurons_by_fact(refined, ordered=config.ties == "first")
     groups = prompts.by_relation()
     sample_groups = {r: [f for f in ids if f in sample_ids] for r, ids in groups.items()}
     before: dict[tuple[str, int], tuple[float, bool]] = {}  # shared by every erased relation
@@ -172,28 +173,9 @@ def erase_relations(
     return EraseResult(table, by_relation, neurons_frame, summary, skips.frame(), config)
 
 
-def _bags(refined: pd.DataFrame, ties: str) -> dict[str, list]:
-    """fact -> knowledge neurons: in the refined table's row order for the official tie order (the
-    caller lists them as ``official_bag_order`` does), sorted otherwise."""
-    if ties == "index":
-        return neurons_by_fact(refined)
-    out: dict[str, list] = {}
-    for fact_id, layer, neuron in zip(refined["fact_id"], refined["layer"], refined["neuron"]):
-        bag = out.setdefault(fact_id, [])
-        if (int(layer), int(neuron)) not in bag:
-            bag.append((int(layer), int(neuron)))
-    return out
-
 
 def _in_bag_order(ids: list[str], kns: Mapping[str, list], ties: str) -> list[str]:
-    """The relation's facts with knowledge neurons: in data order (``"<relation>/<index>"`` by index) for
-    the official tie order, as given otherwise."""
+    """The relation's facts with knowledge neurons: in data order (``neuron_sets.data_order``) for the
+    official tie order, as given otherwise."""
     with_kn = [f for f in ids if f in kns]
-    if ties == "index":
-        return with_kn
-
-    def index(fact_id: str) -> tuple:
-        head, _, tail = fact_id.rpartition("/")
-        return (0, int(tail), "") if tail.isdigit() else (1, 0, fact_id)
-
-    return sorted(with_kn, key=index)
+    return with_kn if ties == "index" else sorted(with_kn, key=data_order)

@@ -26,13 +26,21 @@ def check_refined(refined: pd.DataFrame) -> None:
         raise ValueError(f"refined table lacks columns {missing} (expected KNResult.refined)")
 
 
-def neurons_by_fact(refined: pd.DataFrame) -> dict[str, list[Neuron]]:
-    """fact id -> its knowledge neurons, sorted by (layer, index)."""
+def neurons_by_fact(refined: pd.DataFrame, ordered: bool = False) -> dict[str, list[Neuron]]:
+    """fact id -> its knowledge neurons, sorted by (layer, index); with ``ordered``, in the table's row
+    order instead (a bag listed as ``official_bag_order`` lists it), each neuron once."""
     check_refined(refined)
     out: dict[str, list[Neuron]] = {}
     for fact_id, layer, neuron in zip(refined["fact_id"], refined["layer"], refined["neuron"]):
         out.setdefault(fact_id, []).append((int(layer), int(neuron)))
-    return {f: sorted(set(ns)) for f, ns in out.items()}
+    return {f: list(dict.fromkeys(ns)) if ordered else sorted(set(ns)) for f, ns in out.items()}
+
+
+def data_order(fact_id: str) -> tuple:
+    """Sort key of a fact id in data order: ``"<relation>/<index>"`` by relation, then index (the order
+    of the official bag lists, ``query_pairs.json``); ids of another form after, by name."""
+    head, _, tail = fact_id.rpartition("/")
+    return (head, 0, int(tail), "") if tail.isdigit() else (head, 1, 0, tail)
 
 
 def relation_of(refined: pd.DataFrame) -> dict[str, str]:
@@ -68,12 +76,7 @@ def official_bag_order(refined: pd.DataFrame, coarse: pd.DataFrame) -> dict[str,
         key = (f, (int(layer), int(neuron)))
         first[key] = min(first.get(key, int(t)), int(t))
     bags = neurons_by_fact(refined)
-
-    def data_index(fact_id: str) -> tuple:
-        head, _, tail = fact_id.rpartition("/")
-        return (head, int(tail)) if tail.isdigit() else (head, 0, tail)
-
-    return {f: sorted(bags[f], key=lambda n: (first.get((f, n), 1 << 30), n)) for f in sorted(bags, key=data_index)}
+    return {f: sorted(bags[f], key=lambda n: (first.get((f, n), 1 << 30), n)) for f in sorted(bags, key=data_order)}
 
 
 def random_neurons(n: int, n_layers: int, n_neurons: int, rng: random.Random, exclude: Iterable[Neuron] = ()) -> list[Neuron]:

@@ -284,11 +284,17 @@ def update_facts(
     return UpdateResult(table, ppl_prompts, para, summary, skips.frame(), config)
 
 
+def official_selection(fact_id: str, kns: Mapping[str, list], bags: Mapping[str, list]) -> list:
+    """``official_exclusive_neurons`` of the fact's analysed bag (``kns``), counted with every other bag
+    of its relation (``bags``: fact -> neurons; the fact's own entry there is replaced by its analysed one)."""
+    own = kns.get(fact_id, [])
+    return official_exclusive_neurons(own, [b for f, b in bags.items() if f != fact_id] + [own])
+
+
 def _selected(fact_id: str, kns: Mapping[str, list], bags: Mapping[str, list], population: list[str], config: UpdateConfig) -> list:
     """The fact's neurons an edit changes, under ``config.selection``."""
-    if config.selection == "official":  # the analysed bag, counted with every other bag of the relation
-        own = kns.get(fact_id, [])
-        return official_exclusive_neurons(own, [b for f, b in bags.items() if f != fact_id] + [own])
+    if config.selection == "official":
+        return official_selection(fact_id, kns, bags)
     return exclusive_neurons(fact_id, kns, population, config.max_share)
 
 

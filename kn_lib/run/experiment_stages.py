@@ -47,7 +47,7 @@ import pandas as pd
 
 from .registry import (
     DEFAULT_CHUNK, IGConfig, Job, KNConfig, KnUsageError, MissingInputs, Option, Preset, RunSettings, Stage, StageContext,
-    data_checksums, register_preset, register_stage, same_facts,
+    _relations, data_checksums, register_preset, register_stage, same_facts,
 )
 from .search_stages import REFINE, above_threshold
 from .store import ResultStore, cache_key
@@ -365,9 +365,10 @@ def _all_facts(relations: tuple[str, ...]) -> list[dict]:
 
 
 def _relations_of_all():
+    """Every relation's templates: the official draws reach beyond the sample's relations."""
     from .. import data
 
-    return RunSettings(model="?", relations=tuple(data.relation_ids())).load_relations()
+    return _relations(tuple(data.relation_ids()))
 
 
 def largest_bags(ctx: StageContext, settings: RunSettings, relations: list[str], refined: pd.DataFrame,

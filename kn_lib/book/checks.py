@@ -1,0 +1,448 @@
+"""Checks for the book's implement-and-check exercises: ``checks.NAME(student_function)``.
+
+Each check runs the student's function on a few small seeded cases (tiny random models built from
+configs, or small hand-made tables: seconds on a CPU, no download) against ``kn_lib``'s own function.
+It prints a pass, or raises ``CheckFailed`` naming the *first* failing case, what was expected there,
+what came back, and a hint. Why a hint and not the answer: where the student's output matches a
+known mistake (the official scripts' Riemann index, ``>`` for ``>=``, the sign of an update...) the
+hint names the mistake's place in the method, so the student fixes the idea rather than a number.
+``CheckFailed`` is an ``AssertionError``, so an nbgrader test cell that calls a check scores 0 when
+the check fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import random
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Callable, Iterator, Sequence
+
+import pandas as pd
+import torch
+
+Neuron = tuple[int, int]
+
+
+class CheckFailed(AssertionError):
+    """A check's first failing case, with what was expected and a hint."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One call of the student's function: what it is (shown on failure) and its arguments."""
+
+    name: str
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A known wrong variant of the reference: when the student's output matches it, ``hint`` is shown."""
+
+    variant: Callable[..., Any]
+    hint: str
+
+
+def _run(check: str, student: Callable, cases: Sequence[Case], reference: Callable, same: Callable[[Any, Any], bool],
+         mistakes: Sequence[Mistake], hint: str, show: Callable[[Any], str] = repr) -> None:
+    """Call ``student`` on every case; raise ``CheckFailed`` at the first whose output is not ``same``
+    as the reference's, with the hint of the first known mistake the output matches (else ``hint``).
+    Returns None on a pass: an nbgrader test cell whose last value were a number would be read as a score."""
+    for i, case in enumerate(cases, 1):
+        expected = reference(*case.args, **case.kwargs)
+        where = f"{check}: case {i} of {len(cases)} ({case.name})"
+        try:
+            got = student(*copy.deepcopy(case.args), **case.kwargs)
+        except NotImplementedError:
+            raise CheckFailed(f"✗ {where}: the function is still the stub (it raises NotImplementedError); "
+                              "write its body.") from None
+        except Exception as error:  # noqa: BLE001 - any error of the student's code is a failed case
+            raise CheckFailed(f"✗ {where}: your function raised {type(error).__name__}: {error}\n"
+                              f"  expected: {show(expected)}\n  hint: {hint}") from None
+        if _safe_same(same, expected, got):
+            continue
+        matched = next((m.hint for m in mistakes if _safe_same(same, m.variant(*case.args, **case.kwargs), got)), hint)
+        raise CheckFailed(f"✗ {where}\n  expected: {show(expected)}\n  got:      {show(got)}\n  hint: {matched}")
+    print(f"✓ {check}: all {len(cases)} cases agree with kn_lib's own function.")
+
+
+def _safe_same(same: Callable[[Any, Any], bool], expected: Any, got: Any) -> bool:
+    try:
+        return bool(same(expected, got))
+    except Exception:  # noqa: BLE001 - an output of the wrong type or shape is simply not the same
+        return False
+
+
+def _close(rtol: float = 1e-6) -> Callable[[Any, Any], bool]:
+    """Same numbers (tensors, sequences or scalars) up to ``rtol`` of the expected's largest magnitude."""
+
+    def same(expected: Any, got: Any) -> bool:
+        e = torch.as_tensor(expected, dtype=torch.float64)
+        g = torch.as_tensor(got.detach() if isinstance(got, torch.Tensor) else got, dtype=torch.float64)
+        scale = float(e.abs().max()) if e.numel() else 0.0
+        return e.shape == g.shape and bool(((e - g).abs() <= rtol * scale + 1e-300).all())
+
+    return same
+
+
+def _short(t: Any, n: int = 4) -> str:
+    """A tensor as its first few values and its sum (enough to compare, not enough to copy)."""
+    if not isinstance(t, torch.Tensor):
+        return repr(t)
+    flat = t.detach().double().flatten()
+    head = ", ".join(f"{v:.4g}" for v in flat[:n].tolist())
+    return f"tensor of shape {tuple(t.shape)} [{head}{', ...' if len(flat) > n else ''}] (sum {flat.sum().item():.6g})"
+
+
+# -- tiny models: float64 copies of the registry's seeded tiny models ------------------------------------
+
+@lru_cache(maxsize=None)
+def _tiny(kind: str):
+    """The registry's tiny random model (seed 0) in float64, so that a check can use tight tolerances."""
+    from ..model_registry import tiny_bert, tiny_llama
+    from ..models import adapter_for
+
+    tiny = {"bert": tiny_bert, "llama": tiny_llama}[kind]()
+    return adapter_for(copy.deepcopy(tiny.model).double(), tiny.tokenizer, f"tiny-random-{kind}-float64")
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Tiny matrices: one torch thread is fastest (and polite on a shared machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# -- attribution: Eq. (5), the right Riemann sum of one layer --------------------------------------------
+
+def _probability_of(adapter, prompt, layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """P_x(w): p(answer) with layer ``layer``'s activation at the answer position set to w [n_neurons]."""
+
+    def p_of(w: torch.Tensor) -> torch.Tensor:
+        with adapter.patch(layer, prompt.answer_pos, lambda _: w[None]):
+            logits = adapter.logits_at(prompt.input_ids[None], prompt.answer_pos)
+        return logits.softmax(-1)[0, prompt.target_id]
+
+    return p_of
+
+
+def _riemann(p_of, w_bar: torch.Tensor, steps: int, ks: range, width: float, times_w: bool = True) -> torch.Tensor:
+    total = torch.zeros_like(w_bar)
+    for k in ks:
+        w = (k / steps * w_bar).detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(p_of(w), w)
+        total += grad
+    return (w_bar if times_w else 1.0) * total * width
+
+
+def _ig_cases() -> list[Case]:
+    cases = []
+    for kind, template, subject, obj, layer, steps in (
+        ("bert", "[X] was born in [Y] .", "alice", "paris", 2, 4),
+        ("llama", "the capital of [X] is [Y] .", "france", "paris", 1, 5),
+        ("llama", "[X] was born in [Y] .", "bob", "london", 0, 3),
+        ("bert", "the capital of [X] is [Y] .", "italy", "rome", 0, 1),
+    ):
+        adapter = _tiny(kind)
+        prompt = adapter.encode(template, subject, obj)
+        w_bar = adapter.activations(prompt)[layer]
+        name = f"tiny random {kind.upper() if kind == 'bert' else 'LLaMA'}, {prompt.text!r}, layer {layer}, m = {steps}"
+        cases.append(Case(name, (_probability_of(adapter, prompt, layer), w_bar, steps), {"_at": (adapter, prompt, layer)}))
+    return cases
+
+
+def integrated_gradients_layer(student: Callable[[Callable, torch.Tensor, int], torch.Tensor]) -> None:
+    """``student(p_of, w_bar, steps)`` -> attributions [n_neurons] of one layer (paper, Eq. 5), where
+    ``p_of(w)`` is p(answer) with the layer's activation set to w and ``w_bar`` the observed activation;
+    checked against ``attribution.integrated_gradients(..., IGConfig(steps=m, method="reference"))``."""
+    from ..attribution import IGConfig, integrated_gradients
+
+    def reference(p_of, w_bar, steps, _at):
+        adapter, prompt, layer = _at
+        return integrated_gradients(adapter, prompt, [layer], IGConfig(steps=steps, method="reference"))[0].double()
+
+    def without_at(fn):
+        return lambda p_of, w_bar, steps, _at=None: fn(p_of, w_bar, steps)
+
+    mistakes = [
+        Mistake(lambda p, w, m, _at: _riemann(p, w, m, range(0, m), 1 / m),
+                "your sum evaluates the gradient at alpha = 0, 1/m, ..., (m-1)/m (the official scripts' left end "
+                "points); the paper's Riemann sum is at alpha = k/m for k = 1..m."),
+        Mistake(lambda p, w, m, _at: _riemann(p, w, m, range(1, m + 1), 1 / m, times_w=False),
+                "integrated gradients multiplies the averaged gradient by the neuron's own activation \\bar w_i."),
+        Mistake(lambda p, w, m, _at: _riemann(p, w, m, range(1, m + 1), 1.0),
+                "the sum approximates an integral over alpha in [0, 1]: each of the m terms has width 1/m."),
+    ]
+    hint = ("completeness: the attributions of the layer should sum to about p(\\bar w) - p(0); evaluate the gradient "
+            "of p_of at alpha \\bar w for each alpha of the sum, and take the gradient w.r.t. the scaled activation.")
+    with _one_thread():
+        _run("integrated_gradients_layer", without_at(student), _ig_cases(), reference, _close(1e-6), mistakes,
+                    hint, _short)
+
+
+# -- statistics: the official refinement rule -------------------------------------------------------------
+
+def _coarse_sets(counts: Sequence[int], n: int, seed: int) -> list[set[Neuron]]:
+    """n prompts' coarse sets in which neuron (5, j) appears in exactly counts[j] prompts (seeded)."""
+    rng = random.Random(seed)
+    sets: list[set[Neuron]] = [set() for _ in range(n)]
+    for j, c in enumerate(counts):
+        for prompt in rng.sample(range(n), c):
+            sets[prompt].add((5, j))
+    return sets
+
+
+def _refine_cases() -> list[Case]:
+    spec = [(10, 0.5, (10, 6, 5, 4, 1)), (4, 0.5, (4, 3, 2, 1)), (2, 0.5, (2, 1)), (8, 0.75, (8, 6, 5, 3)),
+            (12, 0.25, (3, 2, 12, 7))]
+    return [Case(f"n = {n} prompts, p = {p}, neurons found in {list(c)} prompts", (_coarse_sets(c, n, seed), p))
+            for seed, (n, p, c) in enumerate(spec)]
+
+
+def refined_neurons(student: Callable[[list[set[Neuron]], float], set[Neuron]]) -> None:
+    """``student(coarse_sets, p)`` -> the fact's refined neurons under the official rule (keep a neuron
+    in c of the n prompts' coarse sets when c >= max(p n, 3)); against ``refine.refine_fact``."""
+    from collections import Counter
+
+    from ..refine import refine_fact
+
+    def by_rule(keep):
+        def variant(sets, p):
+            counts = Counter(x for s in sets for x in s)
+            return {x for x, c in counts.items() if keep(c, len(sets), p)}
+        return variant
+
+    mistakes = [
+        Mistake(by_rule(lambda c, n, p: c > max(n * p, 3)),
+                "a neuron found in exactly max(p n, 3) prompts: look at how your comparison treats equality."),
+        Mistake(by_rule(lambda c, n, p: c >= n * p),
+                "the official rule never keeps a neuron found in fewer than 3 of the fact's prompts, whatever p n is."),
+        Mistake(by_rule(lambda c, n, p: c > n * p),
+                "two things: the official rule's minimum number of prompts, and how it treats equality."),
+    ]
+    hint = "count in how many of the n prompts' coarse sets each neuron appears, and compare with the rule's threshold."
+    _run("refined_neurons", lambda sets, p: set(map(tuple, student(sets, p))), _refine_cases(),
+                lambda sets, p: refine_fact(sets, p, "official"), lambda e, g: e == g, mistakes, hint,
+                lambda s: repr(sorted(s)))
+
+
+# -- manipulation: the change ratio of Figures 4 and 5 ------------------------------------------------------
+
+def _ratio_cases() -> list[Case]:
+    rng = random.Random(4)
+    cases = [Case("one prompt, p 0.2 -> 0.1", ([0.2], [0.1])),
+             Case("two prompts, one near zero", ([0.5, 0.001], [0.25, 0.004]))]
+    for n in (5, 9):
+        before = [rng.uniform(0.001, 0.6) for _ in range(n)]
+        after = [b * rng.uniform(0.1, 2.5) for b in before]
+        cases.append(Case(f"{n} random prompts (seeded)", (before, after)))
+    return cases
+
+
+def change_ratio(student: Callable[[list[float], list[float]], float]) -> None:
+    """``student(before, after)`` -> the relative change of p(answer) over a set of prompts (a ratio of
+    means, the official quantity); against ``experiments.change_ratio``."""
+    from ..experiments.suppress_amplify import change_ratio as reference
+
+    def mean(xs):
+        return sum(xs) / len(xs)
+
+    mistakes = [
+        Mistake(lambda b, a: mean([(y - x) / x for x, y in zip(b, a)]),
+                "you average the per-prompt ratios: one prompt with p near 0 then dominates. The official quantity "
+                "compares the mean probabilities."),
+        Mistake(lambda b, a: -reference(b, a), "check the sign: a drop of p(answer) is a negative change."),
+        Mistake(lambda b, a: 100 * reference(b, a), "return a fraction (-0.5), not a percentage (-50)."),
+        Mistake(lambda b, a: mean(a) / mean(b), "a change is (after - before) relative to before: 0 when nothing moves."),
+    ]
+    _run("change_ratio", student, _ratio_cases(), reference, _close(1e-9), mistakes,
+                "the ratio compares the mean probability after with the mean before, relative to the mean before.")
+
+
+# -- bingrel: Table 4's average activation ----------------------------------------------------------------
+
+def _activation_table(seed: int) -> pd.DataFrame:
+    """Activations of knowledge neurons on sentences, with unequal numbers of sentences, neurons and facts."""
+    rng = random.Random(seed)
+    rows = []
+    for r, relation in enumerate(("P19", "P36", "P101")[: 2 + seed % 2]):
+        for f in range(1 + (r + seed) % 3):
+            neurons = [(rng.randrange(3), rng.randrange(48)) for _ in range(1 + rng.randrange(3))]
+            for kind in ("T1", "T2", "T3"):
+                for sentence in range(1 + rng.randrange(4)):
+                    for layer, neuron in neurons:
+                        rows.append({"relation": relation, "fact_id": f"{relation}/{f}", "type": kind,
+                                     "sentence_id": sentence, "layer": layer, "neuron": neuron,
+                                     "activation": round(rng.gauss(0.3 if kind == "T1" else 0.0, 1.0), 3)})
+    return pd.DataFrame(rows)
+
+
+def table4_activation(student: Callable[[pd.DataFrame], Any]) -> None:
+    """``student(table)`` -> {type: mean activation} (Table 4: per fact and neuron over sentences, then
+    over a relation's (fact, neuron) pairs, then over relations); against ``mean_activation(table, ["type"])``."""
+    from ..experiments.bingrel_activation import mean_activation
+
+    def as_dict(values: Any) -> dict[str, float]:
+        if isinstance(values, pd.DataFrame):
+            values = values.set_index("type")["activation"]
+        return {str(k): float(v) for k, v in dict(values).items()}
+
+    def reference(table):
+        return as_dict(mean_activation(table, ["type"]))
+
+    def same(expected, got):
+        expected, got = as_dict(expected), as_dict(got)
+        return set(got) == set(expected) and all(math.isclose(got[k], v, rel_tol=1e-9, abs_tol=1e-12) for k, v in expected.items())
+
+    mistakes = [
+        Mistake(lambda t: t.groupby("type")["activation"].mean(),
+                "a flat mean over rows weighs a fact by its number of sentences and neurons; the paper averages "
+                "in stages (sentences, then a relation's neurons, then relations)."),
+        Mistake(lambda t: t.groupby(["fact_id", "type", "layer", "neuron"])["activation"].mean().groupby("type").mean(),
+                "your mean gives a relation with many facts more weight: Table 4 averages per relation first."),
+        Mistake(lambda t: t.groupby(["relation", "type"])["activation"].mean().groupby("type").mean(),
+                "within a relation, first average each (fact, neuron) over its sentences, so that a fact with many "
+                "sentences counts once."),
+    ]
+    cases = [Case(f"seeded table {s}: {len(t)} rows, {t['relation'].nunique()} relations, {t['fact_id'].nunique()} facts", (t,))
+             for s in range(3) for t in [_activation_table(s)]]
+    _run("table4_activation", student, cases, reference, same, mistakes,
+                "three means in turn: over a (fact, neuron)'s sentences, over a relation's (fact, neuron) pairs, "
+                "over relations.", lambda d: repr({k: round(v, 4) for k, v in as_dict(d).items()}))
+
+
+# -- updating: the value-slot update of section 5.1 ----------------------------------------------------------
+
+def _update_cases() -> list[Case]:
+    from ..experiments.interventions import value_slot
+
+    cases = []
+    for kind, layer, index, old, new, l1, l2 in (("llama", 2, 7, "paris", "london", 1.0, 8.0),
+                                                 ("bert", 1, 30, "rome", "berlin", 1.0, 8.0),
+                                                 ("llama", 0, 41, "france", "italy", 2.0, 3.0)):
+        adapter = _tiny(kind)
+        vocab = adapter.tokenizer.get_vocab()
+        embeddings = adapter.model.get_input_embeddings().weight.detach()
+        slot = value_slot(adapter.projections[layer], index).detach().clone()
+        args = (slot, embeddings[vocab[old]].clone(), embeddings[vocab[new]].clone())
+        cases.append(Case(f"tiny random {kind}, neuron {index} of layer {layer}, {old!r} -> {new!r}, "
+                          f"lambda1 = {l1}, lambda2 = {l2}", args, {"lambda1": l1, "lambda2": l2,
+                                                                   "_at": (adapter, (layer, index), vocab[old], vocab[new])}))
+    return cases
+
+
+def value_slot_update(student: Callable[..., torch.Tensor]) -> None:
+    """``student(slot, old, new, lambda1, lambda2)`` -> the updated value slot, with each embedding first
+    rescaled to the slot's norm (as the official script does); against ``interventions.updated_value_slots``."""
+    from ..experiments.interventions import updated_value_slots
+
+    def reference(slot, old, new, lambda1, lambda2, _at):
+        adapter, neuron, old_id, new_id = _at
+        return updated_value_slots(adapter, [neuron], old_id, new_id, lambda1, lambda2)[neuron]
+
+    def variant(sign: float, rescale: bool, unit: bool = False):
+        def fn(v, t, t2, lambda1, lambda2, _at=None):
+            a = (v.norm() if not unit else 1.0) / t.norm() if rescale else 1.0
+            b = (v.norm() if not unit else 1.0) / t2.norm() if rescale else 1.0
+            return v + sign * (-lambda1 * a * t + lambda2 * b * t2)
+        return fn
+
+    mistakes = [
+        Mistake(variant(-1.0, True), "check the signs: the update removes the old answer's embedding and adds the new one's."),
+        Mistake(variant(1.0, False), "rescale each embedding to the norm of the value slot it edits before weighting it."),
+        Mistake(variant(1.0, True, unit=True), "rescale each embedding to the value slot's norm, not to unit length."),
+    ]
+    call = lambda slot, old, new, lambda1, lambda2, _at=None: student(slot, old, new, lambda1=lambda1, lambda2=lambda2)  # noqa: E731
+    with _one_thread():
+        _run("value_slot_update", call, _update_cases(), reference, _close(1e-9), mistakes,
+                    "v <- v - lambda1 t + lambda2 t', each embedding rescaled to ||v|| first.", _short)
+
+
+# -- erasing: a relation's most frequent knowledge neurons ----------------------------------------------------
+
+def _bag_cases() -> list[Case]:
+    rng = random.Random(7)
+    pool = [(rng.randrange(30), rng.randrange(1536)) for _ in range(9)]
+    random_bags = [rng.sample(pool, rng.randrange(1, 5)) for _ in range(12)]
+    return [
+        Case("3 facts, no ties", ([[(29, 5), (28, 7)], [(29, 5)], [(29, 5), (28, 7), (3, 1)]], 2)),
+        Case("ties: (29, 5) is seen before (3, 1)", ([[(29, 5), (3, 1)], [(3, 1), (29, 5)], [(10, 2)]], 2)),
+        Case("a bag that lists a neuron twice", ([[(4, 4), (4, 4)], [(2, 2)], [(2, 2)], [(4, 4), (9, 9)]], 1)),
+        Case("k larger than the number of neurons", ([[(1, 1)], [(0, 3), (1, 1)]], 20)),
+        Case("12 facts drawn from 9 neurons (seeded)", (random_bags, 5)),
+    ]
+
+
+def top_neurons(student: Callable[[list[list[Neuron]], int], list[tuple[Neuron, int]]]) -> None:
+    """``student(bags, k)`` -> the k neurons found in the most facts of a relation, with their counts,
+    ties to the neuron seen first (the official ``Counter.most_common``); against ``neuron_sets.most_frequent``."""
+    from collections import Counter
+
+    from ..experiments.neuron_sets import most_frequent
+
+    def normal(pairs):
+        return [(tuple(int(x) for x in n), int(c)) for n, c in pairs]
+
+    def counted_twice(bags, k):
+        return Counter(n for bag in bags for n in bag).most_common(k)
+
+    mistakes = [
+        Mistake(lambda bags, k: most_frequent(bags, k, "index"),
+                "ties: the official script keeps the neuron it saw first (walking the facts in order), not the "
+                "lower (layer, index)."),
+        Mistake(counted_twice, "a fact counts once for a neuron, however often its bag lists it."),
+    ]
+    _run("top_neurons", lambda bags, k: normal(student(bags, k)), _bag_cases(), lambda b, k: normal(most_frequent(b, k)),
+                lambda e, g: e == g, mistakes, "count, for each neuron, the facts whose bag holds it; keep the k largest counts.")
+
+
+# -- claims: the verdict of an effect claim --------------------------------------------------------------------
+
+def _verdict_cases() -> list[Case]:
+    cases = [(-29.03, -35, -15), (-29.03, -20, -10), (-29.03, -60, -35), (-29.03, -40, 3), (-29.03, 1, 7),
+             (-29.03, -40, 0.0), (-29.03, -29.03, -20), (31.17, 20, 40), (31.17, 0.0, 12), (31.17, -9, -2),
+             (31.17, 35, 50), (31.17, 5, 25)]
+    return [Case(f"paper {p:+}, our interval [{lo}, {hi}]", (p, lo, hi)) for p, lo, hi in cases]
+
+
+def effect_verdict(student: Callable[[float, float, float], str]) -> None:
+    """``student(paper, low, high)`` -> "holds", "confirmed, smaller", "confirmed, larger", "not detected" or
+    "reversed" for an effect claim against no effect = 0; against ``claims.verdict``."""
+    from .claims import Interval, verdict
+
+    def reference(paper, low, high):
+        return verdict(paper, Interval((low + high) / 2, low, high, n_clusters=30, n_boot=1000, level=0.95, seed=0))
+
+    def unsigned(paper, low, high):  # forgets to turn the axis for a negative claim
+        return reference(abs(paper), low, high)
+
+    def touching(paper, low, high):  # ">=" for ">": an interval that ends at a bound is taken to exclude it
+        sign = 1.0 if paper > 0 else -1.0
+        a, b = sorted((sign * low, sign * high))
+        def side(target):
+            return -1 if b <= target else (1 if a >= target else 0)
+        found = {1: "confirmed", 0: "not detected", -1: "reversed"}[side(0.0)]
+        if found != "confirmed":
+            return found
+        return {-1: "confirmed, smaller", 0: "holds", 1: "confirmed, larger"}[side(abs(paper))]
+
+    mistakes = [
+        Mistake(unsigned, "the paper's effect can be negative (suppression lowers p): read the interval in the "
+                          "paper's direction, so that 'smaller' means closer to no effect."),
+        Mistake(touching, "an interval that reaches 0 (or ends exactly at it) does not exclude no effect."),
+    ]
+    _run("effect_verdict", student, _verdict_cases(), reference, lambda e, g: e == g, mistakes,
+                "first the direction (does the interval exclude 0 on the paper's side?), then the size (does it "
+                "contain the paper's value, or lie wholly short of or beyond it?).")
+
+
+CHECKS = {f.__name__: f for f in (integrated_gradients_layer, refined_neurons, change_ratio, table4_activation,
+                                  value_slot_update, top_neurons, effect_verdict)}

@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 KN_DATA_MIRROR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 export KN_DATA_MIRROR
 
-.PHONY: install book lab test results clean
+.PHONY: install book lab student test results clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -40,6 +40,14 @@ LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 lab: install
 	$(PY) -c 'import jupyterlab, jupytext' 2>/dev/null || $(PY) -m pip install --quiet -e '.[lab]'
 	JUPYTERLAB_SETTINGS_DIR=$(abspath book/_lab) $(VENV)/bin/jupyter lab $(LAB_ROOT) $(LAB_ARGS) book/
+
+# The student edition, an nbgrader course directory (README, "Teaching with the book"): instructor
+# notebooks written from the MyST chapters under _build/student/source/, and the student edition that
+# `nbgrader generate_assignment` makes of them under _build/student/release/ (one assignment per chapter).
+# The course extra (nbgrader) is installed on first use.
+student: install
+	$(PY) -c 'import nbgrader, jupytext' 2>/dev/null || $(PY) -m pip install --quiet -e '.[course]'
+	$(PY) -m kn_lib.book.student --out _build/student --release
 
 test: install
 	$(PY) -m pytest -q

@@ -76,7 +76,7 @@ def test_share_is_measured_over_every_searched_fact(tiny_llama):
     assert exclusive_neurons(a, kns, searched_ids, 0.1) == [(0, 1)]  # 1/10 is not < 10 %
     assert exclusive_neurons(a, kns, searched_ids + ["P19/s9"], 0.1) == [(0, 1), (0, 2)]  # 1/11 < 10 %
     searched = pd.DataFrame({"fact_id": searched_ids + ["P19/s9"], "relation": "P19"})
-    config = UpdateConfig(**OURS, random_control=False, facts_per_relation=2, intra_facts=1, inter_facts=1)
+    config = UpdateConfig(**OURS, random_control=False, controls=(), facts_per_relation=2, intra_facts=1, inter_facts=1)
     wide = update_facts(tiny_llama, refined_table(kns), facts, RELATIONS, config, searched=searched)
     narrow = update_facts(tiny_llama, refined_table(kns), facts, RELATIONS, config)
 
@@ -127,7 +127,7 @@ def test_edits_controls_and_restore(tiny):
 
 def test_zero_lambdas_change_nothing(tiny_bert):
     facts = learned_facts(tiny_bert)
-    result = update_facts(tiny_bert, _kns(facts), facts, RELATIONS, UpdateConfig(**OURS, lambda1=0.0, lambda2=0.0, random_control=False))
+    result = update_facts(tiny_bert, _kns(facts), facts, RELATIONS, UpdateConfig(**OURS, lambda1=0.0, lambda2=0.0, random_control=False, controls=()))
     t = result.table
     assert len(t) > 0 and not t.changed.any() and not t.success.any()
     assert (t.p_new_after == t.p_new_before).all() and (t.ppl_inter_after == t.ppl_inter_before).all()
@@ -179,11 +179,17 @@ def test_update_a_fact_on_the_real_model(real_kn):
     result = update_facts(real_kn.adapter, real_kn.ig.refined, real_kn.facts, real_kn.relations, config)
     signed = update_facts(real_kn.adapter, real_kn.ig.refined, real_kn.facts, real_kn.relations,
                           UpdateConfig(**OURS, facts_per_relation=1, intra_facts=1, inter_facts=1, lambda2=2.0, sign_aware=True,
-                                       random_control=False, seed=4))
+                                       random_control=False, controls=(), seed=4))
     assert same_weights(real_kn.adapter, saved)
     for r in (result, signed):
         print(*r.summary, describe(r.table.drop(columns=["neurons", "model", "seed"]).T), describe(r.skipped), sep="\n")
-    assert result.table.fact_id.unique().tolist() == ["P37/11"] and len(result.table) == 2
+    # one edit, four neuron sets: knowledge, uniform random, and the two matched controls
+    assert result.table.fact_id.unique().tolist() == ["P37/11"] and len(result.table) == 4
+    assert result.table.neuron_set.tolist() == ["knowledge", "random", "random-layer", "activation-matched"]
+    kn = result.table.neurons.iloc[0]
+    for name in ("random-layer", "activation-matched"):  # same layers as the edited neurons, none of the fact's KNs
+        ctrl = result.table.set_index("neuron_set").loc[name, "neurons"]
+        assert sorted(l for l, _ in ctrl) == sorted(l for l, _ in kn) and not {tuple(n) for n in ctrl} & {tuple(n) for n in kn}
     assert result.table.new_object.unique().tolist() == ["Spanish"]
     assert result.skipped.relation.tolist() == ["P106"]  # no integrated-gradient neurons searched there
     assert signed.table.success.all()

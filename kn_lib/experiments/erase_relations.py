@@ -20,12 +20,17 @@ Choices the text leaves open, official (``7_erase_knowledge.py``) by default, ou
 * other relations: the official script evaluates every fact of the 33 others. ``max_other_facts``
   (None: all of them) draws a seeded uniform sample of them instead, per erased relation; the book
   states the sample's size and the interval it leaves.
+
+Matched controls (``control``, beyond the paper): the same erasure of as many neurons, each a non-knowledge
+neuron of the relation in the layer of one of the top neurons: ``random-layer`` draws it at random
+(seeded per relation), ``activation-matched`` takes the one closest in mean activation magnitude over
+the relation's analysed prompts (``controls.py``). The measured prompts are the same.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Literal, Mapping
+from typing import Callable, Iterable, Literal, Mapping
 
 import pandas as pd
 
@@ -33,6 +38,7 @@ from ..adapters import ModelAdapter
 from ..data import Relation
 from .evaluation import FactPrompts, Prompt, SkipLog, answer_log_distributions, perplexity, seeded_rng, tag_of
 from .interventions import edited_value_slots, erased_value_slots
+from .controls import CONTROLS, activation_matched_neurons, layer_matched_neurons, mean_answer_activations
 from .neuron_sets import check_refined, data_order, most_frequent, neurons_by_fact
 
 PAPER_RELATIONS = ("P19", "P27", "P106", "P937")
@@ -112,12 +118,16 @@ def erase_relations(
     relations: Mapping[str, Relation],
     config: EraseConfig = EraseConfig(),
     population: Iterable[Mapping] | None = None,
+    control: str | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> EraseResult:
-    """Table 5 for one refined table. ``facts`` are the analysed sample (whose knowledge neurons are
+    """Table 5 for one refined table (or, with ``control``, for its matched control: module docstring). ``facts`` are the analysed sample (whose knowledge neurons are
     counted); ``population`` (default: ``facts``) the facts perplexity is measured on: every fact of the
     erased relation (``erased_facts="all"``) and the other relations' facts (or ``max_other_facts`` of
     them); ``relations`` must hold the templates of every relation in it."""
     check_refined(refined)
+    if control is not None and control not in CONTROLS:
+        raise ValueError(f"control must be one of {', '.join(CONTROLS)} or None, got {control!r}")
     skips = SkipLog("erase_relations")
     facts = list(facts)
     population = facts if population is None else list(population)
@@ -148,6 +158,9 @@ def erase_relations(
         todo = [p for p in own + other if (p.fact_id, p.template_id) not in before]
         before.update({(p.fact_id, p.template_id): r for p, r in zip(todo, _evaluate(adapter, todo))})
         neurons = [n for n, _ in chosen]
+        if control is not None:
+            neurons = _matched(adapter, control, relation, neurons, ids, kns, prompts, config.seed)
+            chosen = [(m, c) for m, (_, c) in zip(neurons, chosen)]  # n_facts: of the top neuron it stands for
         with edited_value_slots(adapter, erased_value_slots(adapter, neurons)):
             after = _evaluate(adapter, own + other)
         neuron_rows += [{"relation": relation, "layer": n[0], "neuron": n[1], "n_facts": c} for n, c in chosen]
@@ -156,12 +169,14 @@ def erase_relations(
             rows.append({"erased_relation": relation, "scope": scope, "fact_id": p.fact_id, "relation": p.relation,
                          "template_id": p.template_id, "p_before": p_before, "p_after": p_after,
                          "correct_before": ok_before, "correct_after": ok_after, "in_sample": p.fact_id in sample_ids})
+        if progress is not None:
+            progress(len(ids))  # the erased relation's analysed facts are done
     skips.rows = [r for r in skips.rows if r["fact_id"] is None or r["fact_id"] in sample_ids]  # not the population's
     table = pd.DataFrame(rows, columns=["erased_relation", "scope", "fact_id", "relation", "template_id", "p_before",
                                         "p_after", "correct_before", "correct_after", "in_sample"])
     neurons_frame = pd.DataFrame(neuron_rows, columns=["relation", "layer", "neuron", "n_facts"])
     by_relation = table5(table, neurons_frame)
-    tag = tag_of(refined)
+    tag = tag_of(refined) | ({"method": control} if control else {})
     summary = EraseSummary(
         model=tag["model"], method=tag["method"], n_relations=len(by_relation),
         erased_ppl_change=float(by_relation["erased_ppl_change"].mean()) if len(by_relation) else float("nan"),
@@ -172,6 +187,16 @@ def erase_relations(
         frame["model"], frame["method"], frame["seed"] = tag["model"], tag["method"], config.seed
     return EraseResult(table, by_relation, neurons_frame, summary, skips.frame(), config)
 
+
+
+def _matched(adapter: ModelAdapter, control: str, relation: str, neurons: list, ids: list[str], kns: Mapping[str, list],
+             prompts: FactPrompts, seed: int) -> list:
+    """The control of a relation's top neurons: same layers, none a knowledge neuron of the relation's facts."""
+    everything = {n for f in ids for n in kns.get(f, ())}
+    if control == "random-layer":
+        return layer_matched_neurons(neurons, adapter.n_neurons, seeded_rng(seed, f"random-layer/{relation}"), everything)
+    acts = mean_answer_activations(adapter, prompts, ids)
+    return activation_matched_neurons(neurons, acts, everything)
 
 
 def _in_bag_order(ids: list[str], kns: Mapping[str, list], ties: str) -> list[str]:

@@ -85,6 +85,16 @@ def answer_distribution(adapter: ModelAdapter, prompt: EncodedPrompt) -> torch.T
 
 
 @torch.no_grad()
+def answer_distributions(adapter: ModelAdapter, prompt: EncodedPrompt, copies: int) -> torch.Tensor:
+    """``answer_distribution`` of ``copies`` copies of one prompt in one batch: [copies, vocab]. With a
+    hook that treats the batch's rows differently (``scaled_activations`` with one factor per row), one
+    forward pass gives the unchanged and the intervened distributions (equal to separate passes up to
+    float rounding)."""
+    ids = prompt.input_ids[None].expand(copies, -1).to(adapter.device)
+    return adapter.logits_at(ids, prompt.answer_pos).float().softmax(-1).cpu()
+
+
+@torch.no_grad()
 def answer_log_distribution(adapter: ModelAdapter, prompt: EncodedPrompt) -> torch.Tensor:
     """``log`` of ``answer_distribution``, computed as a log-softmax: finite where float32 probabilities
     underflow to 0 (below about 1e-45), which makes a perplexity computed from p infinite."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -30,16 +30,23 @@ def by_layer(neurons: Iterable[Neuron]) -> dict[int, list[int]]:
 
 
 @contextlib.contextmanager
-def scaled_activations(adapter: ModelAdapter, neurons: Iterable[Neuron], pos: int, factor: float) -> Iterator[None]:
+def scaled_activations(adapter: ModelAdapter, neurons: Iterable[Neuron], pos: int,
+                       factor: float | Sequence[float]) -> Iterator[None]:
     """Multiply the neurons' activations at position ``pos`` by ``factor`` (section 4.5: 0 suppresses,
-    2 amplifies). ``factor=0`` writes exact zeros (not ``-0.0`` or ``nan * 0``)."""
+    2 amplifies). ``factor=0`` writes exact zeros (not ``-0.0`` or ``nan * 0``). A sequence of factors
+    scales each row of the batch by its own (one forward pass for "before", "suppressed", "amplified")."""
+    per_row = not isinstance(factor, (int, float))
+    factors = torch.tensor(list(factor) if per_row else [factor], dtype=torch.float32, device=adapter.device)
     with contextlib.ExitStack() as stack:
         for layer, indices in by_layer(neurons).items():
             index = torch.tensor(indices, device=adapter.device)
 
             def scale(act: torch.Tensor, index: torch.Tensor = index) -> torch.Tensor:  # act: [batch, n_neurons]
+                if per_row and act.shape[0] != len(factors):
+                    raise ValueError(f"{len(factors)} factors for a batch of {act.shape[0]}")
                 out = act.clone()
-                out[:, index] = 0.0 if factor == 0 else out[:, index] * factor
+                f = factors.to(act.dtype)[:, None]
+                out[:, index] = torch.where(f == 0, torch.zeros_like(out[:, index]), out[:, index] * f)
                 return out
 
             stack.enter_context(adapter.patch(layer, pos, scale))

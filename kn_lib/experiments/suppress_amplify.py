@@ -21,18 +21,24 @@ Averaging (the paper's text is silent; ``ManipulationConfig.averaging``):
 
 Both are computed in one run: ``by_relation`` follows ``averaging``, ``by_relation_kn_only`` is always
 the variant, and the summary carries both.
+
+Changed predictions (``ManipulationConfig.flips``, beyond the paper): a probability can fall by a third
+while the model still answers correctly. Each row also records whether the top-1 answer is the correct
+one before and after (``correct_before``, ``correct_after``) and ``flip``: for ``suppress`` a correct
+answer lost, for ``amplify`` a wrong answer made correct (``flip_rate``: among the prompts where that
+can happen).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Literal, Mapping
+from typing import Callable, Iterable, Literal, Mapping
 
 import pandas as pd
 
 from ..adapters import ModelAdapter
 from ..data import Relation
-from .evaluation import FactPrompts, Prompt, SkipLog, answer_distribution, seeded_rng, tag_of
+from .evaluation import FactPrompts, Prompt, SkipLog, answer_distribution, answer_distributions, seeded_rng, tag_of
 from .interventions import scaled_activations
 from .neuron_sets import check_refined, neurons_by_fact
 
@@ -48,6 +54,7 @@ class ManipulationConfig:
     averaging: Literal["official", "kn_only"] = "official"
     # "all" (official): the unrelated fact among every fact of the data's other relations; "sample": the sample's
     unrelated_pool: Literal["all", "sample"] = "all"
+    flips: bool = True  # also record the top-1 answer before / after (False: the tables before it)
 
     def __post_init__(self) -> None:
         if self.averaging not in ("official", "kn_only"):
@@ -77,6 +84,9 @@ class ManipulationSummary:
     amplify_own_kn_only: float = float("nan")
     suppress_unrelated_kn_only: float = float("nan")
     amplify_unrelated_kn_only: float = float("nan")
+    # changed predictions (``flips``), mean over relations of the per-relation flip rate, in percent
+    suppress_own_flip: float = float("nan")  # correct top-1 answers lost
+    amplify_own_flip: float = float("nan")  # wrong top-1 answers made correct
 
 
 @dataclass
@@ -103,20 +113,36 @@ def change_ratio(before: Iterable[float], after: Iterable[float]) -> float:
     return (sum(after) / len(after) - mean_before) / mean_before
 
 
-def _measure(adapter: ModelAdapter, prompt: Prompt, neurons, fact_id: str, scope: str) -> list[dict]:
-    """p(answer) before and after each operation; with no neuron nothing changes (no forward pass needed)."""
-    p_before = answer_distribution(adapter, prompt.encoded)[prompt.encoded.target_id].item()
+def flipped(operation: str, correct_before: bool, correct_after: bool) -> bool:
+    """A changed prediction in the operation's direction: suppressing loses a correct top-1 answer,
+    amplifying makes a wrong one correct."""
+    if operation == "suppress":
+        return bool(correct_before and not correct_after)
+    if operation == "amplify":
+        return bool(not correct_before and correct_after)
+    raise ValueError(f"operation must be one of {', '.join(OPERATIONS)}, got {operation!r}")
+
+
+def _measure(adapter: ModelAdapter, prompt: Prompt, neurons, fact_id: str, scope: str, flips: bool = True) -> list[dict]:
+    """p(answer) (and whether top-1 is the answer) before and after each operation; with no neuron nothing
+    changes (no forward pass needed)."""
+    target = prompt.encoded.target_id
+    if neurons:  # one forward pass: unchanged, then each operation, as rows of one batch
+        factors = [1.0, *OPERATIONS.values()]
+        with scaled_activations(adapter, neurons, prompt.encoded.answer_pos, factors):
+            dists = answer_distributions(adapter, prompt.encoded, len(factors))
+    else:
+        dists = [answer_distribution(adapter, prompt.encoded)] * (1 + len(OPERATIONS))
+    p_before, correct_before = dists[0][target].item(), int(dists[0].argmax()) == target
     rows = []
-    for operation, factor in OPERATIONS.items():
-        if not neurons:
-            p_after = p_before
-        else:
-            with scaled_activations(adapter, neurons, prompt.encoded.answer_pos, factor):
-                p_after = answer_distribution(adapter, prompt.encoded)[prompt.encoded.target_id].item()
-        rows.append(
-            {"fact_id": fact_id, "scope": scope, "eval_fact_id": prompt.fact_id, "eval_relation": prompt.relation,
-             "template_id": prompt.template_id, "operation": operation, "factor": factor, "p_before": p_before, "p_after": p_after}
-        )
+    for (operation, factor), after in zip(OPERATIONS.items(), dists[1:]):
+        p_after, correct_after = after[target].item(), int(after.argmax()) == target
+        row = {"fact_id": fact_id, "scope": scope, "eval_fact_id": prompt.fact_id, "eval_relation": prompt.relation,
+               "template_id": prompt.template_id, "operation": operation, "factor": factor, "p_before": p_before, "p_after": p_after}
+        if flips:
+            row |= {"correct_before": correct_before, "correct_after": correct_after,
+                    "flip": flipped(operation, correct_before, correct_after)}
+        rows.append(row)
     return rows
 
 
@@ -127,6 +153,7 @@ def suppress_and_amplify(
     relations: Mapping[str, Relation],
     config: ManipulationConfig = ManipulationConfig(),
     population: Iterable[Mapping] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> ManipulationResult:
     """Figures 4 and 5 for one refined table (knowledge neurons, baseline, or ``random_like`` control).
 
@@ -134,6 +161,7 @@ def suppress_and_amplify(
     knowledge neurons, without usable prompts, or whose relation has no other relation to compare with
     are logged in ``skipped``. ``population`` (``unrelated_pool="all"``; default: ``facts``) are the facts
     unrelated ones are drawn from; ``relations`` must then hold their relations' templates too.
+    ``progress(n)`` is called as facts are done.
     """
     check_refined(refined)
     skips = SkipLog("suppress_and_amplify")
@@ -152,7 +180,9 @@ def suppress_and_amplify(
         usable = {r: [f for f in ids if prompts.of(f)] for r, ids in groups.items()}
         pool_groups = {r: ids for r, ids in usable.items() if ids}
     rows = []
-    for fact_id, fact in prompts.facts.items():
+    for i, (fact_id, fact) in enumerate(prompts.facts.items()):
+        if progress is not None and i:
+            progress(1)  # the fact before is done (the loop's ``continue``s skip an end-of-body call)
         own = prompts.of(fact_id)
         if not own:
             continue  # the reason is already logged
@@ -161,7 +191,7 @@ def suppress_and_amplify(
             continue
         neurons = kns.get(fact_id, [])
         for prompt in own:
-            rows += _measure(adapter, prompt, neurons, fact_id, "own")
+            rows += _measure(adapter, prompt, neurons, fact_id, "own", config.flips)
         if not config.unrelated:
             continue
         rng = seeded_rng(config.seed, fact_id)
@@ -172,9 +202,9 @@ def suppress_and_amplify(
                       else "no unrelated fact the model can be asked", fact["relation"], fact_id)
             continue
         for prompt in unrelated:
-            rows += _measure(adapter, prompt, neurons, fact_id, "unrelated")
-    table = pd.DataFrame(rows, columns=["fact_id", "scope", "eval_fact_id", "eval_relation", "template_id", "operation",
-                                        "factor", "p_before", "p_after"])
+            rows += _measure(adapter, prompt, neurons, fact_id, "unrelated", config.flips)
+    columns = ["fact_id", "scope", "eval_fact_id", "eval_relation", "template_id", "operation", "factor", "p_before", "p_after"]
+    table = pd.DataFrame(rows, columns=columns + (["correct_before", "correct_after", "flip"] if config.flips else []))
     table.insert(1, "relation", table["fact_id"].map(lambda f: prompts.facts[f]["relation"]))
     table["n_kn"] = table["fact_id"].map(lambda f: len(kns.get(f, ()))).astype("int64")
     by_relation = _by_relation(table)
@@ -187,11 +217,16 @@ def suppress_and_amplify(
 
     means = {f"{op}_{scope}": mean_percent(by_relation, scope, op) for op in OPERATIONS for scope in ("own", "unrelated")}
     means_kn = {f"{op}_{scope}_kn_only": mean_percent(kn_only, scope, op) for op in OPERATIONS for scope in ("own", "unrelated")}
+    flip_means = {}
+    if config.flips:
+        for op in OPERATIONS:
+            sel = by_relation[(by_relation["scope"] == "own") & (by_relation["operation"] == op)]
+            flip_means[f"{op}_own_flip"] = float(sel["flip_rate"].mean() * 100) if sel["flip_rate"].notna().any() else float("nan")
     with_kn = table[table["n_kn"] > 0]
     summary = ManipulationSummary(
         model=tag["model"], method=tag["method"], n_facts=table["fact_id"].nunique(), n_relations=table["relation"].nunique(),
         seed=config.seed, averaging=config.averaging, n_facts_with_kn=with_kn["fact_id"].nunique(),
-        n_relations_with_kn=with_kn["relation"].nunique(), **means, **means_kn,
+        n_relations_with_kn=with_kn["relation"].nunique(), **means, **means_kn, **flip_means,
     )
     for frame in (table, by_relation, kn_only):
         frame["model"], frame["method"], frame["seed"] = tag["model"], tag["method"], config.seed
@@ -211,17 +246,29 @@ def _unrelated_prompts(pool: FactPrompts, groups: Mapping[str, list[str]], other
     return []
 
 
+def flip_eligible(table: pd.DataFrame, operation: str | None = None) -> pd.Series:
+    """Rows where the operation (``operation``, else the ``operation`` column) can flip the prediction:
+    correct before (suppress), not correct before (amplify)."""
+    suppress = (table["operation"] == "suppress") if operation is None else operation == "suppress"
+    return table["correct_before"].astype(bool) == suppress
+
+
 def _by_relation(table: pd.DataFrame) -> pd.DataFrame:
-    """Per (relation, scope, operation): facts, prompts, mean p before / after, and the change ratio."""
+    """Per (relation, scope, operation): facts, prompts, mean p before / after, the change ratio, and (with
+    flips) the prompts that could flip and the share that did."""
+    flips = "flip" in table.columns
     columns = ["relation", "scope", "operation", "n_facts", "n_facts_with_kn", "n_prompts", "mean_p_before", "mean_p_after",
-               "change_ratio"]
+               "change_ratio"] + (["n_flip_eligible", "flip_rate"] if flips else [])
+
+    def summary(g: pd.DataFrame) -> pd.Series:
+        out = {"n_facts": g["fact_id"].nunique(), "n_facts_with_kn": g.loc[g["n_kn"] > 0, "fact_id"].nunique(),
+               "n_prompts": len(g), "mean_p_before": g["p_before"].mean(), "mean_p_after": g["p_after"].mean(),
+               "change_ratio": change_ratio(g["p_before"], g["p_after"])}
+        if flips:
+            eligible = g[flip_eligible(g, g.name[2])]
+            out |= {"n_flip_eligible": len(eligible), "flip_rate": eligible["flip"].mean() if len(eligible) else float("nan")}
+        return pd.Series(out)
+
     if not len(table):
         return pd.DataFrame(columns=columns)
-    return (
-        table.groupby(["relation", "scope", "operation"], sort=True)
-        .apply(lambda g: pd.Series({"n_facts": g["fact_id"].nunique(), "n_facts_with_kn": g.loc[g["n_kn"] > 0, "fact_id"].nunique(),
-                                    "n_prompts": len(g), "mean_p_before": g["p_before"].mean(),
-                                    "mean_p_after": g["p_after"].mean(),
-                                    "change_ratio": change_ratio(g["p_before"], g["p_after"])}), include_groups=False)
-        .reset_index()[columns]
-    )
+    return table.groupby(["relation", "scope", "operation"], sort=True).apply(summary, include_groups=False).reset_index()[columns]

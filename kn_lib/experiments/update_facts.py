@@ -16,7 +16,10 @@ Per relation, facts are drawn at random (seeded) until ``facts_per_relation`` ar
 7. beyond the paper: the top-1 answer of the fact's *other* prompts (its PARAREL paraphrases) after
    the edit (does the edit generalise?), and of the intra-relation prompts (is it specific, or does
    every fact of the relation now answer t'?);
-8. restore the weights exactly, and repeat 4-7 with as many random neurons (the control).
+8. restore the weights exactly, and repeat 4-7 on the controls: as many random neurons over all layers
+   (``random``, the paper's control), and the matched controls of ``controls.py`` (``random-layer``: a
+   random neuron of the same layer for each edited neuron; ``activation-matched``: the same-layer neuron
+   closest in mean activation over the fact's prompts), none of them a knowledge neuron of the fact.
 
 Choices the paper leaves open. Defaults follow the official ``6_edit_knowledge_sampled.py``; the
 reading this module had before is kept as named variants (``selection="ours"``, ``sampling="ours"``):
@@ -49,16 +52,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Literal, Mapping
+from typing import Callable, Iterable, Iterator, Literal, Mapping
 
 import pandas as pd
 
 from ..adapters import ModelAdapter, MultiTokenObject
 from ..data import Relation
 from .evaluation import (
-    FactPrompts, Prompt, SkipLog, answer_distribution, answer_log_distribution, log_perplexity, perplexity, seeded_rng, tag_of,
+    FactPrompts, Prompt, SkipLog, answer_distribution, answer_log_distributions, log_perplexity, perplexity, seeded_rng, tag_of,
 )
 from .interventions import edited_value_slots, updated_value_slots
+from .controls import CONTROLS, activation_matched_neurons, layer_matched_neurons, mean_answer_activations
 from .neuron_sets import check_refined, neurons_by_fact, random_neurons
 
 
@@ -85,11 +89,15 @@ class UpdateConfig:
     selection: Literal["official", "ours"] = "official"  # which of the fact's neurons are edited (module doc)
     sampling: Literal["official", "ours"] = "official"  # how facts, t' and perplexity facts are drawn
     max_draws: int = 10000  # official: at most 10000 draws per relation
+    controls: tuple[str, ...] = CONTROLS  # matched controls each edit is repeated on (besides ``random``)
 
     def __post_init__(self) -> None:
         for name in ("selection", "sampling"):
             if getattr(self, name) not in ("official", "ours"):
                 raise ValueError(f"{name} must be 'official' or 'ours', got {getattr(self, name)!r}")
+        unknown = [c for c in self.controls if c not in CONTROLS]
+        if unknown:
+            raise ValueError(f"unknown control(s) {unknown}; expected some of {', '.join(CONTROLS)}")
         if self.facts_per_relation < 1 or self.max_draws < 1:
             raise ValueError("facts_per_relation and max_draws must be >= 1")
 
@@ -100,7 +108,7 @@ class UpdateSummary:
 
     model: str
     method: str
-    neuron_set: str  # "knowledge" or "random"
+    neuron_set: str  # "knowledge", "random" (uniform over layers), "random-layer" or "activation-matched"
     n_edits: int
     change_rate: float  # paper: 48.5 % (knowledge neurons), 4.7 % (random)
     success_rate: float  # paper: 34.4 % / 0.0 %
@@ -167,8 +175,8 @@ def official_exclusive_neurons(bag: list, bags: list[list]) -> list:
 
 def _p_top1(adapter: ModelAdapter, prompts: list[Prompt]) -> tuple[list[float], list[int], list[float]]:
     """p(correct answer), the top-1 token and log p(correct answer) (log-softmax) of each prompt, as the
-    model is now."""
-    logs = [answer_log_distribution(adapter, p.encoded) for p in prompts]
+    model is now (batched: equal to one at a time up to float rounding)."""
+    logs = answer_log_distributions(adapter, [p.encoded for p in prompts])
     return ([float(d[p.encoded.target_id].exp()) for d, p in zip(logs, prompts)], [int(d.argmax()) for d in logs],
             [float(d[p.encoded.target_id]) for d, p in zip(logs, prompts)])
 
@@ -182,6 +190,7 @@ def update_facts(
     searched: pd.DataFrame | None = None,
     population: Iterable[Mapping] | None = None,
     bags: Mapping[str, Mapping[str, list]] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> UpdateResult:
     """Table 6 for one refined table; ``facts`` are the analysed sample whose facts are edited.
 
@@ -208,6 +217,7 @@ def update_facts(
         r: sorted(set(g["fact_id"]) | set(groups.get(r, ()))) for r, g in searched.groupby("relation")
     }
     rows, ppl_rows, para_rows = [], [], []
+    mean_acts: dict[str, object] = {}  # fact -> mean answer-position activations (activation-matched control)
     n_edit = 0
     for relation, ids in groups.items():
         rng = seeded_rng(config.seed, relation)
@@ -231,6 +241,7 @@ def update_facts(
             sets = [("knowledge", neurons)]
             if config.random_control:
                 sets.append(("random", random_neurons(len(neurons), adapter.n_layers, adapter.n_neurons, rng, kns[fact_id])))
+            sets += _matched_controls(adapter, fact_id, neurons, kns[fact_id], prompts, config, n_edit, mean_acts)
             acts = adapter.activations(prompt.encoded) if config.sign_aware else None
             for name, chosen in sets:
                 signs = {n: 1.0 if acts[n] >= 0 else -1.0 for n in chosen} if acts is not None else None
@@ -270,6 +281,8 @@ def update_facts(
                 ]
         if done < config.facts_per_relation:
             skips.add(f"only {done} of {config.facts_per_relation} facts could be edited", relation)
+        if progress is not None:
+            progress(len(ids))  # a relation's facts are done
     skips.rows = [r for r in skips.rows if r["fact_id"] is None or r["fact_id"] in sample_ids]  # not the population's
     tag = tag_of(refined)
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
@@ -277,11 +290,27 @@ def update_facts(
                                                   "p_after", "top1_changed", "correct_before", "correct_after", "new_after",
                                                   "logp_before", "logp_after"])
     para = pd.DataFrame(para_rows, columns=["edit", "fact_id", "neuron_set", "template_id", "correct_before", "changed", "success"])
-    summary = [_summarise(table, ppl_prompts, para, name, tag, config.seed)
-               for name in (["knowledge", "random"] if config.random_control else ["knowledge"])]
+    names = ["knowledge"] + (["random"] if config.random_control else []) + list(config.controls)
+    summary = [_summarise(table, ppl_prompts, para, name, tag, config.seed) for name in names]
     for frame in (table, ppl_prompts, para):
         frame["model"], frame["method"], frame["seed"] = tag["model"], tag["method"], config.seed
     return UpdateResult(table, ppl_prompts, para, summary, skips.frame(), config)
+
+
+def _matched_controls(adapter: ModelAdapter, fact_id: str, neurons: list, fact_kns: list, prompts: FactPrompts,
+                      config: UpdateConfig, n_edit: int, mean_acts: dict) -> list[tuple[str, list]]:
+    """The edit's matched control sets, none of them a knowledge neuron of the fact. Their draws use their
+    own generator (per edit), so the edits drawn do not depend on which controls run."""
+    out = []
+    for kind in config.controls:
+        if kind == "random-layer":
+            rng = seeded_rng(config.seed, f"random-layer/{fact_id}/{n_edit}")
+            out.append((kind, layer_matched_neurons(neurons, adapter.n_neurons, rng, fact_kns)))
+        else:
+            if fact_id not in mean_acts:
+                mean_acts[fact_id] = mean_answer_activations(adapter, prompts, [fact_id])
+            out.append((kind, activation_matched_neurons(neurons, mean_acts[fact_id], fact_kns)))
+    return out
 
 
 def official_selection(fact_id: str, kns: Mapping[str, list], bags: Mapping[str, list]) -> list:

@@ -129,6 +129,9 @@ class Experiment:
     options: tuple[Option, ...]
     compares_baseline: bool = False
     needs_bags: bool = False
+    # also runs on the matched controls of the knowledge neurons (``experiments.controls``), as shards
+    # named after them (``random-layer``, ``activation-matched``)
+    has_controls: bool = False
     # config fields added after results were committed, with the value that reproduces the code before
     # them: left out of the settings key at that value, so those results stay found (as that variant)
     legacy: Mapping[str, Any] = {}
@@ -142,6 +145,13 @@ class Experiment:
 
     def run(self, adapter, refined: pd.DataFrame, facts: list[Mapping], settings: RunSettings, inputs: Mapping) -> Any:
         raise NotImplementedError
+
+    def control(self, kind: str, adapter, refined: pd.DataFrame, facts: list[Mapping], settings: RunSettings,
+                inputs: Mapping) -> pd.DataFrame:
+        """The neuron set a control shard runs on (default: each fact's knowledge neurons matched)."""
+        from ..experiments.controls import control_table
+
+        return control_table(kind, adapter, refined, facts, settings.load_relations(), _experiment_seed(settings))
 
     def frames(self, result) -> dict[str, pd.DataFrame]:
         return {t: getattr(result, t) for t in self.tables}
@@ -177,31 +187,36 @@ class Statistics(Experiment):
 
 class SuppressAmplify(Experiment):
     name, help = "suppress-amplify", "suppress (x0) and amplify (x2) knowledge neurons: answer probability (Fig. 4, 5; needs refine)"
-    tables, compares_baseline = ("table", "by_relation", "by_relation_kn_only"), True
+    tables, compares_baseline, has_controls = ("table", "by_relation", "by_relation_kn_only"), True, True
     options = (Option("unrelated", _bool, None, "also apply each fact's neurons to a fact of another relation, yes or no (default yes)"),
                Option("averaging", str, None, "official (default: facts without knowledge neurons count as zero change) "
                                               "or kn_only (ours: facts with knowledge neurons only)", choices=("official", "kn_only")),
                Option("unrelated_pool", str, None, "where unrelated facts come from: all (default, official: every fact of the "
                                                    "other relations) or sample (ours: the sample's)", choices=("all", "sample")),
+               Option("flips", _bool, None, "also record each prompt's top-1 answer before and after, yes or no (default yes)"),
                SEED_OPTION)
-    legacy = {"unrelated_pool": "sample"}
+    legacy = {"unrelated_pool": "sample", "flips": False}
 
     def config(self, settings):
         from ..experiments import ManipulationConfig
 
         unrelated, averaging = settings.param("unrelated"), _option(self, "averaging").check(settings)
-        pool = _option(self, "unrelated_pool").check(settings)
+        pool, flips = _option(self, "unrelated_pool").check(settings), settings.param("flips")
         return ManipulationConfig(seed=_experiment_seed(settings), unrelated=True if unrelated is None else _bool(unrelated),
                                   **({} if averaging is None else {"averaging": averaging}),
-                                  **({} if pool is None else {"unrelated_pool": pool}))
+                                  **({} if pool is None else {"unrelated_pool": pool}),
+                                  **({} if flips is None else {"flips": _bool(flips)}))
 
     def run(self, adapter, refined, facts, settings, inputs):
         from ..experiments import suppress_and_amplify
 
         config = self.config(settings)
+        if inputs.get("control"):  # a control answers "is it these neurons?" on the fact's own prompts only
+            config = replace(config, unrelated=False)
         if config.unrelated and config.unrelated_pool == "all":
-            return suppress_and_amplify(adapter, refined, facts, _relations_of_all(), config, population=all_facts())
-        return suppress_and_amplify(adapter, refined, facts, settings.load_relations(), config)
+            return suppress_and_amplify(adapter, refined, facts, _relations_of_all(), config, population=all_facts(),
+                                        progress=inputs.get("progress"))
+        return suppress_and_amplify(adapter, refined, facts, settings.load_relations(), config, progress=inputs.get("progress"))
 
 
 class BingRel(Experiment):
@@ -243,6 +258,8 @@ class Update(Experiment):
         Option("intra_facts", int, None, "other facts of the relation for Delta intra-relation PPL (default 5)"),
         Option("inter_facts", int, None, "facts of other relations for Delta inter-relation PPL (default 5)"),
         Option("random_control", _bool, None, "repeat each edit on as many random neurons, yes or no (default yes)"),
+        Option("controls", _bool, None, "also repeat each edit on the matched controls (same-layer random, activation-"
+                                        "matched), yes or no (default yes)"),
         Option("sign_aware", _bool, None, "flip the edit of neurons with negative activation, yes or no (default no; not the paper's)"),
         Option("selection", str, None, "which neurons are edited: official (default, select_kn: count over the relation's "
                                        "bags, own included, at most 10%%) or ours (shared by fewer than 10%% of the other facts)",
@@ -252,7 +269,7 @@ class Update(Experiment):
                choices=("official", "ours")),
         SEED_OPTION,
     )
-    legacy = {"selection": "ours", "sampling": "ours", "max_draws": 10000}
+    legacy = {"selection": "ours", "sampling": "ours", "max_draws": 10000, "controls": ()}
     _fields = {"edits_per_relation": ("facts_per_relation", int), "max_share": ("max_share", float), "lambda1": ("lambda1", float),
                "lambda2": ("lambda2", float), "intra_facts": ("intra_facts", int), "inter_facts": ("inter_facts", int),
                "random_control": ("random_control", _bool), "sign_aware": ("sign_aware", _bool)}
@@ -265,6 +282,8 @@ class Update(Experiment):
             value = _option(self, name).check(settings)
             if value is not None:
                 given[name] = value
+        if settings.param("controls") is not None and not _bool(settings.param("controls")):
+            given["controls"] = ()
         return UpdateConfig(seed=_experiment_seed(settings), **given)
 
     def run(self, adapter, refined, facts, settings, inputs):
@@ -274,7 +293,7 @@ class Update(Experiment):
         official = config.sampling == "official"
         return update_facts(adapter, refined, facts, _relations_of_all() if official else settings.load_relations(), config,
                             inputs.get("searched"), population=all_facts() if official else None,
-                            bags=inputs.get("bags") if config.selection == "official" else None)
+                            bags=inputs.get("bags") if config.selection == "official" else None, progress=inputs.get("progress"))
 
     def summaries(self, result):
         return list(result.summary)
@@ -285,7 +304,7 @@ MIN_ERASE_FACTS = 20  # a known-facts sample erases the relations with at least 
 
 class Erase(Experiment):
     name, help = "erase", "erase relations by zeroing their top knowledge neurons' value slots: perplexity (Table 5; needs refine)"
-    tables = ("table", "by_relation", "neurons")
+    tables, has_controls = ("table", "by_relation", "neurons"), True
     options = (
         Option("erase_relations", str, None, "comma-separated relations to erase (default: the paper's P19,P27,P106,P937 "
                                              "among the sample's, else every relation of the sample; a known-facts "
@@ -340,7 +359,8 @@ class Erase(Experiment):
         everything = config.erased_facts == "all" or config.max_other_facts is not None
         population = all_facts() if everything else None
         relations = _relations_of_all() if everything else settings.load_relations()
-        return erase_relations(adapter, refined, facts, relations, config, population)
+        return erase_relations(adapter, refined, facts, relations, config, population, control=inputs.get("control"),
+                               progress=inputs.get("progress"))
 
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (Statistics(), SuppressAmplify(), BingRel(), Update(), Erase())}
@@ -477,6 +497,10 @@ def _plan(experiment: Experiment) -> Callable[[StageContext], list[Job]]:
             baseline = _refine_store(ctx, BASELINE)
             if baseline.exists() and not _missing_relations(baseline, settings):
                 jobs.append(Job(BASELINE, "*", facts))
+        if experiment.has_controls and method != BASELINE:
+            from ..experiments.controls import CONTROLS
+
+            jobs += [Job(kind, "*", facts) for kind in CONTROLS]
         return jobs
 
     return plan
@@ -484,9 +508,12 @@ def _plan(experiment: Experiment) -> Callable[[StageContext], list[Job]]:
 
 def _compute(experiment: Experiment) -> Callable[..., dict]:
     def compute(ctx: StageContext, job: Job, adapter=None, on_fact=None) -> dict[str, pd.DataFrame]:
-        settings = _with_method(ctx.settings, job.shard)
+        from ..experiments.controls import CONTROLS
+
+        control = job.shard if job.shard in CONTROLS else None  # a control shard: the run's own neurons, matched
+        settings = ctx.settings if control else _with_method(ctx.settings, job.shard)
         relations = settings.relation_ids()
-        refine = _refine_store(ctx, job.shard)
+        refine = _refine_store(ctx, settings.config.method)
         refined = refine.read("refined", relations)
         wanted = set(job.fact_ids)
         refined = refined[refined["fact_id"].isin(wanted)].reset_index(drop=True) if len(refined) else refined
@@ -510,18 +537,31 @@ def _compute(experiment: Experiment) -> Callable[..., dict]:
             from ..bingrel import load_bags
 
             inputs["bags"] = load_bags(relations)
+        if control:
+            inputs["control"] = control
+            if experiment.name != "erase":  # erase matches the relation's erased neurons itself
+                refined = experiment.control(control, adapter, refined, list(job.facts), settings, inputs)
+        reported = [0]
+
+        def progress(n: int) -> None:  # facts done inside the experiment, at most the job's
+            n = min(n, len(job.facts) - reported[0])
+            if on_fact is not None and n > 0:
+                reported[0] += n
+                on_fact(n)
+
+        inputs["progress"] = progress
         result = experiment.run(adapter, refined, list(job.facts), settings, inputs)
         tables = {name: _parquet_ready(frame) for name, frame in experiment.frames(result).items()}
-        tables["summary"] = _summary_frame(experiment.summaries(result), settings)
-        tables["skipped"] = _skipped_frame(result.skipped, settings)
-        if on_fact is not None:
-            on_fact(len(job.facts))
+        tables["summary"] = _summary_frame(experiment.summaries(result), settings, job.shard)
+        tables["skipped"] = _skipped_frame(result.skipped, settings, job.shard)
+        if on_fact is not None and len(job.facts) > reported[0]:
+            on_fact(len(job.facts) - reported[0])
         return tables
 
     return compute
 
 
-def _summary_frame(summaries: list, settings: RunSettings) -> pd.DataFrame:
+def _summary_frame(summaries: list, settings: RunSettings, shard: str | None = None) -> pd.DataFrame:
     rows = []
     for summary in summaries:
         row = {}
@@ -531,14 +571,14 @@ def _summary_frame(summaries: list, settings: RunSettings) -> pd.DataFrame:
             else:
                 row[key] = value
         if row.get("method") == "?":  # no knowledge neuron at all: the table does not say
-            row["method"] = settings.config.method
+            row["method"] = shard or settings.config.method
         if row.get("model") == "?":
             row["model"] = settings.model
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _skipped_frame(skipped: pd.DataFrame, settings: RunSettings) -> pd.DataFrame:
+def _skipped_frame(skipped: pd.DataFrame, settings: RunSettings, shard: str | None = None) -> pd.DataFrame:
     frame = skipped.copy()
 
     def index(item) -> Any:
@@ -550,7 +590,7 @@ def _skipped_frame(skipped: pd.DataFrame, settings: RunSettings) -> pd.DataFrame
     frame["template_id"] = pd.array([index(i) for i in frame["item"]], dtype="Int64")
     for column in ("experiment", "relation", "fact_id", "item", "reason"):
         frame[column] = frame[column].astype("object")
-    frame["model"], frame["method"] = settings.model, settings.config.method
+    frame["model"], frame["method"] = settings.model, shard or settings.config.method  # the shard: a control's name
     return frame
 
 

@@ -24,6 +24,8 @@ EARLIER_DEFINITIONS: tuple[tuple[str, Any], ...] = (
     ("selection", "ours"), ("sampling", "ours"),  # update: our neuron filter and sampling, not select_kn's
     ("ties", "index"), ("erased_facts", "sample"),  # erase: ties by index, the erased relation's sample only
     ("relation_mean", "present"),  # bingrel: Table 4 over relations with data, not 0 for the others
+    # and the tables before changed predictions and matched controls were recorded (issue: "is it the neurons?")
+    ("flips", False), ("controls", False),  # suppress-amplify's flip columns; update's matched-control edits
 )
 
 

@@ -643,3 +643,53 @@ def activation_by_type(
         ax.set(xlabel="prompt type", ylabel="")
     axes[0, 0].set_ylabel("mean activation of the fact's neurons\nper relation (symlog scale)")
     return fig
+
+
+NEURON_SET_NAMES = {"knowledge": "knowledge neurons", "random-layer": "random, same layers",
+                    "activation-matched": "activation-matched, same layers"}
+
+
+def control_bars(effects: pd.DataFrame, width: float = 6.9) -> Figure:
+    """Knowledge neurons beside their matched controls: one panel per (intervention, measure) row of
+    ``effects`` (``kn_lib.book.controls.effects`` for one model), a bar per neuron set with its 95 %
+    interval; the panel's title names n and its unit (facts or erased relations). One legend above."""
+    panels = list(dict.fromkeys(zip(effects["intervention"], effects["measure"])))
+    sets = [s for s in NEURON_SET_NAMES if s in set(effects["neuron_set"])]
+    colours = dict(zip(sets, sns.color_palette(PALETTE, len(sets))))
+    ncols = min(len(panels), 2)
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, 2.3 * nrows + 0.6), squeeze=False, layout="constrained")
+    for ax, (intervention, measure) in zip(axes.flat, panels):
+        part = effects[(effects["intervention"] == intervention) & (effects["measure"] == measure)].set_index("neuron_set")
+        part = part.reindex([s for s in sets if s in part.index])
+        x = np.arange(len(part))
+        ax.bar(x, part["estimate"], color=[colours[s] for s in part.index])
+        ax.errorbar(x, part["estimate"], yerr=[part["estimate"] - part["ci_low"], part["ci_high"] - part["estimate"]],
+                    fmt="none", ecolor="black", capsize=3, linewidth=1)
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set_xticks([])
+        n = part["n"].max()
+        ax.set_title(f"{intervention}: {measure}\n(n = {n:.0f} {part['n_unit'].iloc[0]})", fontsize=9)
+        ax.set_ylabel(part["unit"].iloc[0])
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    handles = [Patch(color=colours[s], label=NEURON_SET_NAMES[s]) for s in sets]
+    fig.legend(handles=handles, loc="outside upper center", ncol=len(handles), frameon=False)
+    return fig
+
+
+def consistency_plot(by_fact: pd.DataFrame, width: float = 6.9) -> Figure:
+    """Paraphrase consistency per model: the distribution over facts of the mean pairwise Jaccard overlap
+    of their prompts' coarse sets, one box per relation (sorted by median), one panel per model
+    (``kn_lib.experiments.paraphrase_consistency``'s ``by_fact`` with a ``model`` column)."""
+    models = list(dict.fromkeys(by_fact["model"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(width, 6.2), squeeze=False, layout="constrained", sharex=True)
+    for ax, model in zip(axes[0], models):
+        part = by_fact[by_fact["model"] == model]
+        order = part.groupby("relation")["mean_jaccard"].median().sort_values().index.tolist()
+        sns.boxplot(part, x="mean_jaccard", y="relation", order=order, color=sns.color_palette(PALETTE)[0], saturation=1,
+                    fliersize=2, ax=ax)
+        ax.set(xlabel="mean pairwise Jaccard of the prompts' coarse sets", ylabel="", xlim=(0, 1),
+               title=f"{model} ({len(part)} facts)")
+        ax.tick_params(axis="y", labelsize=7)
+    return fig

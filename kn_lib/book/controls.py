@@ -1,0 +1,250 @@
+"""Is it the neurons? Knowledge neurons against their matched controls, paired by fact (or edit, or erased
+relation), from the stored results of suppress-amplify, update and erase.
+
+Every intervention's effect is first reduced to one number per unit the claim is about, for each neuron
+set (``knowledge``, ``random-layer``, ``activation-matched``; ``experiments.controls``):
+
+* suppress / amplify (``manipulation_by_fact``): per fact with knowledge neurons, the change of p(answer)
+  over its own prompts (the paper's ratio of means, in %) and the share of its prompts whose top-1 answer
+  flips in the operation's direction (among those where it can);
+* update (``update_by_edit``): per edit, success (top-1 is the new answer) and change (top-1 no longer the
+  old one), in %, resampled by edited fact;
+* erase (``erase_by_relation``): per erased relation, the perplexity change (%) and the accuracy change
+  (points) on its own prompts.
+
+``effects`` gives each set's mean with a bootstrap interval; ``control_claims`` the paired difference
+knowledge minus control, with the verdict ``beats its control`` only when the interval lies wholly on
+the side the paper's claim predicts (lower p for suppress, higher for amplify, more flips and edit
+successes, a larger perplexity rise). Fewer than ``claims.MIN_CLUSTERS`` units: no data.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from .claims import MIN_CLUSTERS, Interval, bootstrap_ci
+
+if TYPE_CHECKING:
+    from ..experiments.paraphrase_consistency import ConsistencyResult
+
+KNOWLEDGE = "knowledge"
+CONTROL_SETS = ("random-layer", "activation-matched")
+CONTROL_VERDICTS = ("beats its control", "does not beat its control", "control stronger", "no data")
+EFFECT_COLUMNS = ["model", "intervention", "measure", "neuron_set", "unit", "estimate", "ci_low", "ci_high", "n", "n_unit"]
+CLAIM_COLUMNS = ["model", "intervention", "measure", "control", "unit", "expected", "estimate", "ci_low", "ci_high", "n",
+                 "n_unit", "verdict"]
+
+
+def _set_name(method: str, knowledge_method: str = "ig") -> str:
+    return KNOWLEDGE if method == knowledge_method else method
+
+
+def manipulation_by_fact(table: pd.DataFrame, knowledge_method: str = "ig") -> pd.DataFrame:
+    """Per (fact, neuron set, operation): ``change`` (%, ratio of means over the fact's own prompts),
+    ``flip`` (%, among its prompts that can flip; NaN when none can) and ``n_eligible``. Facts without
+    knowledge neurons (no control exists for them) and the activation baseline are left out."""
+    sel = table[(table["scope"] == "own") & (table["n_kn"] > 0)]
+    sel = sel[sel["method"].isin([knowledge_method, *CONTROL_SETS])]
+    rows = []
+    for (fact, method, op), g in sel.groupby(["fact_id", "method", "operation"], sort=True):
+        before = g["p_before"].mean()
+        eligible = g[g["correct_before"].astype(bool) == (op == "suppress")] if "flip" in g else g.iloc[:0]
+        rows.append({"fact_id": fact, "relation": g["relation"].iloc[0], "neuron_set": _set_name(method, knowledge_method),
+                     "operation": op, "change": 100 * (g["p_after"].mean() - before) / before,
+                     "flip": 100 * eligible["flip"].mean() if len(eligible) else np.nan, "n_eligible": len(eligible)})
+    return pd.DataFrame(rows, columns=["fact_id", "relation", "neuron_set", "operation", "change", "flip", "n_eligible"])
+
+
+def update_by_edit(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (edit, neuron set): success and change in %, with the edited fact (the resampled unit)."""
+    rows = table[table["neuron_set"].isin([KNOWLEDGE, *CONTROL_SETS])]
+    return rows.assign(success=100 * rows["success"].astype(float), changed=100 * rows["changed"].astype(float))[
+        ["edit", "fact_id", "relation", "neuron_set", "success", "changed"]].reset_index(drop=True)
+
+
+def erase_by_relation(table: pd.DataFrame, knowledge_method: str = "ig") -> pd.DataFrame:
+    """Per (erased relation, neuron set): the perplexity change of its own prompts (%) and their accuracy
+    change (points)."""
+    from ..experiments.evaluation import perplexity
+
+    rows = []
+    sel = table[(table["scope"] == "erased") & table["method"].isin([knowledge_method, *CONTROL_SETS])]
+    for (relation, method), g in sel.groupby(["erased_relation", "method"], sort=True):
+        before, after = perplexity(g["p_before"].tolist()), perplexity(g["p_after"].tolist())
+        rows.append({"erased_relation": relation, "neuron_set": _set_name(method, knowledge_method),
+                     "ppl_change": 100 * (after - before) / before,
+                     "accuracy_change": 100 * (g["correct_after"].mean() - g["correct_before"].mean()), "n_prompts": len(g)})
+    return pd.DataFrame(rows, columns=["erased_relation", "neuron_set", "ppl_change", "accuracy_change", "n_prompts"])
+
+
+# (intervention, measure, unit, expected sign of knowledge minus control) and where its units come from
+MEASURES = (
+    ("suppress", "p(answer) change", "%", -1), ("suppress", "correct answers lost", "% of prompts", +1),
+    ("amplify", "p(answer) change", "%", +1), ("amplify", "wrong answers made correct", "% of prompts", +1),
+    ("update", "success", "% of edits", +1), ("update", "change", "% of edits", +1),
+    ("erase", "perplexity change", "%", +1), ("erase", "accuracy change", "points", -1),
+)
+
+
+def _units(intervention: str, measure: str, frames: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, str, str, str] | None:
+    """(rows with one value per unit and set, value column, unit id column, cluster column), or None."""
+    if intervention in ("suppress", "amplify") and "manipulation" in frames:
+        f = frames["manipulation"]
+        column = "change" if "change" in measure else "flip"
+        return f[f["operation"] == intervention], column, "fact_id", "fact_id"
+    if intervention == "update" and "update" in frames:
+        return frames["update"], "success" if measure == "success" else "changed", "edit", "fact_id"
+    if intervention == "erase" and "erase" in frames:
+        return frames["erase"], "ppl_change" if "perplexity" in measure else "accuracy_change", "erased_relation", "erased_relation"
+    return None
+
+
+def _frames(model_tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    out = {}
+    if "suppress" in model_tables:
+        out["manipulation"] = manipulation_by_fact(model_tables["suppress"])
+    if "update" in model_tables:
+        out["update"] = update_by_edit(model_tables["update"])
+    if "erase" in model_tables:
+        out["erase"] = erase_by_relation(model_tables["erase"])
+    return out
+
+
+def effects(tables: dict[str, dict[str, pd.DataFrame]], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per model, intervention, measure and neuron set: the mean over units with a 95 % bootstrap interval
+    over the resampled unit (facts; erased relations). ``tables``: model -> {"suppress": suppress-amplify
+    ``table``, "update": update ``table``, "erase": erase ``table``} (any may be missing)."""
+    rows = []
+    for model, model_tables in tables.items():
+        frames = _frames(model_tables)
+        for intervention, measure, unit, _ in MEASURES:
+            found = _units(intervention, measure, frames)
+            if found is None:
+                continue
+            frame, column, _, cluster = found
+            for name in (KNOWLEDGE, *CONTROL_SETS):
+                sel = frame[(frame["neuron_set"] == name) & frame[column].notna()]
+                if sel.empty:
+                    continue
+                ci = bootstrap_ci(sel, lambda f, c=column: float(f[c].mean()), cluster, n_boot=n_boot, seed=seed)
+                rows.append({"model": model, "intervention": intervention, "measure": measure, "neuron_set": name,
+                             "unit": unit, "estimate": ci.estimate, "ci_low": ci.low, "ci_high": ci.high,
+                             "n": ci.n_clusters, "n_unit": _unit_name(cluster)})
+    return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
+
+
+def _unit_name(cluster: str) -> str:
+    return {"fact_id": "facts", "erased_relation": "erased relations"}[cluster]
+
+
+def beats_control(ours: Interval, expected: int) -> str:
+    """``beats its control`` when the interval of knowledge minus control lies wholly on the ``expected``
+    side of 0 (+1: above, -1: below); ``control stronger`` when wholly on the other side; fewer than
+    ``MIN_CLUSTERS`` units or no interval: ``no data``."""
+    if not (np.isfinite(ours.low) and np.isfinite(ours.high)) or ours.n_clusters < MIN_CLUSTERS:
+        return "no data"
+    low, high = (ours.low, ours.high) if expected > 0 else (-ours.high, -ours.low)
+    if low > 0:
+        return "beats its control"
+    if high < 0:
+        return "control stronger"
+    return "does not beat its control"
+
+
+def _paired_mean(frame: pd.DataFrame, column: str, unit: str, control: str) -> float:
+    wide = frame.pivot_table(index=unit, columns="neuron_set", values=column, aggfunc="mean")
+    if KNOWLEDGE not in wide or control not in wide:
+        return float("nan")
+    diff = (wide[KNOWLEDGE] - wide[control]).dropna()
+    return float(diff.mean()) if len(diff) else float("nan")
+
+
+def control_claims(tables: dict[str, dict[str, pd.DataFrame]], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per model, intervention, measure and control: knowledge minus control, paired by unit (fact, edit,
+    erased relation), its 95 % bootstrap interval over the resampled unit, and ``beats_control``."""
+    rows = []
+    for model, model_tables in tables.items():
+        frames = _frames(model_tables)
+        for intervention, measure, unit_label, expected in MEASURES:
+            found = _units(intervention, measure, frames)
+            if found is None:
+                continue
+            frame, column, unit, cluster = found
+            for control in CONTROL_SETS:
+                sel = frame[frame["neuron_set"].isin([KNOWLEDGE, control]) & frame[column].notna()]
+                paired = sel.groupby(unit)["neuron_set"].transform("nunique") == 2
+                sel = sel[paired]
+                if sel.empty:
+                    continue
+                ci = bootstrap_ci(sel, lambda f, c=column, u=unit, k=control: _paired_mean(f, c, u, k), cluster,
+                                  n_boot=n_boot, seed=seed)
+                rows.append({"model": model, "intervention": intervention, "measure": measure, "control": control,
+                             "unit": "points" if unit_label.startswith("%") else unit_label,
+                             "expected": "below 0" if expected < 0 else "above 0", "estimate": ci.estimate,
+                             "ci_low": ci.low, "ci_high": ci.high, "n": ci.n_clusters, "n_unit": _unit_name(cluster),
+                             "verdict": beats_control(ci, expected)})
+    return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
+
+
+# The known-facts runs that carry the matched controls: model -> {experiment: facts per relation of its run}
+CONTROL_RUNS: dict[str, dict[str, int | None]] = {
+    "smollm2-135m": {"suppress": None, "update": 48, "erase": None},  # None: the known-facts default (30)
+    "gemma3-270m": {"suppress": 8, "update": 8, "erase": 8},
+}
+_STAGES = {"suppress": "suppress-amplify", "update": "update", "erase": "erase"}
+
+
+def stored_control_tables(runs: dict[str, dict[str, int | None]] | None = None) -> tuple[dict[str, dict[str, pd.DataFrame]], list[str]]:
+    """The committed tables of ``runs`` (default ``CONTROL_RUNS``) that hold control rows, as
+    ``effects`` and ``control_claims`` take them, and a line for each one that does not (not run yet)."""
+    from . import known_facts_sample
+    from ..run import results
+
+    tables: dict[str, dict[str, pd.DataFrame]] = {}
+    missing = []
+    for model, experiments in (runs or CONTROL_RUNS).items():
+        for name, size in experiments.items():
+            stage = _STAGES[name]
+            try:
+                table = known_facts_sample(model, size).load(stage, "table")
+            except results.ResultsNotFound:
+                missing.append(f"{model}: {stage} on known facts not run")
+                continue
+            column = "neuron_set" if name == "update" else "method"
+            if column not in table or not set(CONTROL_SETS) & set(table[column]):
+                missing.append(f"{model}: {stage} on known facts has no control rows yet (`kn {stage}` computes them)")
+                continue
+            tables.setdefault(model, {})[name] = table
+    return tables, missing
+
+
+# -- are a fact's neurons the same across its paraphrases? ---------------------------------------------
+
+
+def consistency_of(sample) -> "ConsistencyResult":
+    """``experiments.paraphrase_consistency`` of a committed sample (a ``BookSample``): its attribution's
+    coarse sets at the run's threshold, its usable prompts and its refined neurons."""
+    from ..experiments.paraphrase_consistency import paraphrase_consistency
+    from ..run.search_stages import above_threshold
+
+    coarse = above_threshold(sample.load("attribute", "coarse"), sample.settings().config.coarse_threshold)
+    result = paraphrase_consistency(coarse, sample.load("attribute", "prompts"), sample.load("refine"))
+    for frame in (result.by_fact, result.by_neuron):
+        frame["model"] = sample.model
+    return result
+
+
+def _spearman(frame: pd.DataFrame, x: str, y: str) -> float:
+    if len(frame) < 3 or frame[x].nunique() < 2 or frame[y].nunique() < 2:
+        return float("nan")
+    return float(frame[x].rank().corr(frame[y].rank()))
+
+
+def rank_correlation(frame: pd.DataFrame, x: str, y: str, n_boot: int = 1000, seed: int = 0) -> Interval:
+    """Spearman's rank correlation of ``x`` and ``y`` over the rows (one per fact), with a 95 % bootstrap
+    interval that resamples facts."""
+    sel = frame[[x, y]].dropna()
+    return bootstrap_ci(sel, lambda f: _spearman(f, x, y), None, n_boot=n_boot, seed=seed)

@@ -9,6 +9,7 @@ import os
 import pytest
 
 from conftest import MIRROR
+from kn_lib.experiments.controls import CONTROLS
 from kn_lib.run import results
 from kn_lib.run.cli import main
 from kn_lib.run.experiment_stages import EXPERIMENT_STAGES
@@ -41,7 +42,8 @@ def store_of(root, settings, stage) -> ResultStore:
 def finished(request, tmp_path_factory):
     """attribute, refine, then every experiment stage, once per model."""
     root = tmp_path_factory.mktemp(request.param)
-    settings = tiny_settings(request.param)
+    # erase measures other relations on a sample of 30 of their facts (all 27,000 would take minutes per shard)
+    settings = tiny_settings(request.param, params={"max_other_facts": 30})
     run("attribute", settings, root)
     run("refine", settings, root)
     return root, settings, {stage: run(stage, settings, root) for stage in EXPERIMENT_STAGES}
@@ -53,15 +55,18 @@ def test_every_experiment_stage_writes_its_tables(finished):
     for stage, summary in summaries.items():
         spec = stage_registry()[stage]
         assert spec.depends == ("refine",) and spec.tables[0] == "table" and spec.tables[-2:] == ("summary", "skipped")
-        assert (summary.shards, summary.shards_computed, summary.facts) == (1, 1, 4), stage  # no baseline yet
+        # no baseline yet; suppress-amplify and erase also run on the two matched controls (one shard each)
+        shards = ({"ig", *CONTROLS} if stage in ("suppress-amplify", "erase") else {"ig"})
+        assert (summary.shards, summary.shards_computed, summary.facts) == (len(shards), len(shards), 4 * len(shards)), stage
         store = store_of(root, settings, stage)
-        assert set(store.entries()) == {"ig"} and set(store.tables()) == set(spec.tables)
+        assert set(store.entries()) == shards and set(store.tables()) == set(spec.tables)
         for table in spec.tables:
             frame = store.read(table)  # checksums verified
             assert frame.empty or {"model", "method"} <= set(frame.columns), (stage, table)
         summary_row = store.read("summary")
-        assert len(summary_row) == (2 if stage == "update" else 1)  # update: knowledge and random neurons
-        assert set(summary_row["method"]) == {"ig"} and set(summary_row["seed"]) == {0}
+        # update: knowledge, random (uniform) and the two matched controls, as neuron sets of one shard
+        assert len(summary_row) == (4 if stage == "update" else len(shards))
+        assert set(summary_row["method"]) == (shards if stage != "update" else {"ig"}) and set(summary_row["seed"]) == {0}
         assert {"reason", "template_id"} <= set(store.read("skipped").columns)
     # the experiments' own tables have rows on these tiny models (update skips facts the model gets wrong)
     for stage in ("statistics", "suppress-amplify", "erase"):
@@ -84,7 +89,7 @@ def test_rerun_recomputes_nothing(finished):
     mtimes = {p: p.stat().st_mtime_ns for s in EXPERIMENT_STAGES for p in store_of(root, settings, s).dir.rglob("*.parquet")}
     for stage in EXPERIMENT_STAGES:
         again = run(stage, settings, root)
-        assert (again.shards_computed, again.shards_reused) == (0, 1), stage
+        assert (again.shards_computed, again.shards_reused) == (0, 3 if stage in ("suppress-amplify", "erase") else 1), stage
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
 
 
@@ -133,10 +138,10 @@ def test_cli_options_and_preset(finished, capsys):
     root, settings, _ = finished
     assert PRESETS["smoke-experiments"].stages == ("attribute", "refine", *EXPERIMENT_STAGES)
     common = ["--model", settings.model, "--preset", "smoke", "--steps", "2", "--out", str(root), "--no-progress"]
-    assert main(["erase", *common]) == 0 and "(0 computed, 1 reused)" in capsys.readouterr().out
+    assert main(["erase", *common, "--max-other-facts", "30"]) == 0 and "(0 computed, 3 reused)" in capsys.readouterr().out
     assert main(["suppress-amplify", *common, "--unrelated", "no", "--experiment-seed", "1"]) == 0
     out = capsys.readouterr().out
-    assert "(1 computed, 0 reused)" in out
+    assert "(3 computed, 0 reused)" in out  # the knowledge neurons and their two matched controls
     table = results.load(settings.model, "suppress-amplify", root=root, preset="smoke", steps=2,
                          params={"unrelated": False, "experiment_seed": 1})
     assert set(table["scope"]) == {"own"} and set(table["seed"]) == {1}

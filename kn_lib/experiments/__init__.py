@@ -18,6 +18,10 @@ module                                 function                  paper
 
 Shared pieces: ``evaluation`` (prompts, perplexity, skip log), ``interventions`` (activation scaling
 and value-slot edits, restored exactly), ``neuron_sets`` (reading refined tables, random controls).
+
+Beyond the paper: ``controls`` (matched controls of a fact's knowledge neurons: a random neuron of the
+same layer, or the same-layer neuron closest in mean activation; suppress-amplify, update and erase run
+on them too) and ``paraphrase_consistency`` (how far a fact's prompts agree on its neurons).
 """
 
 from .bingrel_activation import BingRelConfig, BingRelResult, bingrel_activation, top_bottom_sentences

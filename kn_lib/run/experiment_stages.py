@@ -20,6 +20,10 @@ facts drawn from other relations, perplexity on other relations), so a shard is 
   ``--relations``, ``--facts-per-relation``, ``--seed``, ``--steps``, ``--chunk-size``: the baseline's
   results are keyed like any other). Rerunning the experiment afterwards computes only that shard.
   ``update`` compares with random neurons itself (``--random-control``), ``erase`` has no baseline.
+* ``random-layer`` and ``activation-matched`` (``suppress-amplify``, ``erase``): the run's knowledge
+  neurons replaced by their matched controls (``experiments.controls``), on the same facts; computed
+  like any other shard, so a run committed before them gains them on its next run without recomputing
+  the others. ``update`` repeats each edit on both controls inside its own shard (``--controls``).
 
 Tables of every stage (each with the experiment's ``model``, ``method`` and ``seed`` columns; the
 ``method`` column tells the neuron sets apart): ``table`` (the experiment's tidy table, one row per

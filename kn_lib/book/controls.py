@@ -113,26 +113,31 @@ def _frames(model_tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     return out
 
 
+def _measured(tables: dict[str, dict[str, pd.DataFrame]]):
+    """(model, intervention, measure, unit label, expected sign, per-unit frame, value column, unit id
+    column, resampled column) for every measure the tables can give."""
+    for model, model_tables in tables.items():
+        frames = _frames(model_tables)
+        for intervention, measure, unit_label, expected in MEASURES:
+            found = _units(intervention, measure, frames)
+            if found is not None:
+                yield (model, intervention, measure, unit_label, expected, *found)
+
+
 def effects(tables: dict[str, dict[str, pd.DataFrame]], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Per model, intervention, measure and neuron set: the mean over units with a 95 % bootstrap interval
     over the resampled unit (facts; erased relations). ``tables``: model -> {"suppress": suppress-amplify
     ``table``, "update": update ``table``, "erase": erase ``table``} (any may be missing)."""
     rows = []
-    for model, model_tables in tables.items():
-        frames = _frames(model_tables)
-        for intervention, measure, unit, _ in MEASURES:
-            found = _units(intervention, measure, frames)
-            if found is None:
+    for model, intervention, measure, unit, _, frame, column, _, cluster in _measured(tables):
+        for name in (KNOWLEDGE, *CONTROL_SETS):
+            sel = frame[(frame["neuron_set"] == name) & frame[column].notna()]
+            if sel.empty:
                 continue
-            frame, column, _, cluster = found
-            for name in (KNOWLEDGE, *CONTROL_SETS):
-                sel = frame[(frame["neuron_set"] == name) & frame[column].notna()]
-                if sel.empty:
-                    continue
-                ci = bootstrap_ci(sel, lambda f, c=column: float(f[c].mean()), cluster, n_boot=n_boot, seed=seed)
-                rows.append({"model": model, "intervention": intervention, "measure": measure, "neuron_set": name,
-                             "unit": unit, "estimate": ci.estimate, "ci_low": ci.low, "ci_high": ci.high,
-                             "n": ci.n_clusters, "n_unit": _unit_name(cluster)})
+            ci = bootstrap_ci(sel, lambda f, c=column: float(f[c].mean()), cluster, n_boot=n_boot, seed=seed)
+            rows.append({"model": model, "intervention": intervention, "measure": measure, "neuron_set": name,
+                         "unit": unit, "estimate": ci.estimate, "ci_low": ci.low, "ci_high": ci.high,
+                         "n": ci.n_clusters, "n_unit": _unit_name(cluster)})
     return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
 
 
@@ -154,38 +159,30 @@ def beats_control(ours: Interval, expected: int) -> str:
     return "does not beat its control"
 
 
-def _paired_mean(frame: pd.DataFrame, column: str, unit: str, control: str) -> float:
-    wide = frame.pivot_table(index=unit, columns="neuron_set", values=column, aggfunc="mean")
+def paired_differences(frame: pd.DataFrame, column: str, unit: str, cluster: str, control: str) -> pd.DataFrame:
+    """One row per unit measured with both sets: ``diff`` = knowledge minus ``control``, with its cluster."""
+    keys = list(dict.fromkeys([unit, cluster]))
+    wide = frame.pivot_table(index=keys, columns="neuron_set", values=column, aggfunc="mean")
     if KNOWLEDGE not in wide or control not in wide:
-        return float("nan")
-    diff = (wide[KNOWLEDGE] - wide[control]).dropna()
-    return float(diff.mean()) if len(diff) else float("nan")
+        return pd.DataFrame(columns=[*keys, "diff"])
+    return (wide[KNOWLEDGE] - wide[control]).dropna().rename("diff").reset_index()
 
 
 def control_claims(tables: dict[str, dict[str, pd.DataFrame]], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Per model, intervention, measure and control: knowledge minus control, paired by unit (fact, edit,
     erased relation), its 95 % bootstrap interval over the resampled unit, and ``beats_control``."""
     rows = []
-    for model, model_tables in tables.items():
-        frames = _frames(model_tables)
-        for intervention, measure, unit_label, expected in MEASURES:
-            found = _units(intervention, measure, frames)
-            if found is None:
+    for model, intervention, measure, unit_label, expected, frame, column, unit, cluster in _measured(tables):
+        for control in CONTROL_SETS:
+            diffs = paired_differences(frame[frame[column].notna()], column, unit, cluster, control)
+            if diffs.empty:
                 continue
-            frame, column, unit, cluster = found
-            for control in CONTROL_SETS:
-                sel = frame[frame["neuron_set"].isin([KNOWLEDGE, control]) & frame[column].notna()]
-                paired = sel.groupby(unit)["neuron_set"].transform("nunique") == 2
-                sel = sel[paired]
-                if sel.empty:
-                    continue
-                ci = bootstrap_ci(sel, lambda f, c=column, u=unit, k=control: _paired_mean(f, c, u, k), cluster,
-                                  n_boot=n_boot, seed=seed)
-                rows.append({"model": model, "intervention": intervention, "measure": measure, "control": control,
-                             "unit": "points" if unit_label.startswith("%") else unit_label,
-                             "expected": "below 0" if expected < 0 else "above 0", "estimate": ci.estimate,
-                             "ci_low": ci.low, "ci_high": ci.high, "n": ci.n_clusters, "n_unit": _unit_name(cluster),
-                             "verdict": beats_control(ci, expected)})
+            ci = bootstrap_ci(diffs, lambda f: float(f["diff"].mean()), cluster, n_boot=n_boot, seed=seed)
+            rows.append({"model": model, "intervention": intervention, "measure": measure, "control": control,
+                         "unit": "points" if unit_label.startswith("%") else unit_label,
+                         "expected": "below 0" if expected < 0 else "above 0", "estimate": ci.estimate,
+                         "ci_low": ci.low, "ci_high": ci.high, "n": ci.n_clusters, "n_unit": _unit_name(cluster),
+                         "verdict": beats_control(ci, expected)})
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
 
 

@@ -683,13 +683,13 @@ def consistency_plot(by_fact: pd.DataFrame, width: float = 6.9) -> Figure:
     of their prompts' coarse sets, one box per relation (sorted by median), one panel per model
     (``kn_lib.experiments.paraphrase_consistency``'s ``by_fact`` with a ``model`` column)."""
     models = list(dict.fromkeys(by_fact["model"]))
-    fig, axes = plt.subplots(1, len(models), figsize=(width, 6.2), squeeze=False, layout="constrained", sharex=True)
+    fig, axes = plt.subplots(1, len(models), figsize=(width, 5.2), squeeze=False, layout="constrained", sharex=True)
     for ax, model in zip(axes[0], models):
         part = by_fact[by_fact["model"] == model]
         order = part.groupby("relation")["mean_jaccard"].median().sort_values().index.tolist()
         sns.boxplot(part, x="mean_jaccard", y="relation", order=order, color=sns.color_palette(PALETTE)[0], saturation=1,
                     fliersize=2, ax=ax)
-        ax.set(xlabel="mean pairwise Jaccard of the prompts' coarse sets", ylabel="", xlim=(0, 1),
-               title=f"{model} ({len(part)} facts)")
+        ax.set(xlabel="", ylabel="", xlim=(0, 1), title=f"{model} ({len(part)} facts)")
         ax.tick_params(axis="y", labelsize=7)
+    fig.supxlabel("mean pairwise Jaccard overlap of a fact's prompts' coarse sets", fontsize=10)
     return fig

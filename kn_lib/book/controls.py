@@ -25,13 +25,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from ..experiments.controls import CONTROLS
+from ..experiments.suppress_amplify import change_ratio, flip_eligible
 from .claims import MIN_CLUSTERS, Interval, bootstrap_ci
 
 if TYPE_CHECKING:
     from ..experiments.paraphrase_consistency import ConsistencyResult
 
 KNOWLEDGE = "knowledge"
-CONTROL_SETS = ("random-layer", "activation-matched")
+CONTROL_SETS = CONTROLS  # the experiments' matched controls, by the names their rows carry
 CONTROL_VERDICTS = ("beats its control", "does not beat its control", "control stronger", "no data")
 EFFECT_COLUMNS = ["model", "intervention", "measure", "neuron_set", "unit", "estimate", "ci_low", "ci_high", "n", "n_unit"]
 CLAIM_COLUMNS = ["model", "intervention", "measure", "control", "unit", "expected", "estimate", "ci_low", "ci_high", "n",
@@ -50,10 +52,9 @@ def manipulation_by_fact(table: pd.DataFrame, knowledge_method: str = "ig") -> p
     sel = sel[sel["method"].isin([knowledge_method, *CONTROL_SETS])]
     rows = []
     for (fact, method, op), g in sel.groupby(["fact_id", "method", "operation"], sort=True):
-        before = g["p_before"].mean()
-        eligible = g[g["correct_before"].astype(bool) == (op == "suppress")] if "flip" in g else g.iloc[:0]
+        eligible = g[flip_eligible(g, op)] if "flip" in g else g.iloc[:0]
         rows.append({"fact_id": fact, "relation": g["relation"].iloc[0], "neuron_set": _set_name(method, knowledge_method),
-                     "operation": op, "change": 100 * (g["p_after"].mean() - before) / before,
+                     "operation": op, "change": 100 * change_ratio(g["p_before"], g["p_after"]),
                      "flip": 100 * eligible["flip"].mean() if len(eligible) else np.nan, "n_eligible": len(eligible)})
     return pd.DataFrame(rows, columns=["fact_id", "relation", "neuron_set", "operation", "change", "flip", "n_eligible"])
 
@@ -66,18 +67,23 @@ def update_by_edit(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def erase_by_relation(table: pd.DataFrame, knowledge_method: str = "ig") -> pd.DataFrame:
-    """Per (erased relation, neuron set): the perplexity change of its own prompts (%) and their accuracy
-    change (points)."""
-    from ..experiments.evaluation import perplexity
+    """Per (erased relation, neuron set): the perplexity change of its own prompts (%, Table 5's
+    ``erase_relations.table5``) and their accuracy change (points)."""
+    from ..experiments.erase_relations import table5
 
-    rows = []
-    sel = table[(table["scope"] == "erased") & table["method"].isin([knowledge_method, *CONTROL_SETS])]
-    for (relation, method), g in sel.groupby(["erased_relation", "method"], sort=True):
-        before, after = perplexity(g["p_before"].tolist()), perplexity(g["p_after"].tolist())
-        rows.append({"erased_relation": relation, "neuron_set": _set_name(method, knowledge_method),
-                     "ppl_change": 100 * (after - before) / before,
-                     "accuracy_change": 100 * (g["correct_after"].mean() - g["correct_before"].mean()), "n_prompts": len(g)})
-    return pd.DataFrame(rows, columns=["erased_relation", "neuron_set", "ppl_change", "accuracy_change", "n_prompts"])
+    frames = []
+    no_neurons = pd.DataFrame(columns=["relation"])  # table5's neuron counts are not needed here
+    for method, part in table[table["method"].isin([knowledge_method, *CONTROL_SETS])].groupby("method", sort=True):
+        t5 = table5(part, no_neurons)
+        frames.append(pd.DataFrame({
+            "erased_relation": t5["relation"], "neuron_set": _set_name(method, knowledge_method),
+            "ppl_change": t5["erased_ppl_change"],
+            "accuracy_change": 100 * (t5["erased_accuracy_after"] - t5["erased_accuracy_before"]),
+            "n_prompts": t5["erased_n_prompts"]}))
+    columns = ["erased_relation", "neuron_set", "ppl_change", "accuracy_change", "n_prompts"]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True).sort_values(["erased_relation", "neuron_set"], ignore_index=True)[columns]
 
 
 # (intervention, measure, unit, expected sign of knowledge minus control) and where its units come from
@@ -139,6 +145,14 @@ def effects(tables: dict[str, dict[str, pd.DataFrame]], n_boot: int = 1000, seed
                          "unit": unit, "estimate": ci.estimate, "ci_low": ci.low, "ci_high": ci.high,
                          "n": ci.n_clusters, "n_unit": _unit_name(cluster)})
     return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
+
+
+def effect_text(effects: pd.DataFrame, model: str, intervention: str, measure: str, neuron_set: str,
+                signed: bool = False, unit: str = "") -> str:
+    """One row of ``effects`` as prose writes it: "estimate[unit] [low, high]" (signed: "+x")."""
+    row = effects.set_index(["model", "intervention", "measure", "neuron_set"]).loc[(model, intervention, measure, neuron_set)]
+    number = "{:+.1f}" if signed else "{:.1f}"
+    return f"{number.format(row.estimate)}{unit} [{number.format(row.ci_low)}, {number.format(row.ci_high)}]"
 
 
 def _unit_name(cluster: str) -> str:

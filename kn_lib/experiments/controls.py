@@ -10,16 +10,17 @@ survives "KN minus control" is not explained by which layers were touched:
   position, averaged over the fact's prompts, is closest in magnitude to the knowledge neuron's, so the
   control also removes (or doubles, or rewrites) as much signal.
 
-Both return a table shaped like a refined table (``fact_id``, ``relation``, ``layer``, ``neuron``) with
-``method`` set to the control's name, so every experiment accepts it in place of knowledge neurons.
-A fact's control neurons never include a neuron in ``exclude`` (default: the fact's own knowledge
-neurons; erasing a relation excludes every knowledge neuron of the relation).
+``matched_neurons`` is the one place that turns a list of neurons into its control; ``control_table``
+applies it per fact to a refined table (never a neuron of the fact's own set), giving a table shaped
+like a refined table with ``method`` set to the control's name, so every experiment accepts it in place
+of knowledge neurons. The update repeats each edit on the edited neurons' control, and the erasure
+matches a relation's top neurons, avoiding every knowledge neuron of the relation.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -86,47 +87,56 @@ def mean_answer_activations(adapter: ModelAdapter, prompts: FactPrompts, fact_id
     return None if total is None else (total / n).float()
 
 
-def _frame(rows: list[dict], refined: pd.DataFrame, method: str, seed: int) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=list(REFINED_COLUMNS))
-    frame["model"] = refined["model"].iloc[0] if "model" in refined.columns and len(refined) else "?"
-    frame["method"], frame["seed"] = method, seed
-    return frame
+def matched_neurons(kind: str, neurons: Sequence[Neuron], n_neurons: int, exclude: Iterable[Neuron],
+                    rng: Callable[[], random.Random], activations: Callable[[], torch.Tensor]) -> list[Neuron]:
+    """The control ``kind`` (one of ``CONTROLS``) of ``neurons``, none of them in ``exclude``: a random
+    same-layer neuron drawn from ``rng()`` (``layer_matched_neurons``), or the same-layer neuron closest
+    in mean activation ``activations()`` (``activation_matched_neurons``). Each argument is called only by
+    the control that needs it, so the other costs nothing (no forward pass, no draw)."""
+    if kind == "random-layer":
+        return layer_matched_neurons(neurons, n_neurons, rng(), exclude)
+    if kind == "activation-matched":
+        return activation_matched_neurons(neurons, activations(), exclude)
+    raise ValueError(f"unknown control {kind!r}; expected one of {', '.join(CONTROLS)}")
 
 
-def layer_matched(refined: pd.DataFrame, n_neurons: int, seed: int = 0,
-                  exclude: Mapping[str, Iterable[Neuron]] | None = None) -> pd.DataFrame:
-    """The ``random-layer`` control of a refined table: per fact, one random same-layer neuron per knowledge
-    neuron (``layer_matched_neurons``), drawn from ``seeded_rng(seed, fact_id)``, so a fact's control
-    does not depend on the other facts of the run. ``exclude``: fact -> neurons also to avoid."""
+def _table(kind: str, refined: pd.DataFrame, n_neurons: int, seed: int,
+           activations_of: Callable[[str], torch.Tensor | None]) -> pd.DataFrame:
+    """``kind``'s control of each fact of a refined table (``matched_neurons``; the random draw seeded by
+    ``seeded_rng(seed, "random-layer/<fact>")``, so a fact's control does not depend on the run's other
+    facts). A fact whose activations are None (no usable prompt) keeps no control neuron."""
     check_refined(refined)
     relation, rows = relation_of(refined), []
     for fact_id, kns in neurons_by_fact(refined).items():
-        avoid = list(exclude.get(fact_id, ())) if exclude else []
-        for layer, neuron in layer_matched_neurons(kns, n_neurons, seeded_rng(seed, f"random-layer/{fact_id}"), avoid):
-            rows.append({"fact_id": fact_id, "relation": relation[fact_id], "layer": layer, "neuron": neuron})
-    return _frame(rows, refined, "random-layer", seed)
+        acts = activations_of(fact_id) if kind == "activation-matched" else None
+        if kind == "activation-matched" and acts is None:
+            continue
+        chosen = matched_neurons(kind, kns, n_neurons, (), lambda: seeded_rng(seed, f"random-layer/{fact_id}"), lambda: acts)
+        rows += [{"fact_id": fact_id, "relation": relation[fact_id], "layer": layer, "neuron": neuron} for layer, neuron in chosen]
+    frame = pd.DataFrame(rows, columns=list(REFINED_COLUMNS))
+    frame["model"] = refined["model"].iloc[0] if "model" in refined.columns and len(refined) else "?"
+    frame["method"], frame["seed"] = kind, seed
+    return frame
+
+
+def layer_matched(refined: pd.DataFrame, n_neurons: int, seed: int = 0) -> pd.DataFrame:
+    """The ``random-layer`` control of a refined table: per fact, one random same-layer neuron per knowledge
+    neuron, drawn from ``seeded_rng(seed, "random-layer/<fact>")``."""
+    return _table("random-layer", refined, n_neurons, seed, lambda fact_id: None)
 
 
 def activation_matched(adapter: ModelAdapter, refined: pd.DataFrame, facts: Iterable[Mapping],
-                       relations: Mapping[str, Relation], seed: int = 0,
-                       exclude: Mapping[str, Iterable[Neuron]] | None = None) -> pd.DataFrame:
+                       relations: Mapping[str, Relation], seed: int = 0) -> pd.DataFrame:
     """The ``activation-matched`` control of a refined table: per fact, for each knowledge neuron the
     same-layer neuron closest in mean activation magnitude over the fact's prompts. A fact without usable
     prompts keeps no control neuron (and is skipped by the experiment as for its knowledge neurons).
     ``seed`` is only recorded (the match is deterministic)."""
-    check_refined(refined)
     prompts = FactPrompts(adapter, facts, relations, SkipLog("activation_matched"))
-    relation, rows = relation_of(refined), []
-    for fact_id, kns in neurons_by_fact(refined).items():
-        if fact_id not in prompts.facts:
-            continue
-        acts = mean_answer_activations(adapter, prompts, [fact_id])
-        if acts is None:
-            continue
-        avoid = list(exclude.get(fact_id, ())) if exclude else []
-        for layer, neuron in activation_matched_neurons(kns, acts, avoid):
-            rows.append({"fact_id": fact_id, "relation": relation[fact_id], "layer": layer, "neuron": neuron})
-    return _frame(rows, refined, "activation-matched", seed)
+
+    def activations_of(fact_id: str) -> torch.Tensor | None:
+        return mean_answer_activations(adapter, prompts, [fact_id]) if fact_id in prompts.facts else None
+
+    return _table("activation-matched", refined, adapter.n_neurons, seed, activations_of)
 
 
 def control_table(kind: str, adapter: ModelAdapter, refined: pd.DataFrame, facts: Iterable[Mapping],

@@ -38,7 +38,7 @@ from ..adapters import ModelAdapter
 from ..data import Relation
 from .evaluation import FactPrompts, Prompt, SkipLog, answer_log_distributions, perplexity, seeded_rng, tag_of
 from .interventions import edited_value_slots, erased_value_slots
-from .controls import CONTROLS, activation_matched_neurons, layer_matched_neurons, mean_answer_activations
+from .controls import CONTROLS, matched_neurons, mean_answer_activations
 from .neuron_sets import check_refined, data_order, most_frequent, neurons_by_fact
 
 PAPER_RELATIONS = ("P19", "P27", "P106", "P937")
@@ -193,10 +193,8 @@ def _matched(adapter: ModelAdapter, control: str, relation: str, neurons: list, 
              prompts: FactPrompts, seed: int) -> list:
     """The control of a relation's top neurons: same layers, none a knowledge neuron of the relation's facts."""
     everything = {n for f in ids for n in kns.get(f, ())}
-    if control == "random-layer":
-        return layer_matched_neurons(neurons, adapter.n_neurons, seeded_rng(seed, f"random-layer/{relation}"), everything)
-    acts = mean_answer_activations(adapter, prompts, ids)
-    return activation_matched_neurons(neurons, acts, everything)
+    return matched_neurons(control, neurons, adapter.n_neurons, everything, lambda: seeded_rng(seed, f"random-layer/{relation}"),
+                           lambda: mean_answer_activations(adapter, prompts, ids))
 
 
 def _in_bag_order(ids: list[str], kns: Mapping[str, list], ties: str) -> list[str]:

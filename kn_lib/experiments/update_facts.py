@@ -62,7 +62,7 @@ from .evaluation import (
     FactPrompts, Prompt, SkipLog, answer_distribution, answer_log_distributions, log_perplexity, perplexity, seeded_rng, tag_of,
 )
 from .interventions import edited_value_slots, updated_value_slots
-from .controls import CONTROLS, activation_matched_neurons, layer_matched_neurons, mean_answer_activations
+from .controls import CONTROLS, matched_neurons, mean_answer_activations
 from .neuron_sets import check_refined, neurons_by_fact, random_neurons
 
 
@@ -301,16 +301,14 @@ def _matched_controls(adapter: ModelAdapter, fact_id: str, neurons: list, fact_k
                       config: UpdateConfig, n_edit: int, mean_acts: dict) -> list[tuple[str, list]]:
     """The edit's matched control sets, none of them a knowledge neuron of the fact. Their draws use their
     own generator (per edit), so the edits drawn do not depend on which controls run."""
-    out = []
-    for kind in config.controls:
-        if kind == "random-layer":
-            rng = seeded_rng(config.seed, f"random-layer/{fact_id}/{n_edit}")
-            out.append((kind, layer_matched_neurons(neurons, adapter.n_neurons, rng, fact_kns)))
-        else:
-            if fact_id not in mean_acts:
-                mean_acts[fact_id] = mean_answer_activations(adapter, prompts, [fact_id])
-            out.append((kind, activation_matched_neurons(neurons, mean_acts[fact_id], fact_kns)))
-    return out
+    def activations():
+        if fact_id not in mean_acts:
+            mean_acts[fact_id] = mean_answer_activations(adapter, prompts, [fact_id])
+        return mean_acts[fact_id]
+
+    return [(kind, matched_neurons(kind, neurons, adapter.n_neurons, fact_kns,
+                                   lambda: seeded_rng(config.seed, f"random-layer/{fact_id}/{n_edit}"), activations))
+            for kind in config.controls]
 
 
 def official_selection(fact_id: str, kns: Mapping[str, list], bags: Mapping[str, list]) -> list:

@@ -324,6 +324,10 @@ class Erase(Experiment):
     )
     legacy = {"ties": "index", "erased_facts": "sample"}
 
+    def control(self, kind, adapter, refined, facts, settings, inputs):
+        """The knowledge neurons themselves: the erasure matches each relation's top neurons (``control``)."""
+        return refined
+
     def config(self, settings):
         from ..experiments import EraseConfig
         from ..experiments.erase_relations import PAPER_RELATIONS
@@ -543,8 +547,7 @@ def _compute(experiment: Experiment) -> Callable[..., dict]:
             inputs["bags"] = load_bags(relations)
         if control:
             inputs["control"] = control
-            if experiment.name != "erase":  # erase matches the relation's erased neurons itself
-                refined = experiment.control(control, adapter, refined, list(job.facts), settings, inputs)
+            refined = experiment.control(control, adapter, refined, list(job.facts), settings, inputs)
         reported = [0]
 
         def progress(n: int) -> None:  # facts done inside the experiment, at most the job's
@@ -565,7 +568,7 @@ def _compute(experiment: Experiment) -> Callable[..., dict]:
     return compute
 
 
-def _summary_frame(summaries: list, settings: RunSettings, shard: str | None = None) -> pd.DataFrame:
+def _summary_frame(summaries: list, settings: RunSettings, shard: str) -> pd.DataFrame:
     rows = []
     for summary in summaries:
         row = {}
@@ -575,14 +578,14 @@ def _summary_frame(summaries: list, settings: RunSettings, shard: str | None = N
             else:
                 row[key] = value
         if row.get("method") == "?":  # no knowledge neuron at all: the table does not say
-            row["method"] = shard or settings.config.method
+            row["method"] = shard  # the run's method, or a control's name
         if row.get("model") == "?":
             row["model"] = settings.model
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _skipped_frame(skipped: pd.DataFrame, settings: RunSettings, shard: str | None = None) -> pd.DataFrame:
+def _skipped_frame(skipped: pd.DataFrame, settings: RunSettings, shard: str) -> pd.DataFrame:
     frame = skipped.copy()
 
     def index(item) -> Any:
@@ -594,7 +597,7 @@ def _skipped_frame(skipped: pd.DataFrame, settings: RunSettings, shard: str | No
     frame["template_id"] = pd.array([index(i) for i in frame["item"]], dtype="Int64")
     for column in ("experiment", "relation", "fact_id", "item", "reason"):
         frame[column] = frame[column].astype("object")
-    frame["model"], frame["method"] = settings.model, shard or settings.config.method  # the shard: a control's name
+    frame["model"], frame["method"] = settings.model, shard  # the run's method, or a control's name
     return frame
 
 

@@ -8,6 +8,7 @@ Modules, each importing only those listed before it (``tests/test_import_graph.p
 * ``search_stages``: the knowledge-neuron search as two stages, ``attribute`` and ``refine``;
 * ``experiment_stages``: the paper's experiments as stages (``statistics``, ``suppress-amplify``, ...);
 * ``coverage_stages``: ``coverage``, single-token coverage of every fact (the background chapter);
+* ``critique_stages``: the field's critiques (``edit-localization``, ``symmetry``, ``grammar``);
 * ``results``: reading a stage's table back by preset and options (``results.load``, for the book);
 * ``runner``: runs a stage's shards locally or on Ray, resuming finished ones;
 * ``cli``: the ``kn`` command.
@@ -20,3 +21,4 @@ from ``kn_lib.run`` finds every stage in ``registry.stage_registry()``. The scie
 from . import search_stages  # noqa: F401  (registers attribute, refine)
 from . import experiment_stages  # noqa: F401  (registers the experiments, after refine)
 from . import coverage_stages  # noqa: F401  (registers coverage)
+from . import critique_stages  # noqa: F401  (registers edit-localization, symmetry, grammar)

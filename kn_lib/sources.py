@@ -8,6 +8,7 @@ from __future__ import annotations
 
 PARAREL_COMMIT = "cb5554678457beb5ac163d888f1ce8cf174b3f0b"
 KN_COMMIT = "922dfd9e05ef55f46af078ba4bd334989a45a618"
+BLIMP_COMMIT = "3e56b06fcabca9b30822fc66435fca6b1aa40bb1"  # alexwarstadt/blimp, the mirror's 3e56b06
 
 # mirror prefix -> raw URL prefix at the pinned commit
 UPSTREAM = {
@@ -15,9 +16,22 @@ UPSTREAM = {
     "pararel/trex_lms_vocab/": f"https://raw.githubusercontent.com/yanaiela/pararel/{PARAREL_COMMIT}/data/trex_lms_vocab/",
     "knowledge-neurons/LAMA/": f"https://raw.githubusercontent.com/Hunter-DDM/knowledge-neurons/{KN_COMMIT}/data/LAMA/raw_data/",
     "knowledge-neurons/BingDistantTREx/": f"https://raw.githubusercontent.com/Hunter-DDM/knowledge-neurons/{KN_COMMIT}/data/BingDistantTREx/",
+    "blimp/data/": f"https://raw.githubusercontent.com/alexwarstadt/blimp/{BLIMP_COMMIT}/data/",
 }
 
 SHA256: dict[str, str] = {
+    "blimp/data/determiner_noun_agreement_1.jsonl": "f48065fd760d0fd1a895012860d38bdf3c2ac115cd221e521684cc430c0f1855",
+    "blimp/data/determiner_noun_agreement_2.jsonl": "8ae7eff7c7bd384ff5ef3113984834f4d78b34559203aa9d5cb14ea8394291a9",
+    "blimp/data/determiner_noun_agreement_irregular_1.jsonl": "4f350e88db9e29e53ae96f1f0b5991c7809fd4fd403190907330b721e1e6e264",
+    "blimp/data/determiner_noun_agreement_irregular_2.jsonl": "d688af0ccd0614d24a936e0929276784f37554f3ad3e247c3bade8dcaa9099df",
+    "blimp/data/determiner_noun_agreement_with_adj_2.jsonl": "8d2828d7dfbfc3f7191024514060fedb033ea2e232304f63448c33051a85d2b3",
+    "blimp/data/determiner_noun_agreement_with_adj_irregular_1.jsonl": "1f4c6e42a48f4220afec629679641479feac3883cd7fa346d9e9e129cd7e8f55",
+    "blimp/data/determiner_noun_agreement_with_adj_irregular_2.jsonl": "aa3f297a7ce0c03b5fc00458834f89e54eb855973be098497f766a390b4bc669",
+    "blimp/data/determiner_noun_agreement_with_adjective_1.jsonl": "2c3de4e7b7aea499fb7cf1b23b9c3b63662289880f991b9ffabe5ceb94cf7430",
+    "blimp/data/irregular_plural_subject_verb_agreement_1.jsonl": "0066174143671bffa54232d89254d14221afab666273edfefdfb625fbb75e226",
+    "blimp/data/irregular_plural_subject_verb_agreement_2.jsonl": "9b22db814e7b7251f4abafe8beb9616f2f46eaa58f7cdb701cbc737cc8f1a124",
+    "blimp/data/regular_plural_subject_verb_agreement_1.jsonl": "1a18d94062c8e792c0a200a3b00dff0e051a92bb084c05e9b5e5c73bee32a620",
+    "blimp/data/regular_plural_subject_verb_agreement_2.jsonl": "e5b4668811e63b00ac4c9569cb9553281a39c21df43256905ad78e59ae24942c",
     "knowledge-neurons/BingDistantTREx/final/final_distant_allbags_P101_new.json": "db1003c26146bc3f2e73f1d883ca5e16cdda247528b34d096834cf2e0d07b5a7",
     "knowledge-neurons/BingDistantTREx/final/final_distant_allbags_P103_new.json": "f46cc8865caadfc3eeda22d0ace1cf9c2eb189aba7d2be3b75e3ff293cf9af97",
     "knowledge-neurons/BingDistantTREx/final/final_distant_allbags_P106_new.json": "08b806b2bb58212c48e1fbc36d48cd7cdf8454b8c1bfad44a2d8f373db1f8c70",

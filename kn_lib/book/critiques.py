@@ -1,0 +1,183 @@
+"""The book's "Is it knowledge?" chapter: the committed results of the three critiques, their effects
+with intervals over the unit each averages (facts; grammar groups), and their rows in the claims table.
+
+* localization vs editing (``edit-localization``): R^2 of edit success on layer fixed effects, with and
+  without the fact's attribution share at that layer (``experiments.edit_localization``); the edit at the
+  fact's own knowledge-neuron layer against its other layers;
+* grammar (``grammar``): suppressing agreement "knowledge neurons" beside matched controls, and the same
+  model's factual knowledge neurons for comparison;
+* symmetry (``symmetry``): does the reverse fact follow a knowledge-neuron edit, against its controls?
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .claims import Interval, bootstrap_ci
+from .controls import CONTROL_SETS, KNOWLEDGE, beats_control, paired_differences
+
+# model -> known-facts run (facts per relation) each critique reads; grammar reads BLiMP, not a sample
+CRITIQUE_RUNS: dict[str, dict[str, int | None]] = {
+    "smollm2-135m": {"edit-localization": None, "symmetry": 48},  # None: the known-facts default (30)
+    "gemma3-270m": {"edit-localization": 8, "symmetry": 8},
+}
+GRAMMAR_PARADIGMS = "determiner-noun"  # kn grammar --paradigms (the set the book runs)
+TOP_IG, RANDOM_LAYER = "top-ig", "random-layer"  # edit-localization's neuron sets
+OUTCOMES = {"success": "edit success (top-1 is t')", "delta_p_new": "rise of p(t')"}
+
+
+def stored_critique_tables(runs: dict[str, dict[str, int | None]] | None = None,
+                           paradigms: str = GRAMMAR_PARADIGMS) -> tuple[dict[str, dict[str, pd.DataFrame]], list[str]]:
+    """model -> {"edit-localization": table, "symmetry": table, "grammar": table} as committed, and a
+    line for each one that is not (yet)."""
+    from . import known_facts_sample
+    from ..run import results
+
+    tables: dict[str, dict[str, pd.DataFrame]] = {}
+    missing = []
+    for model, stages in (runs or CRITIQUE_RUNS).items():
+        for stage, size in stages.items():
+            try:
+                tables.setdefault(model, {})[stage] = known_facts_sample(model, size).load(stage, "table")
+            except results.ResultsNotFound:
+                missing.append(f"{model}: `kn {stage}` on known facts not run")
+        try:
+            tables.setdefault(model, {})["grammar"] = results.load(model, "grammar", "table", preset="book-sample",
+                                                                    params={"paradigms": paradigms})
+        except results.ResultsNotFound:
+            missing.append(f"{model}: `kn grammar --paradigms {paradigms}` not run")
+    return tables, missing
+
+
+# -- 1. does localization inform editing? -----------------------------------------------------------
+
+
+def localization_fit(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per outcome (``OUTCOMES``): R^2 of layer fixed effects alone, with the attribution share added,
+    the increment with its bootstrap interval over facts, and n (facts, (fact, layer) rows)."""
+    from ..experiments.edit_localization import layer_r2, r2_increment_interval
+
+    rows = []
+    top = table[table["neuron_set"] == TOP_IG]
+    for outcome, label in OUTCOMES.items():
+        fit = layer_r2(top, outcome)
+        estimate, low, high = r2_increment_interval(top, outcome, n_boot=n_boot, seed=seed)
+        rows.append({"outcome": label, "r2_layer": fit["r2_layer"], "r2_layer_localization": fit["r2_layer_localization"],
+                     "r2_increment": estimate, "ci_low": low, "ci_high": high, "n_facts": fit["n_facts"], "n_rows": fit["n_rows"]})
+    return pd.DataFrame(rows)
+
+
+def by_layer(table: pd.DataFrame) -> pd.DataFrame:
+    """Per layer and neuron set: mean success (%), mean rise of p(t') and mean attribution share; n facts."""
+    out = (table.groupby(["layer", "neuron_set"])
+           .agg(success=("success", "mean"), delta_p_new=("delta_p_new", "mean"), mass_share=("mass_share", "mean"),
+                n=("fact_id", "nunique"))
+           .reset_index())
+    out["success"] *= 100
+    return out
+
+
+def kn_layer_comparison(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Two paired questions, each a mean over facts with a bootstrap interval over facts:
+    ``own layer vs other layers`` (top-ig success at the fact's knowledge-neuron layer minus its mean at
+    the other layers) and ``top-ig vs random-layer`` (at the knowledge-neuron layer, the fact's top
+    neurons minus as many random neurons of that layer), both in points of success."""
+    from ..experiments.edit_localization import kn_layer_advantage
+
+    advantage = kn_layer_advantage(table[table["neuron_set"] == TOP_IG], "success")
+    own = table[table["is_kn_layer"]].pivot_table(index="fact_id", columns="neuron_set", values="success", aggfunc="mean")
+    versus_random = ((own[TOP_IG] - own[RANDOM_LAYER]).dropna().rename("diff").reset_index()
+                     if {TOP_IG, RANDOM_LAYER} <= set(own.columns) else pd.DataFrame(columns=["fact_id", "diff"]))
+    rows = []
+    for name, frame, column in (("own layer vs other layers", advantage, _difference_column(advantage)),
+                                ("top-ig vs random-layer at the own layer", versus_random, "diff")):
+        ci = bootstrap_ci(frame, lambda f, c=column: 100 * float(f[c].mean()), "fact_id", n_boot=n_boot, seed=seed)
+        rows.append({"comparison": name, "estimate": ci.estimate, "ci_low": ci.low, "ci_high": ci.high, "n": ci.n_clusters,
+                     "verdict": beats_control(ci, +1)})
+    return pd.DataFrame(rows)
+
+
+def _difference_column(frame: pd.DataFrame) -> str:
+    return next(c for c in ("difference", "diff", "advantage") if c in frame.columns)
+
+
+# -- 2. grammar localises like facts? -----------------------------------------------------------------
+
+
+def grammar_by_group(table: pd.DataFrame) -> pd.DataFrame:
+    """Per group (the grammar's "fact") and neuron set: accuracy before and after suppression (%), the
+    share of correct pairs that flip (%), and the relative change of p(target) (%)."""
+    frame = table.assign(p_change=100 * (table["p_target_after"] - table["p_target_before"]) / table["p_target_before"])
+    grouped = frame.groupby(["paradigm", "group", "fact_id", "neuron_set"])
+    out = grouped.agg(accuracy_before=("correct_before", "mean"), accuracy_after=("correct_after", "mean"),
+                      p_change=("p_change", "mean"), n_pairs=("pair_id", "nunique")).reset_index()
+    flips = frame[frame["correct_before"]].groupby(["fact_id", "neuron_set"])["flip"].mean().rename("flip_rate").reset_index()
+    out = out.merge(flips, on=["fact_id", "neuron_set"], how="left")
+    for column in ("accuracy_before", "accuracy_after", "flip_rate"):
+        out[column] *= 100
+    return out
+
+
+GRAMMAR_MEASURES = {"p_change": "% change of p(target)", "flip_rate": "% of correct pairs flipped",
+                    "accuracy_after": "accuracy after suppression (%)"}
+
+
+def grammar_effects(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per measure and neuron set: the mean over groups with a bootstrap interval over groups, and per
+    control the paired knowledge-minus-control difference with ``beats_control`` (suppression should
+    lower p and accuracy and raise flips)."""
+    groups = grammar_by_group(table)
+    rows = []
+    for measure, label in GRAMMAR_MEASURES.items():
+        expected = +1 if measure == "flip_rate" else -1
+        sel = groups[groups[measure].notna()]
+        for name in (KNOWLEDGE, *CONTROL_SETS):
+            part = sel[sel["neuron_set"] == name]
+            ci = bootstrap_ci(part, lambda f, m=measure: float(f[m].mean()), "fact_id", n_boot=n_boot, seed=seed)
+            rows.append({"measure": label, "neuron_set": name, "estimate": ci.estimate, "ci_low": ci.low, "ci_high": ci.high,
+                         "n": ci.n_clusters, "verdict": ""})
+        for control in CONTROL_SETS:
+            diffs = paired_differences(sel, measure, "fact_id", "fact_id", control)
+            ci = bootstrap_ci(diffs, lambda f: float(f["diff"].mean()), "fact_id", n_boot=n_boot, seed=seed)
+            rows.append({"measure": label, "neuron_set": f"knowledge − {control}", "estimate": ci.estimate, "ci_low": ci.low,
+                         "ci_high": ci.high, "n": ci.n_clusters, "verdict": beats_control(ci, expected)})
+    return pd.DataFrame(rows)
+
+
+# -- 3. symmetry and inverse relations ------------------------------------------------------------------
+
+
+SYMMETRY_MEASURES = {"success": "edit success (top-1 is Y')", "new_reverse_after": "reverse holds after (Y' r X)",
+                     "new_reverse_gain": "gain of the reverse (after − before)", "old_reverse_after": "old reverse kept (Y r X)"}
+
+
+def symmetry_effects(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per measure and neuron set: the mean over edited facts (%) with a bootstrap interval over facts,
+    and per control the paired difference with ``beats_control`` (the reverse should gain)."""
+    frame = table.assign(success=table["success"].astype(float),
+                         new_reverse_gain=table["new_reverse_after"] - table["new_reverse_before"])
+    rows = []
+    for measure, label in SYMMETRY_MEASURES.items():
+        for name in (KNOWLEDGE, *CONTROL_SETS):
+            part = frame[frame["neuron_set"] == name]
+            ci = bootstrap_ci(part, lambda f, m=measure: 100 * float(f[m].mean()), "fact_id", n_boot=n_boot, seed=seed)
+            rows.append({"measure": label, "neuron_set": name, "estimate": ci.estimate, "ci_low": ci.low, "ci_high": ci.high,
+                         "n": ci.n_clusters, "verdict": ""})
+        if measure in ("success", "new_reverse_gain"):
+            for control in CONTROL_SETS:
+                diffs = paired_differences(frame, measure, "fact_id", "fact_id", control)
+                ci = bootstrap_ci(diffs, lambda f: 100 * float(f["diff"].mean()), "fact_id", n_boot=n_boot, seed=seed)
+                rows.append({"measure": label, "neuron_set": f"knowledge − {control}", "estimate": ci.estimate,
+                             "ci_low": ci.low, "ci_high": ci.high, "n": ci.n_clusters, "verdict": beats_control(ci, +1)})
+    return pd.DataFrame(rows)
+
+
+def interval_of(frame: pd.DataFrame, **where) -> Interval:
+    """The row of an effects table selected by column values, as an ``Interval`` (for ``claim_row``)."""
+    sel = frame
+    for column, value in where.items():
+        sel = sel[sel[column] == value]
+    if len(sel) != 1:
+        raise KeyError(f"{len(sel)} rows match {where}")
+    row = sel.iloc[0]
+    return Interval(float(row["estimate"]), float(row["ci_low"]), float(row["ci_high"]), int(row["n"]), 1000, 0.95, 0)

@@ -19,7 +19,7 @@ from kn_lib.book import checks, student
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
-METHOD_CHAPTERS = ("attribution", "statistics", "manipulation", "bingrel", "updating", "erasing", "claims")
+METHOD_CHAPTERS = ("attribution", "statistics", "manipulation", "bingrel", "updating", "erasing", "critiques", "claims")
 
 
 # -- the library's own functions, in the students' signatures ---------------------------------------------
@@ -78,6 +78,13 @@ def library_verdict(paper, low, high):
     return verdict(paper, Interval((low + high) / 2, low, high, 30, 1000, 0.95, 0))
 
 
+def library_fit(table):
+    from kn_lib.experiments.edit_localization_fit import layer_r2
+
+    fit = layer_r2(table)
+    return fit["r2_layer"], fit["r2_layer_localization"]
+
+
 # -- planted common mistakes ---------------------------------------------------------------------------------
 
 def left_riemann_ig(p_of, w_bar, steps):  # off-by-one Riemann index: k = 0..m-1
@@ -126,6 +133,20 @@ def touching_verdict(paper, low, high):  # ">=" for ">": an interval ending at 0
     return "confirmed, larger" if low > abs(paper) else "holds"
 
 
+def linear_layer_fit(table):  # the layer as one number, not one effect per layer
+    import numpy as np
+
+    y = table["success"].astype(float).to_numpy()
+    base = np.column_stack([np.ones(len(y)), table["layer"].to_numpy(float)])
+
+    def r2(design):
+        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+        res = y - design @ coef
+        return 1 - float(res @ res) / float(((y - y.mean()) ** 2).sum())
+
+    return r2(base), r2(np.column_stack([base, table["mass_share"].to_numpy(float)]))
+
+
 CASES = [
     (checks.integrated_gradients_layer, library_ig, left_riemann_ig, "alpha = k/m for k = 1..m"),
     (checks.refined_neurons, library_refine, strict_refine, "equality"),
@@ -134,6 +155,7 @@ CASES = [
     (checks.value_slot_update, library_update, wrong_sign_update, "check the signs"),
     (checks.top_neurons, library_top, index_tie_top, "ties"),
     (checks.effect_verdict, library_verdict, touching_verdict, "does not exclude no effect"),
+    (checks.layer_localization_r2, library_fit, linear_layer_fit, "the layer is a category"),
 ]
 IDS = [c[0].__name__ for c in CASES]
 

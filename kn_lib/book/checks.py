@@ -444,5 +444,60 @@ def effect_verdict(student: Callable[[float, float, float], str]) -> None:
                 "contain the paper's value, or lie wholly short of or beyond it?).")
 
 
+# -- critiques: how much the edit layer and the localization explain ------------------------------------------
+
+def _fit_cases() -> list[Case]:
+    """Small (fact, layer) tables: success driven by layer, by localization, by both, and by neither."""
+    cases = []
+    for seed, (by_layer, by_loc) in enumerate(((1.0, 0.0), (0.0, 1.0), (0.6, 0.6), (0.0, 0.0))):
+        rng = random.Random(seed)
+        rows = []
+        for f in range(12):
+            for layer in range(4):
+                loc = rng.random()
+                score = by_layer * (layer == 2) + by_loc * loc + 0.5 * rng.random()
+                rows.append({"fact_id": f"F/{f}", "layer": layer, "mass_share": loc,
+                             "success": score > (0.8 if by_layer or by_loc else 0.3)})
+        cases.append(Case(f"12 facts x 4 layers, success by layer {by_layer}, by localization {by_loc}",
+                          (pd.DataFrame(rows),)))
+    return cases
+
+
+def layer_localization_r2(student: Callable[[pd.DataFrame], tuple[float, float]]) -> None:
+    """``student(table)`` -> (R^2 of success on layer fixed effects, R^2 with ``mass_share`` added), over a
+    table with columns fact_id, layer, mass_share, success; against ``edit_localization_fit.layer_r2``."""
+    import numpy as np
+
+    from ..experiments.edit_localization_fit import layer_r2
+
+    def reference(table):
+        fit = layer_r2(table)
+        return fit["r2_layer"], fit["r2_layer_localization"]
+
+    def r2(y, design):
+        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+        res = y - design @ coef
+        return 1 - float(res @ res) / float(((y - y.mean()) ** 2).sum())
+
+    def linear_layer(table):  # the layer as one number, not one effect per layer
+        y = table["success"].astype(float).to_numpy()
+        base = np.column_stack([np.ones(len(y)), table["layer"].to_numpy(float)])
+        return r2(y, base), r2(y, np.column_stack([base, table["mass_share"].to_numpy(float)]))
+
+    def localization_alone(table):  # the second fit without the layers
+        y = table["success"].astype(float).to_numpy()
+        return reference(table)[0], r2(y, np.column_stack([np.ones(len(y)), table["mass_share"].to_numpy(float)]))
+
+    mistakes = [
+        Mistake(linear_layer, "the layer is a category: give each layer its own effect (one-hot columns), not one "
+                              "slope over the layer's number."),
+        Mistake(localization_alone, "the second model keeps the layer effects and adds the localization: the "
+                                    "question is what localization explains beyond the layer."),
+    ]
+    _run("layer_localization_r2", student, _fit_cases(), reference, _close(1e-6), mistakes,
+         "fit y = a + b_layer (+ c * mass_share) by least squares; R^2 = 1 - SS_res / SS_tot.")
+
+
 CHECKS = {f.__name__: f for f in (integrated_gradients_layer, refined_neurons, change_ratio, table4_activation,
-                                  value_slot_update, top_neurons, effect_verdict)}
+                                  value_slot_update, top_neurons, effect_verdict,
+                                  layer_localization_r2)}

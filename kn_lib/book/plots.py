@@ -24,6 +24,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
@@ -694,4 +695,31 @@ def consistency_plot(by_fact: pd.DataFrame, width: float = 6.9) -> Figure:
         ax.set(xlabel="", ylabel="", xlim=(0, 1), title=f"{model} ({len(part)} facts)")
         ax.tick_params(axis="y", labelsize=7)
     fig.supxlabel("mean pairwise Jaccard overlap of a fact's prompts' coarse sets", fontsize=10)
+    return fig
+
+
+def layer_edit_plot(layers: pd.DataFrame, models: Sequence[str] | None = None, width: float = 6.9) -> Figure:
+    """Where editing works against where attribution points, one panel per model: success (%) of editing
+    a fact's top-k neurons by integrated gradients at each layer, and of as many random neurons of that
+    layer (lines, left axis), beside the mean share of the fact's attribution mass in the layer (bars,
+    right axis). ``layers``: ``kn_lib.book.critiques.by_layer`` rows with a ``model`` column."""
+    models = list(models or dict.fromkeys(layers["model"]))
+    fig, axes = plt.subplots(len(models), 1, figsize=(width, 2.6 * len(models) + 0.5), squeeze=False, layout="constrained")
+    colours = sns.color_palette(PALETTE, 3)
+    for ax, model in zip(axes[:, 0], models):
+        part = layers[layers["model"] == model]
+        top = part[part["neuron_set"] == "top-ig"].sort_values("layer")
+        share = ax.twinx()
+        share.bar(top["layer"], 100 * top["mass_share"], color=colours[2], alpha=0.35, width=0.8)
+        share.set_ylabel("attribution mass (%)", fontsize=8)
+        for name, colour, label in (("top-ig", colours[0], "top-k neurons by IG"), ("random-layer", colours[1], "k random neurons")):
+            sel = part[part["neuron_set"] == name].sort_values("layer")
+            ax.plot(sel["layer"], sel["success"], marker="o", markersize=3, color=colour, label=label)
+        ax.set_zorder(share.get_zorder() + 1)
+        ax.patch.set_visible(False)
+        ax.set(ylabel="edit success (%)", title=f"{model} ({top['n'].max():.0f} facts)", xlabel="layer edited")
+    handles = [Line2D([], [], color=colours[0], marker="o", label="top-k neurons by IG (success)"),
+               Line2D([], [], color=colours[1], marker="o", label="k random neurons of the layer (success)"),
+               Patch(color=colours[2], alpha=0.35, label="fact's attribution mass in the layer")]
+    fig.legend(handles=handles, loc="outside upper center", ncol=2, frameon=False, fontsize=8)
     return fig

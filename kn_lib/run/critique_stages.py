@@ -164,7 +164,7 @@ def _grammar_compute(ctx: StageContext, job: Job, adapter, on_fact=None) -> dict
     return tables
 
 
-GRAMMAR_TABLES = ("table", "refined", "coarse", "thresholds", "summary", "skipped")
+GRAMMAR_TABLES = ("table", "refined", "coarse", "groups", "thresholds", "summary", "skipped")
 GRAMMAR = register_stage(Stage(
     name="grammar", help="knowledge neurons for BLiMP agreement minimal pairs, suppressed beside matched controls (Niu et al. 2024)",
     tables=GRAMMAR_TABLES, key_settings=_grammar_key, plan=_grammar_plan, compute=_grammar_compute, needs_model=True,

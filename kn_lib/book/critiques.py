@@ -85,7 +85,7 @@ def kn_layer_comparison(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) 
     from ..experiments.edit_localization import kn_layer_advantage
 
     advantage = kn_layer_advantage(table[table["neuron_set"] == TOP_IG], "success")
-    own = table[table["is_kn_layer"]].pivot_table(index="fact_id", columns="neuron_set", values="success", aggfunc="mean")
+    own = table[table["is_kn_layer"].astype(bool)].pivot_table(index="fact_id", columns="neuron_set", values="success", aggfunc="mean")
     versus_random = ((own[TOP_IG] - own[RANDOM_LAYER]).dropna().rename("diff").reset_index()
                      if {TOP_IG, RANDOM_LAYER} <= set(own.columns) else pd.DataFrame(columns=["fact_id", "diff"]))
     rows = []
@@ -111,7 +111,7 @@ def grammar_by_group(table: pd.DataFrame) -> pd.DataFrame:
     grouped = frame.groupby(["paradigm", "group", "fact_id", "neuron_set"])
     out = grouped.agg(accuracy_before=("correct_before", "mean"), accuracy_after=("correct_after", "mean"),
                       p_change=("p_change", "mean"), n_pairs=("pair_id", "nunique")).reset_index()
-    flips = frame[frame["correct_before"]].groupby(["fact_id", "neuron_set"])["flip"].mean().rename("flip_rate").reset_index()
+    flips = frame[frame["correct_before"].astype(bool)].groupby(["fact_id", "neuron_set"])["flip"].mean().rename("flip_rate").reset_index()
     out = out.merge(flips, on=["fact_id", "neuron_set"], how="left")
     for column in ("accuracy_before", "accuracy_after", "flip_rate"):
         out[column] *= 100

@@ -22,21 +22,43 @@ and value-slot edits, restored exactly), ``neuron_sets`` (reading refined tables
 Beyond the paper: ``controls`` (matched controls of a fact's knowledge neurons: a random neuron of the
 same layer, or the same-layer neuron closest in mean activation; suppress-amplify, update and erase run
 on them too) and ``paraphrase_consistency`` (how far a fact's prompts agree on its neurons).
+
+The field's critiques of knowledge neurons, re-tested with the paper's pipeline and the same controls:
+
+=====================================  ===========================  ==================================
+module                                 function                     critique
+=====================================  ===========================  ==================================
+``edit_localization``                  ``edit_localization``        Hase et al. 2023: does localization
+                                                                    inform editing?
+``edit_localization_fit``              ``layer_r2``,                their regressions: R^2 of the edit
+                                       ``r2_increment_interval``    layer, with localization added
+``symmetric_edits``                    ``symmetric_edits``          Niu et al. 2024: symmetry
+``grammar_neurons``                    ``grammar_neurons``          Niu et al. 2024: BLiMP agreement
+                                                                    (pairs from ``kn_lib.blimp``)
+=====================================  ===========================  ==================================
 """
 
 from .bingrel_activation import BingRelConfig, BingRelResult, bingrel_activation, top_bottom_sentences
+from .edit_localization import EditLocalizationConfig, EditLocalizationResult, EditLocalizationSummary, edit_localization
+from .edit_localization_fit import kn_layer_advantage, layer_r2, r2_increment_interval
 from .erase_relations import EraseConfig, EraseResult, erase_relations
+from .grammar_neurons import GrammarConfig, GrammarResult, GrammarSummary, grammar_neurons
 from .evaluation import perplexity
 from .neuron_sets import random_like
 from .neuron_statistics import StatisticsConfig, StatisticsResult, neuron_statistics
 from .suppress_amplify import ManipulationConfig, ManipulationResult, change_ratio, suppress_and_amplify
+from .symmetric_edits import SymmetryConfig, SymmetryResult, SymmetrySummary, symmetric_edits
 from .update_facts import UpdateConfig, UpdateResult, update_facts
 
 __all__ = [
     "BingRelConfig", "BingRelResult", "bingrel_activation", "top_bottom_sentences",
+    "EditLocalizationConfig", "EditLocalizationResult", "EditLocalizationSummary", "edit_localization",
+    "kn_layer_advantage", "layer_r2", "r2_increment_interval",
     "EraseConfig", "EraseResult", "erase_relations",
+    "GrammarConfig", "GrammarResult", "GrammarSummary", "grammar_neurons",
     "perplexity", "random_like",
     "StatisticsConfig", "StatisticsResult", "neuron_statistics",
     "ManipulationConfig", "ManipulationResult", "change_ratio", "suppress_and_amplify",
+    "SymmetryConfig", "SymmetryResult", "SymmetrySummary", "symmetric_edits",
     "UpdateConfig", "UpdateResult", "update_facts",
 ]

@@ -113,6 +113,16 @@ COLUMN_LABELS = {
     "other_accuracy_before": "other relations: top-1 accuracy before (fraction)",
     "other_accuracy_after": "other relations: top-1 accuracy after (fraction)",
     "max_facts": "facts per erased neuron (max)", "mean_facts": "facts per erased neuron (mean)",
+    # the critiques (kn_lib.book.critiques): per-layer edits, grammar groups, symmetric edits
+    "r2_layer": "R² of the outcome on the edited layer (fixed effects)",
+    "r2_layer_localization": "R² with the attribution share added",
+    "r2_increment": "R² added by the attribution share",
+    "n_rows": "(fact, layer) edits",
+    "accuracy_before": "minimal pairs judged correctly before (%)",
+    "accuracy_after": "minimal pairs judged correctly after (%)",
+    "p_change": "relative change of p(target) (%)", "flip_rate": "correct pairs flipped (%)",
+    "n_pairs": "held-out pairs", "reverse_before": "reverse holds before (%)",
+    "reverse_after": "reverse holds after (%)", "old_reverse_after": "old reverse still holds after (%)",
     # claims (kn_lib.book.claims): bootstrap intervals
     "ci_low": "95% CI low", "ci_high": "95% CI high", "n_clusters": "n (clusters)",
     # performance (benchmarks/attribution_speed.py, aggregated per path in the performance chapter)

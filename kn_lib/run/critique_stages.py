@@ -106,7 +106,7 @@ def _paradigms(settings: RunSettings) -> tuple[str, ...]:
     names = tuple(p.strip() for p in str(given).split(",") if p.strip())
     unknown = [p for p in names if p not in PARADIGMS]
     if unknown or not names:
-        raise KnUsageError(f"unknown paradigm(s) {', '.join(unknown) or given!r}; use {', '.join(PARADIGM_SETS)} or names of "
+        raise KnUsageError(f"unknown paradigm(s) {', '.join(unknown) if unknown else repr(given)}; use {', '.join(PARADIGM_SETS)} or names of "
                            f"{', '.join(PARADIGMS)}")
     return names
 
@@ -115,7 +115,10 @@ def _grammar_config(settings: RunSettings):
     from ..experiments.grammar_neurons import GrammarConfig
 
     given = {k: int(settings.param(k)) for k in ("prompts_per_group", "eval_pairs") if settings.param(k) is not None}
-    return GrammarConfig(kn=settings.config, seed=_experiment_seed(settings), **given)
+    try:
+        return GrammarConfig(kn=settings.config, seed=_experiment_seed(settings), **given)
+    except ValueError as err:  # a bad count: one line, as for any other option
+        raise KnUsageError(f"grammar: {err}") from None
 
 
 def _grammar_key(settings: RunSettings) -> dict:
@@ -173,6 +176,7 @@ GRAMMAR = register_stage(Stage(
              Option("eval_pairs", int, None, "held-out minimal pairs per group on which neurons are suppressed (default 50)"),
              SEED_OPTION),
     covers=lambda entry, job: True,  # the key fixes the paradigm's pairs
+    uses_sample=False,  # BLiMP, not the run's fact sample: --preset and --relations do not select its rows
 ))
 
 CRITIQUE_STAGES = (*STAGES, GRAMMAR.name)

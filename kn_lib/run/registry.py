@@ -325,6 +325,9 @@ class Stage:
     options: tuple[Option, ...] = ()
     # is a finished shard's manifest entry good for this job? default: it holds all the job's facts
     covers: Callable[[Mapping, Job], bool] = holds_facts
+    # its rows are about the run's fact sample (``results.load`` keeps the preset's facts and relations);
+    # False for a stage with its own data (grammar: BLiMP), whose ``relation`` column is not a PARAREL one
+    uses_sample: bool = True
 
 
 def same_facts(entry: Mapping, job: Job) -> bool:

@@ -45,8 +45,9 @@ def load(
         store = ResultStore(root, model, stage, cache_key(spec.key_settings(settings)))
         if not store.exists():
             raise ResultsNotFound(f"no {stage} results for {model} with these settings at {store.dir}; run `kn {stage}` first")
-        fact_ids = set(settings.selected_fact_ids())
-        relation_ids = set(settings.relation_ids())
+        if spec.uses_sample:
+            fact_ids = set(settings.selected_fact_ids())
+            relation_ids = set(settings.relation_ids())
     elif key is not None:
         store = ResultStore(root, model, stage, key)
         if not store.exists():

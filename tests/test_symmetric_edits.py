@@ -6,6 +6,7 @@ import importlib
 import pytest
 import torch
 
+from kn_lib.adapters import EncodedPrompt
 from kn_lib.data import Relation
 from kn_lib.experiments.controls import CONTROLS
 from kn_lib.experiments.evaluation import answer_distribution
@@ -218,3 +219,28 @@ def test_a_planted_edit_whose_new_reverse_holds_is_counted(tiny_llama, monkeypat
     assert (s.knowledge_new_reverse_after, s.knowledge_old_reverse_after, s.n_edits_old_reverse_known) == (100, 0, 1)
     controls = result.table.query("neuron_set != 'knowledge'")  # the controls' real edits leave the plant in charge
     assert (controls.new_reverse_after == 0).all() and (controls.old_reverse_after == 1).all()
+
+
+def test_sign_aware_flips_the_edit_of_negatively_firing_neurons(tiny_llama, monkeypatch):
+    """``sign_aware`` (ours): each edited neuron's change is multiplied by the sign of its activation on the
+    edited prompt; the paper's edit (default) passes no signs."""
+    seen = []
+    real = sym.updated_value_slots
+
+    def spy(adapter, neurons, old_id, new_id, lambda1, lambda2, signs=None):
+        seen.append((list(neurons), signs))
+        return real(adapter, neurons, old_id, new_id, lambda1, lambda2, signs)
+
+    monkeypatch.setattr(sym, "updated_value_slots", spy)
+    refined = refined_table(KNS)
+    sym.symmetric_edits(tiny_llama, refined, ALL_FACTS, ALL_RELATIONS, LOOSE)
+    assert seen and all(signs is None for _, signs in seen)
+    seen.clear()
+    result = sym.symmetric_edits(tiny_llama, refined, ALL_FACTS, ALL_RELATIONS, SymmetryConfig(require_correct=False, sign_aware=True))
+    assert seen and all(set(signs) == set(neurons) and set(signs.values()) <= {1.0, -1.0} for neurons, signs in seen)
+    edited = result.table[result.table["neuron_set"] == "knowledge"]
+    first = edited.iloc[0]
+    ids = tiny_llama.tokenizer(first["text"], return_tensors="pt").input_ids[0]
+    acts = tiny_llama.activations(EncodedPrompt(ids, len(ids) - 1, 0, first["text"]))
+    neurons, signs = seen[0]
+    assert all(signs[n] == (1.0 if acts[n] >= 0 else -1.0) for n in neurons)

@@ -1,17 +1,15 @@
 """Symmetry of knowledge-neuron edits (Niu et al., ICLR 2024, "What does the Knowledge Neuron Thesis have to
 do with knowledge?"): once an edit makes "X shares a border with [Y]" answer Y', does "Y' shares a border
-with [X]" answer X, and does "Y shares a border with [X]" still? They found KN edits and ROME both fail it.
+with [X]" answer X, and does "Y shares a border with [X]" still? Their Table 1 shows ROME failing it.
 
 ``REVERSE``: P47 (shares border with), P530 (diplomatic relation), P190 (twinned administrative body) are
 symmetric, (X, r, Y) -> (Y, r, X); P36 (capital) and P1376 (capital of) inverse, (X, P36, Y) -> (Y, P1376, X)
 and back. Per fact: (1) a prompt drawn among those answered correctly; (2) Y' drawn as the update draws
 it (``update_facts.draw_new_object``), never X; (3) the reverse relation's prompts, subject Y' (*new
-reverse*) and Y (*old reverse*), answer X; (4) section 5.1's value-slot update (-lambda1 Y + lambda2 Y') of *all* the fact's
-refined knowledge neurons, then of each matched control, weights restored each time (all: the official
-``select_kn`` of Table 6 keeps a neuron only if at most 10 % of the relation's searched bags hold it, its
-own counted, so it needs >= 20 searched facts per relation, which these relations' known facts lack);
-(5) top-1 answers before and after.
-"""
+reverse*) and Y (*old reverse*), answer X; (4) section 5.1's value-slot update (-lambda1 Y + lambda2 Y') of
+*all* the fact's refined knowledge neurons (the official ``select_kn`` needs >= 20 searched facts per
+relation, which these relations' known facts lack), then of each matched control, weights restored each
+time; ``sign_aware`` (ours) flips it for neurons firing negatively; (5) top-1 answers before and after."""
 
 from __future__ import annotations
 
@@ -73,6 +71,7 @@ class SymmetryConfig:
     seed: int = 0
     controls: tuple[str, ...] = CONTROLS  # matched controls each edit is repeated on
     require_correct: bool = True  # edit only on a prompt the model answers Y to (the paper's "learned" facts)
+    sign_aware: bool = False  # ours, not the paper's: flip the edit of neurons firing negatively (update_facts)
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.controls if c not in CONTROLS]
@@ -242,9 +241,11 @@ class _Experiment:
             except ValueError as err:
                 self.skips.add(f"no {kind} control: {err}", edit.fact["relation"], fact_id)
         before, out = read(self.adapter, edit.queries), []
+        acts = self.adapter.activations(edit.prompt.encoded) if config.sign_aware else None
         for name, neurons in sets:
+            signs = {n: 1.0 if acts[n] >= 0 else -1.0 for n in neurons} if acts is not None else None
             slots = updated_value_slots(self.adapter, neurons, edit.prompt.encoded.target_id, edit.queries[0].answer_id,
-                                        config.lambda1, config.lambda2)
+                                        config.lambda1, config.lambda2, signs)
             with edited_value_slots(self.adapter, slots):
                 after = read(self.adapter, edit.queries)
             out.append(_rows(self.adapter, edit, name, neurons, before, after))

@@ -66,12 +66,16 @@ class Symmetry(Experiment):
     name = "symmetry"
     help = "edit facts of symmetric (P47, P530, P190) and inverse (P36/P1376) relations: does the reverse follow? (Niu et al. 2024; needs refine)"
     tables = ("table", "prompts")
-    options = (SEED_OPTION,)
+    options = (Option("sign_aware", str, None, "flip the edit of neurons with negative activation: no (default, the "
+                                               "paper's edit) or yes (ours, as `kn update --sign-aware`)", choices=("yes", "no")),
+               SEED_OPTION)
+    legacy = {"sign_aware": False}
 
     def config(self, settings):
         from ..experiments.symmetric_edits import SymmetryConfig
 
-        return SymmetryConfig(seed=_experiment_seed(settings))
+        sign_aware = _option_value(self, settings, "sign_aware") == "yes"
+        return SymmetryConfig(seed=_experiment_seed(settings), sign_aware=sign_aware)
 
     def run(self, adapter, refined, facts, settings, inputs):
         from ..experiments.symmetric_edits import REVERSE, symmetric_edits

@@ -22,14 +22,15 @@ CRITIQUE_RUNS: dict[str, dict[str, int | None]] = {
     "gemma3-270m": {"edit-localization": 8, "symmetry": 8},
 }
 GRAMMAR_PARADIGMS = "determiner-noun"  # kn grammar --paradigms (the set the book runs)
+SIGNED = "symmetry, sign-aware"  # the symmetric edits again with our sign-aware edit (kn symmetry --sign-aware yes)
 TOP_IG, RANDOM_LAYER = "top-ig", "random-layer"  # edit-localization's neuron sets
 OUTCOMES = {"success": "edit success (top-1 is t')", "delta_p_new": "rise of p(t')"}
 
 
 def stored_critique_tables(runs: dict[str, dict[str, int | None]] | None = None,
                            paradigms: str = GRAMMAR_PARADIGMS) -> tuple[dict[str, dict[str, pd.DataFrame]], list[str]]:
-    """model -> {"edit-localization": table, "symmetry": table, "grammar": table} as committed, and a
-    line for each one that is not (yet)."""
+    """model -> {"edit-localization": table, "symmetry": table, ``SIGNED``: table, "grammar": table} as
+    committed, and a line for each one that is not (yet)."""
     from . import known_facts_sample
     from ..run import results
 
@@ -41,6 +42,11 @@ def stored_critique_tables(runs: dict[str, dict[str, int | None]] | None = None,
                 tables.setdefault(model, {})[stage] = known_facts_sample(model, size).load(stage, "table")
             except results.ResultsNotFound:
                 missing.append(f"{model}: `kn {stage}` on known facts not run")
+            if stage == "symmetry":
+                try:
+                    tables[model][SIGNED] = known_facts_sample(model, size).load(stage, "table", params={"sign_aware": "yes"})
+                except results.ResultsNotFound:
+                    missing.append(f"{model}: `kn symmetry --sign-aware yes` on known facts not run")
         try:
             tables.setdefault(model, {})["grammar"] = results.load(model, "grammar", "table", preset="book-sample",
                                                                     params={"paradigms": paradigms})
@@ -239,12 +245,14 @@ def critique_claims(tables: dict[str, dict[str, pd.DataFrame]], n_boot: int = 10
             rows.append({"model": model, **claim_row("suppressing agreement neurons changes BLiMP accuracy by this many points",
                                   CRITICS["niu_dna2_correct_change"].where, critic_value("niu_dna2_correct_change"), ours,
                                   unit="points", kind=CRITIQUE, note="ours: determiner-noun paradigms; theirs: DNA.2, BERT")})
-        if "symmetry" in found:
-            ours = symmetry_given_success(found["symmetry"], n_boot, seed)
+        for name, edit in (("symmetry", "the paper's edit"), (SIGNED, "our sign-aware edit")):
+            if name not in found:
+                continue
+            ours = symmetry_given_success(found[name], n_boot, seed)
             rows.append({"model": model, **claim_row("after a successful edit the reverse fact holds at most as often as for ROME",
                                   CRITICS["niu_rome_gpt2xl_p36_symmetry"].where, critic_value("niu_rome_gpt2xl_p36_symmetry"),
                                   ours, unit="%", kind=CRITIQUE, ceiling=True,
-                                  note="theirs: ROME on GPT-2 XL, P36 (no KN-edit number published)")})
+                                  note=f"ours: {edit}; theirs: ROME on GPT-2 XL, P36 (no KN-edit number published)")})
     return pd.DataFrame(rows, columns=["model", *CLAIM_COLUMNS])
 
 

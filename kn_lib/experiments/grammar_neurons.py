@@ -116,7 +116,7 @@ def encode_prompt(adapter: ModelAdapter, prefix: str, word: str) -> EncodedPromp
     if adapter.family == "causal":
         word_ids = adapter.tokenizer(" " + word, add_special_tokens=False).input_ids
         if not word_ids:
-            raise UnusablePrompt(f"{word!r} has no token")
+            raise UnusablePrompt(f"no token: {word!r}")
         text = prefix.rstrip()
         ids = adapter.tokenizer(text, return_tensors="pt").input_ids[0]
         prompt = EncodedPrompt(ids, len(ids) - 1, int(word_ids[0]), text)
@@ -129,7 +129,7 @@ def encode_prompt(adapter: ModelAdapter, prefix: str, word: str) -> EncodedPromp
         raise ValueError(f"{adapter.name}: family {adapter.family!r} is neither 'causal' nor 'masked'")
     unk = adapter.tokenizer.unk_token_id
     if unk is not None and prompt.target_id == unk:
-        raise UnusablePrompt(f"{word!r} is unknown to the tokenizer")
+        raise UnusablePrompt(f"unknown to the tokenizer: {word!r}")
     return prompt
 
 
@@ -139,7 +139,7 @@ def encode_pair(adapter: ModelAdapter, pair: MinimalPair) -> EncodedPair:
     bad = encode_prompt(adapter, pair.prefix_bad, pair.word_bad)
     if pair.form == "one_prefix" and good.target_id == bad.target_id:
         token = adapter.tokenizer.decode([good.target_id])
-        raise UnusablePrompt(f"{pair.word_good!r} and {pair.word_bad!r} begin with the same token {token!r}")
+        raise UnusablePrompt(f"both words begin with the same token: {pair.word_good!r}, {pair.word_bad!r} ({token!r})")
     return EncodedPair(pair, good, bad)
 
 

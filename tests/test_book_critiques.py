@@ -288,4 +288,54 @@ def test_stored_critique_tables_says_what_is_not_run(tmp_path, monkeypatch):
     tables, missing = stored_critique_tables({"smollm2-135m": {"edit-localization": None, "symmetry": 48}})
     assert tables == {}
     assert missing == ["smollm2-135m: `kn edit-localization` on known facts not run", "smollm2-135m: `kn symmetry` on known facts not run",
+                       "smollm2-135m: `kn symmetry --sign-aware yes` on known facts not run",
                        "smollm2-135m: `kn grammar --paradigms determiner-noun` not run"]
+
+
+# -- the claims rows, the comparison with facts, the figure's rows ---------------------------------------
+
+
+def test_symmetry_given_success_counts_only_knowledge_edits_that_succeeded():
+    from kn_lib.book.critiques import symmetry_given_success
+
+    rows = [symmetry_row(0, "knowledge", True, 0.0, 0.5), symmetry_row(1, "knowledge", True, 0.0, 0.0),
+            symmetry_row(2, "knowledge", False, 0.0, 1.0), symmetry_row(3, CONTROLS[0], True, 0.0, 1.0)]
+    ours = symmetry_given_success(frame(rows, SYMMETRY_COLUMNS), n_boot=N_BOOT)
+    assert ours.estimate == pytest.approx(25.0) and ours.n_clusters == 2
+
+
+def test_critique_claims_judge_each_finding_by_its_rule(monkeypatch):
+    from kn_lib.book import critiques
+    from kn_lib.book.paper import critic_value
+
+    # localization that adds nothing beyond the layer (success follows the layer only): the ceiling holds
+    edits = frame([edit_row(f, layer, success=layer == 1, mass_share=float(np.random.default_rng(f).random()))
+                   for f in range(MIN_CLUSTERS + 5) for layer in range(3)], EDIT_COLUMNS)
+    # agreement: knowledge neurons flip one of four pairs in every group: accuracy -25 points
+    grammar = grammar_table(MIN_CLUSTERS + 2)
+    # symmetry: three successful knowledge edits only (too few for a verdict)
+    symmetry = frame([symmetry_row(f, "knowledge", f < 3, 0.0, 0.0) for f in range(MIN_CLUSTERS + 2)], SYMMETRY_COLUMNS)
+    tables = {"m": {"edit-localization": edits, "grammar": grammar, "symmetry": symmetry}}
+    out = critiques.critique_claims(tables, n_boot=N_BOOT).set_index("claim")
+    assert list(out["model"]) == ["m"] * 3 and set(out["kind"]) == {critiques.CRITIQUE}
+    local = out.loc["localization adds at most this to the layer's R^2 of edit success"]
+    assert local.paper == critic_value("hase_max_added_r2") and local.test == "ceiling"
+    assert local.ours == pytest.approx(0.0, abs=1e-9) and local.verdict == "holds"
+    agreement = out.loc["suppressing agreement neurons changes BLiMP accuracy by this many points"]
+    assert agreement.ours == pytest.approx(-25.0) and agreement.direction == "confirmed"
+    assert agreement.verdict == "confirmed, larger"  # -25 points lies wholly beyond the published -5.2
+    reverse = out.loc["after a successful edit the reverse fact holds at most as often as for ROME"]
+    assert reverse.n_clusters == 3 and reverse.verdict == "no data"
+
+
+def test_grammar_vs_facts_and_control_effect_rows():
+    from kn_lib.book.critiques import as_control_effects, grammar_vs_facts
+
+    grammar = grammar_table(MIN_CLUSTERS + 2)
+    versus = grammar_vs_facts(grammar, None, "m", n_boot=N_BOOT)
+    assert set(versus["what"]) == {"agreement (BLiMP groups)"} and set(versus["neuron_set"]) == {"knowledge", "activation-matched"}
+    lost = versus[(versus["measure"] == "correct answers lost") & (versus["neuron_set"] == "knowledge")].iloc[0]
+    assert lost.estimate == pytest.approx(25.0) and lost.n == MIN_CLUSTERS + 2
+    shown = as_control_effects(grammar_effects(grammar, n_boot=N_BOOT), "m: suppress", "%", "groups")
+    assert set(shown["neuron_set"]) == {"knowledge", *CONTROLS}  # the paired rows are not bars
+    assert set(shown["intervention"]) == {"m: suppress"} and set(shown["n_unit"]) == {"groups"}

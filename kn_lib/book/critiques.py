@@ -44,7 +44,8 @@ def stored_critique_tables(runs: dict[str, dict[str, int | None]] | None = None,
                 missing.append(f"{model}: `kn {stage}` on known facts not run")
             if stage == "symmetry":
                 try:
-                    tables[model][SIGNED] = known_facts_sample(model, size).load(stage, "table", params={"sign_aware": "yes"})
+                    tables.setdefault(model, {})[SIGNED] = known_facts_sample(model, size).load(
+                        stage, "table", params={"sign_aware": "yes"})
                 except results.ResultsNotFound:
                     missing.append(f"{model}: `kn symmetry --sign-aware yes` on known facts not run")
         try:

@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Mapping
 import pandas as pd
 import torch
 
-from ..adapters import ModelAdapter, MultiTokenObject
+from ..adapters import ModelAdapter
 from ..attribution import IGConfig, integrated_gradients_many
 from ..data import Relation
 from .controls import layer_matched_neurons
@@ -35,7 +35,7 @@ from .edit_localization_fit import kn_layer_advantage, layer_r2, r2_increment_in
 from .evaluation import FactPrompts, Prompt, SkipLog, answer_distribution, answer_log_distributions, seeded_rng, tag_of
 from .interventions import edited_value_slots, updated_value_slots
 from .neuron_sets import check_refined, neurons_by_fact
-from .update_facts import draw_new_object
+from .update_facts import draw_new_object, single_token_ids
 
 __all__ = ["EditLocalizationConfig", "EditLocalizationResult", "EditLocalizationSummary", "edit_localization",
            "kn_layer_advantage", "layer_r2", "r2_increment_interval"]
@@ -136,16 +136,7 @@ def _plan(adapter: ModelAdapter, fact: Mapping, kns: list, prompts: FactPrompts,
     rng = seeded_rng(config.seed, f"edit-localization/{fact_id}")
     prompt = rng.choice(own)
     template = prompts.relations[relation].templates[prompt.template_id]
-    ids: dict[str, int] = {}
-
-    def single_token(obj: str) -> bool:
-        if obj not in ids:
-            try:
-                ids[obj] = adapter.answer_token(obj, template)
-            except MultiTokenObject:
-                ids[obj] = -1
-        return ids[obj] >= 0
-
+    ids, single_token = single_token_ids(adapter, template)
     new_object = draw_new_object(fact["object"], objects, rng, single_token)
     if new_object is None:
         skips.add("no other single-token object in the relation to update to", relation, fact_id, f"template {prompt.template_id}")

@@ -454,16 +454,7 @@ def _plan_edit(
         return None
     template = prompts.relations[relation].templates[prompt.template_id]
     old_object = prompts.facts[fact_id]["object"]
-    new_ids: dict[str, int] = {}
-
-    def single_token(obj: str) -> bool:
-        if obj not in new_ids:
-            try:
-                new_ids[obj] = adapter.answer_token(obj, template)
-            except MultiTokenObject:
-                new_ids[obj] = -1
-        return new_ids[obj] >= 0
-
+    new_ids, single_token = single_token_ids(adapter, template)
     new_object = draw_new_object(old_object, [prompts.facts[f]["object"] for f in ids], rng, single_token)
     if new_object is None:
         skips.add("no other single-token object in the relation to update to", relation, fact_id)
@@ -478,6 +469,22 @@ def _plan_edit(
         skips.add(f"no {'intra' if not intra else 'inter'}-relation prompts to measure perplexity on", relation, fact_id)
         return None
     return PlannedEdit(prompt, prompt.encoded.target_id, new_ids[new_object], new_object, neurons, intra, inter)
+
+
+def single_token_ids(adapter: ModelAdapter, template: str) -> tuple[dict[str, int], Callable[[str], bool]]:
+    """(object -> its answer token id after ``template``, -1 when it is several tokens; the test ``usable``
+    of ``draw_new_object`` that fills that cache, True for a single-token object)."""
+    ids: dict[str, int] = {}
+
+    def usable(obj: str) -> bool:
+        if obj not in ids:
+            try:
+                ids[obj] = adapter.answer_token(obj, template)
+            except MultiTokenObject:
+                ids[obj] = -1
+        return ids[obj] >= 0
+
+    return ids, usable
 
 
 def draw_new_object(old_object: str, objects: list[str], rng, usable=lambda obj: True) -> str | None:

@@ -158,7 +158,7 @@ def test_grammar_by_group_by_hand():
     kn = out.loc[("dna/this", "knowledge")]
     assert kn.accuracy_before == pytest.approx(200 / 3) and kn.accuracy_after == pytest.approx(100 / 3)
     assert kn.flip_rate == pytest.approx(50.0)  # 1 of the 2 pairs correct before
-    assert kn.p_change == pytest.approx((-50 + 0 - 50) / 3) and kn.n_pairs == 3
+    assert kn.p_change == pytest.approx(100 * (0.75 / 3 - 1.1 / 3) / (1.1 / 3)) and kn.n_pairs == 3  # ratio of means
     for control in CONTROLS:
         row = out.loc[("dna/this", control)]
         assert (row.accuracy_after, row.flip_rate, row.p_change) == pytest.approx((200 / 3, 0.0, 0.0))

@@ -113,16 +113,22 @@ def _difference_column(frame: pd.DataFrame) -> str:
 
 def grammar_by_group(table: pd.DataFrame) -> pd.DataFrame:
     """Per group (the grammar's "fact") and neuron set: accuracy before and after suppression (%), the
-    share of correct pairs that flip (%), and the relative change of p(target) (%)."""
-    frame = table.assign(p_change=100 * (table["p_target_after"] - table["p_target_before"]) / table["p_target_before"])
-    grouped = frame.groupby(["paradigm", "group", "fact_id", "neuron_set"])
+    share of correct pairs that flip (%), and the relative change of p(target) over the group's pairs (%),
+    as Figure 4 measures a fact's: the ratio of means (``suppress_amplify.change_ratio``), so that a few
+    near-zero probabilities do not dominate."""
+    from ..experiments.suppress_amplify import change_ratio
+
+    grouped = table.groupby(["paradigm", "group", "fact_id", "neuron_set"])
     out = grouped.agg(accuracy_before=("correct_before", "mean"), accuracy_after=("correct_after", "mean"),
-                      p_change=("p_change", "mean"), n_pairs=("pair_id", "nunique")).reset_index()
-    flips = frame[frame["correct_before"].astype(bool)].groupby(["fact_id", "neuron_set"])["flip"].mean().rename("flip_rate").reset_index()
+                      n_pairs=("pair_id", "nunique")).reset_index()
+    ratios = grouped.apply(lambda g: 100 * change_ratio(g["p_target_before"], g["p_target_after"]), include_groups=False)
+    out["p_change"] = ratios.to_numpy() if len(out) else pd.Series(dtype=float)
+    flips = table[table["correct_before"].astype(bool)].groupby(["fact_id", "neuron_set"])["flip"].mean().rename("flip_rate").reset_index()
     out = out.merge(flips, on=["fact_id", "neuron_set"], how="left")
     for column in ("accuracy_before", "accuracy_after", "flip_rate"):
         out[column] *= 100
-    return out
+    return out[["paradigm", "group", "fact_id", "neuron_set", "accuracy_before", "accuracy_after", "p_change", "n_pairs",
+                "flip_rate"]]
 
 
 GRAMMAR_MEASURES = {"p_change": "% change of p(target)", "flip_rate": "% of correct pairs flipped",

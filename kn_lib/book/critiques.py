@@ -39,20 +39,30 @@ def stored_critique_tables(runs: dict[str, dict[str, int | None]] | None = None,
     for model, stages in (runs or CRITIQUE_RUNS).items():
         for stage, size in stages.items():
             try:
-                tables.setdefault(model, {})[stage] = known_facts_sample(model, size).load(stage, "table")
+                table = known_facts_sample(model, size).load(stage, "table")
             except results.ResultsNotFound:
+                table = None
+            if table is None or table.empty:  # not run, or no shard finished yet
                 missing.append(f"{model}: `kn {stage}` on known facts not run")
+            else:
+                tables.setdefault(model, {})[stage] = table
             if stage == "symmetry":
                 try:
-                    tables.setdefault(model, {})[SIGNED] = known_facts_sample(model, size).load(
-                        stage, "table", params={"sign_aware": "yes"})
+                    signed = known_facts_sample(model, size).load(stage, "table", params={"sign_aware": "yes"})
                 except results.ResultsNotFound:
+                    signed = None
+                if signed is None or signed.empty:
                     missing.append(f"{model}: `kn symmetry --sign-aware yes` on known facts not run")
+                else:
+                    tables.setdefault(model, {})[SIGNED] = signed
         try:
-            tables.setdefault(model, {})["grammar"] = results.load(model, "grammar", "table", preset="book-sample",
-                                                                    params={"paradigms": paradigms})
+            table = results.load(model, "grammar", "table", preset="book-sample", params={"paradigms": paradigms})
         except results.ResultsNotFound:
+            table = None
+        if table is None or table.empty:
             missing.append(f"{model}: `kn grammar --paradigms {paradigms}` not run")
+        else:
+            tables.setdefault(model, {})["grammar"] = table
     return tables, missing
 
 

@@ -19,22 +19,29 @@ def _top_ig(table: pd.DataFrame) -> pd.DataFrame:
     return table[table["neuron_set"] == "top-ig"] if "neuron_set" in table.columns else table
 
 
-def _r2(y: np.ndarray, design: np.ndarray) -> float:
-    """R^2 = 1 - SS_res / SS_tot of the least-squares fit of y on ``design`` (NaN when y is constant)."""
-    total = float(((y - y.mean()) ** 2).sum())
-    if total == 0.0:
-        return float("nan")
-    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-    residual = y - design @ coef
-    return 1.0 - float(residual @ residual) / total
+def _within(values: np.ndarray, codes: np.ndarray, n_levels: int) -> np.ndarray:
+    """``values`` minus their layer's mean (the residual of a regression on layer fixed effects)."""
+    means = np.bincount(codes, weights=values, minlength=n_levels) / np.bincount(codes, minlength=n_levels).clip(min=1)
+    return values - means[codes]
 
 
 def _fits(y: np.ndarray, layers: np.ndarray, loc: np.ndarray) -> tuple[float, float]:
-    """(R^2 of the layer fixed effects, R^2 with the localization added) for rows y, layer, localization."""
-    levels = np.unique(layers)
-    onehot = (layers[:, None] == levels[None, 1:]).astype(float)  # first layer is the baseline
-    base = np.column_stack([np.ones(len(y)), onehot])
-    return _r2(y, base), _r2(y, np.column_stack([base, loc]))
+    """(R^2 of the layer fixed effects, R^2 with the localization added) for rows y, layer, localization.
+
+    The least-squares fits of ``layer_r2`` in closed form (Frisch-Waugh-Lovell): with fixed effects the
+    residual of y is y minus its layer mean, y_w, so SS_res(layer) = sum y_w^2; adding loc leaves
+    SS_res(layer + loc) = sum y_w^2 - (sum y_w loc_w)^2 / sum loc_w^2, loc_w the within-layer loc. Linear
+    in the rows (no design matrix), which keeps the fact bootstrap fast. NaN when y is constant."""
+    total = float(((y - y.mean()) ** 2).sum())
+    if len(y) == 0 or total == 0.0:
+        return float("nan"), float("nan")
+    _, codes = np.unique(layers, return_inverse=True)
+    n_levels = int(codes.max()) + 1
+    y_w, loc_w = _within(y, codes, n_levels), _within(loc, codes, n_levels)
+    ss_layer = float(y_w @ y_w)
+    spread = float(loc_w @ loc_w)
+    ss_both = ss_layer - (float(y_w @ loc_w) ** 2 / spread if spread > 1e-12 * max(1.0, float(loc @ loc)) else 0.0)
+    return 1.0 - ss_layer / total, 1.0 - max(ss_both, 0.0) / total
 
 
 def _arrays(table: pd.DataFrame, outcome: str, localization: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -55,15 +55,23 @@ def stored_critique_tables(runs: dict[str, dict[str, int | None]] | None = None,
                     missing.append(f"{model}: `kn symmetry --sign-aware yes` on known facts not run")
                 else:
                     tables.setdefault(model, {})[SIGNED] = signed
-        try:
-            table = results.load(model, "grammar", "table", preset="book-sample", params={"paradigms": paradigms})
-        except results.ResultsNotFound:
-            table = None
-        if table is None or table.empty:
+        table = grammar_table(model, paradigms)
+        if table is None:
             missing.append(f"{model}: `kn grammar --paradigms {paradigms}` not run")
         else:
             tables.setdefault(model, {})["grammar"] = table
     return tables, missing
+
+
+def grammar_table(model: str, paradigms: str = GRAMMAR_PARADIGMS, table: str = "table") -> pd.DataFrame | None:
+    """A committed ``kn grammar --paradigms PARADIGMS`` table of ``model``, or None when none is finished."""
+    from ..run import results
+
+    try:
+        frame = results.load(model, "grammar", table, preset="book-sample", params={"paradigms": paradigms})
+    except results.ResultsNotFound:
+        return None
+    return None if frame.empty else frame
 
 
 # -- 1. does localization inform editing? -----------------------------------------------------------

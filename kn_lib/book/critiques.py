@@ -11,6 +11,8 @@ with intervals over the unit each averages (facts; grammar groups), and their ro
 
 from __future__ import annotations
 
+from typing import Callable
+
 import pandas as pd
 
 from .claims import Interval, bootstrap_ci
@@ -32,46 +34,43 @@ def stored_critique_tables(runs: dict[str, dict[str, int | None]] | None = None,
     """model -> {"edit-localization": table, "symmetry": table, ``SIGNED``: table, "grammar": table} as
     committed, and a line for each one that is not (yet)."""
     from . import known_facts_sample
-    from ..run import results
 
     tables: dict[str, dict[str, pd.DataFrame]] = {}
     missing = []
+
+    def keep(model: str, name: str, table: pd.DataFrame | None, run: str) -> None:
+        if table is None:
+            missing.append(f"{model}: {run} not run")
+        else:
+            tables.setdefault(model, {})[name] = table
+
     for model, stages in (runs or CRITIQUE_RUNS).items():
         for stage, size in stages.items():
-            try:
-                table = known_facts_sample(model, size).load(stage, "table")
-            except results.ResultsNotFound:
-                table = None
-            if table is None or table.empty:  # not run, or no shard finished yet
-                missing.append(f"{model}: `kn {stage}` on known facts not run")
-            else:
-                tables.setdefault(model, {})[stage] = table
+            sample = known_facts_sample(model, size)
+            keep(model, stage, committed(lambda: sample.load(stage, "table")), f"`kn {stage}` on known facts")
             if stage == "symmetry":
-                try:
-                    signed = known_facts_sample(model, size).load(stage, "table", params={"sign_aware": "yes"})
-                except results.ResultsNotFound:
-                    signed = None
-                if signed is None or signed.empty:
-                    missing.append(f"{model}: `kn symmetry --sign-aware yes` on known facts not run")
-                else:
-                    tables.setdefault(model, {})[SIGNED] = signed
-        table = grammar_table(model, paradigms)
-        if table is None:
-            missing.append(f"{model}: `kn grammar --paradigms {paradigms}` not run")
-        else:
-            tables.setdefault(model, {})["grammar"] = table
+                keep(model, SIGNED, committed(lambda: sample.load(stage, "table", params={"sign_aware": "yes"})),
+                     "`kn symmetry --sign-aware yes` on known facts")
+        keep(model, "grammar", grammar_table(model, paradigms), f"`kn grammar --paradigms {paradigms}`")
     return tables, missing
+
+
+def committed(load: Callable[[], pd.DataFrame]) -> pd.DataFrame | None:
+    """``load()``'s table, or None when the run is not committed or no shard of it has finished yet."""
+    from ..run import results
+
+    try:
+        frame = load()
+    except results.ResultsNotFound:
+        return None
+    return None if frame.empty else frame
 
 
 def grammar_table(model: str, paradigms: str = GRAMMAR_PARADIGMS, table: str = "table") -> pd.DataFrame | None:
     """A committed ``kn grammar --paradigms PARADIGMS`` table of ``model``, or None when none is finished."""
     from ..run import results
 
-    try:
-        frame = results.load(model, "grammar", table, preset="book-sample", params={"paradigms": paradigms})
-    except results.ResultsNotFound:
-        return None
-    return None if frame.empty else frame
+    return committed(lambda: results.load(model, "grammar", table, preset="book-sample", params={"paradigms": paradigms}))
 
 
 # -- 1. does localization inform editing? -----------------------------------------------------------
@@ -114,16 +113,12 @@ def kn_layer_comparison(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) 
     versus_random = ((own[TOP_IG] - own[RANDOM_LAYER]).dropna().rename("diff").reset_index()
                      if {TOP_IG, RANDOM_LAYER} <= set(own.columns) else pd.DataFrame(columns=["fact_id", "diff"]))
     rows = []
-    for name, frame, column in (("own layer vs other layers", advantage, _difference_column(advantage)),
+    for name, frame, column in (("own layer vs other layers", advantage, "difference"),
                                 ("top-ig vs random-layer at the own layer", versus_random, "diff")):
         ci = bootstrap_ci(frame, lambda f, c=column: 100 * float(f[c].mean()), "fact_id", n_boot=n_boot, seed=seed)
         rows.append({"comparison": name, "estimate": ci.estimate, "ci_low": ci.low, "ci_high": ci.high, "n": ci.n_clusters,
                      "verdict": beats_control(ci, +1)})
     return pd.DataFrame(rows)
-
-
-def _difference_column(frame: pd.DataFrame) -> str:
-    return next(c for c in ("difference", "diff", "advantage") if c in frame.columns)
 
 
 # -- 2. grammar localises like facts? -----------------------------------------------------------------
@@ -247,6 +242,7 @@ def critique_claims(tables: dict[str, dict[str, pd.DataFrame]], n_boot: int = 10
     * Niu et al.: after an edit that succeeds, the reverse fact follows at most as often as it did for ROME
       in their Table 1 (a ceiling claim; they published no symmetry number for knowledge-neuron edits).
     """
+    from ..experiments.edit_localization import layer_r2, r2_increment_interval
     from .claims import CLAIM_COLUMNS, claim_row
     from .paper import CRITICS, critic_value
 
@@ -255,8 +251,6 @@ def critique_claims(tables: dict[str, dict[str, pd.DataFrame]], n_boot: int = 10
         if "edit-localization" in found:
             top = found["edit-localization"]
             top = top[top["neuron_set"] == TOP_IG]
-            from ..experiments.edit_localization import layer_r2, r2_increment_interval
-
             estimate, low, high = r2_increment_interval(top, "success", n_boot=n_boot, seed=seed)
             ours = Interval(estimate, low, high, layer_r2(top)["n_facts"], n_boot, 0.95, seed)
             rows.append({"model": model, **claim_row("localization adds at most this to the layer's R^2 of edit success",

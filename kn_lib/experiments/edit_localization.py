@@ -32,7 +32,7 @@ from ..attribution import IGConfig, integrated_gradients_many
 from ..data import Relation
 from .controls import layer_matched_neurons
 from .edit_localization_fit import kn_layer_advantage, layer_r2, r2_increment_interval
-from .evaluation import FactPrompts, Prompt, SkipLog, answer_distribution, answer_log_distributions, seeded_rng, tag_of
+from .evaluation import FactPrompts, Prompt, SkipLog, answer_distribution, answered_correctly, seeded_rng, tag_of
 from .interventions import edited_value_slots, updated_value_slots
 from .neuron_sets import check_refined, neurons_by_fact
 from .update_facts import draw_new_object, single_token_ids
@@ -128,8 +128,7 @@ def _plan(adapter: ModelAdapter, fact: Mapping, kns: list, prompts: FactPrompts,
         skips.add("no usable prompt to edit", relation, fact_id)
         return None
     if config.require_correct:
-        logs = answer_log_distributions(adapter, [p.encoded for p in own])
-        own = [p for p, d in zip(own, logs) if int(d.argmax()) == p.encoded.target_id]
+        own = answered_correctly(adapter, own)
         if not own:
             skips.add("the model answers none of the fact's prompts correctly", relation, fact_id)
             return None
@@ -211,14 +210,16 @@ def edit_localization(
     pool = facts if population is None else list(population)
     prompts = FactPrompts(adapter, facts, relations, skips)
     kns = neurons_by_fact(refined)
+    objects: dict[str, list[str]] = {}  # relation -> its facts' objects, in population order
+    for f in pool:
+        objects.setdefault(f["relation"], []).append(f["object"])
     rows, fact_rows = [], []
     for fact in facts:
         fact_id = fact["fact_id"]
         if fact_id not in kns:
             skips.add("no knowledge neurons in the refined table", fact["relation"], fact_id)
         else:
-            objects = [f["object"] for f in pool if f["relation"] == fact["relation"]]
-            edit = _plan(adapter, fact, kns[fact_id], prompts, objects, config, skips)
+            edit = _plan(adapter, fact, kns[fact_id], prompts, objects.get(fact["relation"], []), config, skips)
             if edit is not None:
                 new_rows, fact_row = _edit_rows(adapter, edit, config, skips)
                 rows += new_rows

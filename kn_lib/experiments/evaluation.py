@@ -124,6 +124,13 @@ def answer_log_distributions(adapter: ModelAdapter, prompts: Sequence[EncodedPro
     return out  # type: ignore[return-value]
 
 
+def answered_correctly(adapter: ModelAdapter, prompts: Sequence[Prompt]) -> list[Prompt]:
+    """The prompts whose top-1 token is their answer (a fact the model "knows" on that prompt), in order;
+    batched as ``answer_log_distributions``."""
+    logs = answer_log_distributions(adapter, [p.encoded for p in prompts])
+    return [p for p, d in zip(prompts, logs) if int(d.argmax()) == p.encoded.target_id]
+
+
 def perplexity(probabilities: Sequence[float]) -> float:
     r"""Perplexity of the correct answers over a set of prompts (paper, sections 5.1 and 5.2, Tables 5-6):
 

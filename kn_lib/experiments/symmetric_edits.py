@@ -25,7 +25,7 @@ from ..data import Relation
 from ..pipeline import encode_fact
 from ..refine import Neuron
 from .controls import CONTROLS, matched_neurons, mean_answer_activations
-from .evaluation import FactPrompts, Prompt, SkipLog, answer_log_distributions, seeded_rng, tag_of
+from .evaluation import FactPrompts, Prompt, SkipLog, answer_log_distributions, answered_correctly, seeded_rng, tag_of
 from .interventions import edited_value_slots, updated_value_slots
 from .neuron_sets import check_refined, neurons_by_fact
 from .update_facts import draw_new_object
@@ -198,8 +198,7 @@ class _Experiment:
         own = self.prompts.of(fact_id)
         if not own:
             return None  # FactPrompts logged why
-        tops = read(self.adapter, [Query("edited", p.template_id, p.encoded, p.encoded.target_id) for p in own])
-        candidates = [p for p, (top, _) in zip(own, tops) if top == p.encoded.target_id or not self.config.require_correct]
+        candidates = answered_correctly(self.adapter, own) if self.config.require_correct else own
         if not candidates:
             return skip("not known: the model's top-1 answer is wrong on every prompt")
         rng = seeded_rng(self.config.seed, f"symmetry/{fact_id}")

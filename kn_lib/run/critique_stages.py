@@ -30,8 +30,8 @@ from __future__ import annotations
 import pandas as pd
 
 from .experiment_stages import (
-    EXPERIMENTS, SEED_OPTION, Experiment, _experiment_seed, _parquet_ready, _relations_of_all, _skipped_frame, _stage, _summary_frame,
-    all_facts,
+    EXPERIMENTS, SEED_OPTION, Experiment, _experiment_seed, _option, _parquet_ready, _relations_of_all, _skipped_frame, _stage, _summary_frame,
+    all_facts, job_progress,
 )
 from .registry import Job, KnUsageError, Option, RunSettings, Stage, StageContext, common_key_settings, register_stage
 
@@ -51,7 +51,7 @@ class EditLocalization(Experiment):
         given = {}
         if settings.param("lambda2") is not None:
             given["lambda2"] = float(settings.param("lambda2"))
-        if _option_value(self, settings, "layer_controls") is not None:
+        if _option(self, "layer_controls").check(settings) is not None:
             given["controls"] = settings.param("layer_controls") == "yes"
         return EditLocalizationConfig(ig=settings.config.ig, seed=_experiment_seed(settings), **given)
 
@@ -74,7 +74,7 @@ class Symmetry(Experiment):
     def config(self, settings):
         from ..experiments.symmetric_edits import SymmetryConfig
 
-        sign_aware = _option_value(self, settings, "sign_aware") == "yes"
+        sign_aware = _option(self, "sign_aware").check(settings) == "yes"
         return SymmetryConfig(seed=_experiment_seed(settings), sign_aware=sign_aware)
 
     def run(self, adapter, refined, facts, settings, inputs):
@@ -83,10 +83,6 @@ class Symmetry(Experiment):
         facts = [f for f in facts if f["relation"] in REVERSE]  # the others have no reverse to test
         return symmetric_edits(adapter, refined, facts, _relations_of_all(), self.config(settings), population=all_facts(),
                                progress=inputs.get("progress"))
-
-
-def _option_value(experiment: Experiment, settings: RunSettings, name: str):
-    return next(o for o in experiment.options if o.name == name).check(settings)
 
 
 CRITIQUE_EXPERIMENTS = {e.name: e for e in (EditLocalization(), Symmetry())}
@@ -155,14 +151,7 @@ def _grammar_compute(ctx: StageContext, job: Job, adapter, on_fact=None) -> dict
     from ..blimp import load_paradigm
     from ..experiments.grammar_neurons import grammar_neurons
 
-    done = [0]
-
-    def progress(n: int) -> None:  # groups finished, at most the job's
-        n = min(n, len(job.facts) - done[0])
-        if on_fact is not None and n > 0:
-            done[0] += n
-            on_fact(n)
-
+    progress = job_progress(job, on_fact)  # groups finished
     result = grammar_neurons(adapter, load_paradigm(job.relation), _grammar_config(ctx.settings), progress=progress)
     progress(len(job.facts))  # groups without usable pairs report nothing themselves
     tables = {name: _parquet_ready(getattr(result, name)) for name in GRAMMAR_TABLES[:-2]}

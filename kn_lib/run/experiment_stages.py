@@ -548,24 +548,31 @@ def _compute(experiment: Experiment) -> Callable[..., dict]:
         if control:
             inputs["control"] = control
             refined = experiment.control(control, adapter, refined, list(job.facts), settings, inputs)
-        reported = [0]
-
-        def progress(n: int) -> None:  # facts done inside the experiment, at most the job's
-            n = min(n, len(job.facts) - reported[0])
-            if on_fact is not None and n > 0:
-                reported[0] += n
-                on_fact(n)
-
+        progress = job_progress(job, on_fact)
         inputs["progress"] = progress
         result = experiment.run(adapter, refined, list(job.facts), settings, inputs)
         tables = {name: _parquet_ready(frame) for name, frame in experiment.frames(result).items()}
         tables["summary"] = _summary_frame(experiment.summaries(result), settings, job.shard)
         tables["skipped"] = _skipped_frame(result.skipped, settings, job.shard)
-        if on_fact is not None and len(job.facts) > reported[0]:
-            on_fact(len(job.facts) - reported[0])
+        progress(len(job.facts))  # whatever the experiment did not report (skipped facts, a shard without facts)
         return tables
 
     return compute
+
+
+def job_progress(job: Job, on_fact: Callable[[int], object] | None) -> Callable[[int], None]:
+    """The ``progress`` callback of work done inside one shard: passes units finished on to the runner's
+    ``on_fact``, never more than the job's facts in all, so that ``progress(len(job.facts))`` at the end
+    reports exactly what is left."""
+    reported = [0]
+
+    def progress(n: int) -> None:
+        n = min(n, len(job.facts) - reported[0])
+        if on_fact is not None and n > 0:
+            reported[0] += n
+            on_fact(n)
+
+    return progress
 
 
 def _summary_frame(summaries: list, settings: RunSettings, shard: str) -> pd.DataFrame:

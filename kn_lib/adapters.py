@@ -112,6 +112,13 @@ class ModelAdapter:
         """The answer's single token id, or ``MultiTokenObject``."""
         raise NotImplementedError
 
+    def single_token(self, obj: str, template: str = "[X] [Y]") -> int | None:
+        """``answer_token`` for the draws that pass over a multi-token object: its id, or None."""
+        try:
+            return self.answer_token(obj, template)
+        except MultiTokenObject:
+            return None
+
     # -- forward passes ------------------------------------------------------------------------
     def logits_at(self, input_ids: torch.Tensor, pos: int, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [batch, vocab] at one position."""

@@ -31,6 +31,9 @@ def test_multi_token_object(request, fixture):
     adapter = request.getfixturevalue(fixture)
     with pytest.raises(MultiTokenObject):
         adapter.encode("[X] was born in [Y] .", "alice", "paris france")
+    # the draws' form: None instead of the exception, the same id otherwise
+    assert adapter.single_token("paris france", "[X] was born in [Y] .") is None
+    assert adapter.single_token("paris", "[X] was born in [Y] .") == adapter.answer_token("paris", "[X] was born in [Y] .")
 
 
 def test_encode_fact_reports_every_unusable_prompt(tiny_llama):

@@ -50,3 +50,29 @@ def test_paired_differences_and_verdicts():
 ])
 def test_beats_control_branches(low, high, n, expected, verdict):
     assert beats_control(Interval((low + high) / 2, low, high, n, 100, 0.95, 0), expected) == verdict
+
+
+def _erase_table(with_flip: bool):
+    """Ten erased relations, four prompts each, all answered before: the knowledge erasure takes away two
+    answers per relation, the random-layer control none, the activation-matched one one."""
+    rows = []
+    for r in range(10):
+        for t in range(4):
+            for method, lost in (("ig", t < 2), ("random-layer", False), ("activation-matched", t == 0)):
+                row = {"erased_relation": f"P{r}", "scope": "erased", "fact_id": f"P{r}/0", "relation": f"P{r}",
+                       "template_id": t, "p_before": 0.5, "p_after": 0.1 if lost else 0.5, "correct_before": True,
+                       "correct_after": not lost, "method": method}
+                rows.append(row | ({"flip": lost} if with_flip else {}))
+        for method in ("ig", "random-layer", "activation-matched"):  # one prompt of another relation, unchanged
+            rows.append({**rows[-1], "scope": "other", "relation": "PX", "fact_id": "PX/0", "method": method,
+                         "p_after": 0.5, "correct_after": True} | ({"flip": False} if with_flip else {}))
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("with_flip", [True, False])  # stored before the flip column existed: derived the same way
+def test_erase_correct_answers_lost_per_relation(with_flip):
+    claims = control_claims({"m": {"erase": _erase_table(with_flip)}}, n_boot=200).set_index(["measure", "control"])
+    lost = claims.loc[("correct answers lost", "random-layer")]
+    assert lost.estimate == pytest.approx(50.0) and lost.n == 10 and lost.verdict == "beats its control"
+    assert claims.loc[("correct answers lost", "activation-matched")].estimate == pytest.approx(25.0)
+    assert claims.loc[("accuracy change", "random-layer")].estimate == pytest.approx(-50.0)

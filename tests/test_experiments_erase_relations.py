@@ -83,3 +83,21 @@ def test_erase_the_papers_relations_on_the_real_model(real_kn):
     assert result.by_relation.relation.tolist() == ["P106"]
     assert set(result.skipped.relation) >= {"P19", "P27", "P937"}
     assert result.by_relation.erased_ppl_before.iloc[0] > 0
+
+
+def test_flip_marks_answers_the_erasure_took_away(tiny_llama):
+    """``flip``: answered top-1 before, not after; Table 5's flip rate is their share of the answered prompts,
+    and a table stored without the column gets the same flips from ``correct_before``/``correct_after``."""
+    from kn_lib.experiments.erase_relations import answers_lost, table5
+
+    result = erase_relations(tiny_llama, refined_table(KNS), FACTS, RELATIONS, EraseConfig(relations=("P19",)))
+    table = result.table
+    assert table["flip"].tolist() == (table.correct_before & ~table.correct_after).tolist()
+    erased = table.scope == "erased"
+    hand = table.drop(columns="flip").assign(correct_before=True, correct_after=False)
+    hand.loc[hand.index[erased][0], "correct_after"] = True  # one erased-relation answer kept
+    hand.loc[hand.index[erased][1], "correct_before"] = False  # one never answered: not a flip
+    assert answers_lost(hand).tolist() == [i not in hand.index[erased][:2] for i in hand.index]
+    row = table5(hand, result.neurons).iloc[0]
+    assert row.erased_flip_rate == pytest.approx(100 * (erased.sum() - 2) / (erased.sum() - 1))
+    assert row.other_flip_rate == pytest.approx(100.0)

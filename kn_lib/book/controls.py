@@ -9,8 +9,8 @@ set (``knowledge``, ``random-layer``, ``activation-matched``; ``experiments.cont
   flips in the operation's direction (among those where it can);
 * update (``update_by_edit``): per edit, success (top-1 is the new answer) and change (top-1 no longer the
   old one), in %, resampled by edited fact;
-* erase (``erase_by_relation``): per erased relation, the perplexity change (%) and the accuracy change
-  (points) on its own prompts.
+* erase (``erase_by_relation``): per erased relation, the perplexity change (%), the accuracy change
+  (points) and the correct answers lost (% of those answered before) on its own prompts.
 
 ``effects`` gives each set's mean with a bootstrap interval; ``control_claims`` the paired difference
 knowledge minus control, with the verdict ``beats its control`` only when the interval lies wholly on
@@ -68,7 +68,8 @@ def update_by_edit(table: pd.DataFrame) -> pd.DataFrame:
 
 def erase_by_relation(table: pd.DataFrame, knowledge_method: str = "ig") -> pd.DataFrame:
     """Per (erased relation, neuron set): the perplexity change of its own prompts (%, Table 5's
-    ``erase_relations.table5``) and their accuracy change (points)."""
+    ``erase_relations.table5``), their accuracy change (points) and the share of their correct answers the
+    erasure took away (``flip``, % of the prompts answered top-1 before)."""
     from ..experiments.erase_relations import table5
 
     frames = []
@@ -79,8 +80,8 @@ def erase_by_relation(table: pd.DataFrame, knowledge_method: str = "ig") -> pd.D
             "erased_relation": t5["relation"], "neuron_set": _set_name(method, knowledge_method),
             "ppl_change": t5["erased_ppl_change"],
             "accuracy_change": 100 * (t5["erased_accuracy_after"] - t5["erased_accuracy_before"]),
-            "n_prompts": t5["erased_n_prompts"]}))
-    columns = ["erased_relation", "neuron_set", "ppl_change", "accuracy_change", "n_prompts"]
+            "flip": t5["erased_flip_rate"], "n_prompts": t5["erased_n_prompts"]}))
+    columns = ["erased_relation", "neuron_set", "ppl_change", "accuracy_change", "flip", "n_prompts"]
     if not frames:
         return pd.DataFrame(columns=columns)
     return pd.concat(frames, ignore_index=True).sort_values(["erased_relation", "neuron_set"], ignore_index=True)[columns]
@@ -92,6 +93,7 @@ MEASURES = (
     ("amplify", "p(answer) change", "%", +1), ("amplify", "wrong answers made correct", "% of prompts", +1),
     ("update", "success", "% of edits", +1), ("update", "change", "% of edits", +1),
     ("erase", "perplexity change", "%", +1), ("erase", "accuracy change", "points", -1),
+    ("erase", "correct answers lost", "% of prompts", +1),
 )
 
 
@@ -104,7 +106,8 @@ def _units(intervention: str, measure: str, frames: dict[str, pd.DataFrame]) -> 
     if intervention == "update" and "update" in frames:
         return frames["update"], "success" if measure == "success" else "changed", "edit", "fact_id"
     if intervention == "erase" and "erase" in frames:
-        return frames["erase"], "ppl_change" if "perplexity" in measure else "accuracy_change", "erased_relation", "erased_relation"
+        column = {"perplexity change": "ppl_change", "accuracy change": "accuracy_change"}.get(measure, "flip")
+        return frames["erase"], column, "erased_relation", "erased_relation"
     return None
 
 

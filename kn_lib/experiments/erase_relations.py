@@ -92,22 +92,35 @@ def _evaluate(adapter: ModelAdapter, prompts: list[Prompt]) -> list[tuple[float,
     return [(float(d[p.encoded.target_id].exp()), int(d.argmax()) == p.encoded.target_id) for d, p in zip(logs, prompts)]
 
 
+def answers_lost(table: pd.DataFrame) -> pd.Series:
+    """Per evaluated prompt, whether the erasure changed its prediction: answered top-1 before, not after
+    (``flip``). Tables stored before the column existed give it from their ``correct_before`` and
+    ``correct_after``, the same definition."""
+    if "flip" in table:
+        return table["flip"].astype(bool)
+    return table["correct_before"].astype(bool) & ~table["correct_after"].astype(bool)
+
+
 def table5(table: pd.DataFrame, neurons: pd.DataFrame) -> pd.DataFrame:
     """Table 5: per erased relation, perplexity (and accuracy) of its prompts and of the other relations'
-    prompts, before and after erasing, with the change in percent, 100 * (after - before) / before."""
+    prompts, before and after erasing, with the change in percent, 100 * (after - before) / before; and
+    (beyond the paper) ``flip_rate``: the percentage of the prompts answered top-1 before whose answer the
+    erasure took away (``answers_lost``; NaN where none was answered)."""
     rows = []
     for relation, group in table.groupby("erased_relation", sort=False):
         row = {"relation": relation, "n_neurons": int((neurons["relation"] == relation).sum())}
         for scope in ("erased", "other"):
             sel = group[group["scope"] == scope]
             ppl_before, ppl_after = perplexity(sel["p_before"].tolist()), perplexity(sel["p_after"].tolist())
+            n_correct = int(sel["correct_before"].astype(bool).sum())
             row |= {f"{scope}_n_prompts": len(sel), f"{scope}_ppl_before": ppl_before, f"{scope}_ppl_after": ppl_after,
                     f"{scope}_ppl_change": (ppl_after - ppl_before) / ppl_before * 100,
-                    f"{scope}_accuracy_before": sel["correct_before"].mean(), f"{scope}_accuracy_after": sel["correct_after"].mean()}
+                    f"{scope}_accuracy_before": sel["correct_before"].mean(), f"{scope}_accuracy_after": sel["correct_after"].mean(),
+                    f"{scope}_flip_rate": 100 * int(answers_lost(sel).sum()) / n_correct if n_correct else float("nan")}
         rows.append(row)
     return pd.DataFrame(rows, columns=["relation", "n_neurons"] + [
         f"{scope}_{key}" for scope in ("erased", "other")
-        for key in ("n_prompts", "ppl_before", "ppl_after", "ppl_change", "accuracy_before", "accuracy_after")
+        for key in ("n_prompts", "ppl_before", "ppl_after", "ppl_change", "accuracy_before", "accuracy_after", "flip_rate")
     ])
 
 
@@ -168,12 +181,13 @@ def erase_relations(
             p_before, ok_before = before[(p.fact_id, p.template_id)]
             rows.append({"erased_relation": relation, "scope": scope, "fact_id": p.fact_id, "relation": p.relation,
                          "template_id": p.template_id, "p_before": p_before, "p_after": p_after,
-                         "correct_before": ok_before, "correct_after": ok_after, "in_sample": p.fact_id in sample_ids})
+                         "correct_before": ok_before, "correct_after": ok_after, "flip": ok_before and not ok_after,
+                         "in_sample": p.fact_id in sample_ids})
         if progress is not None:
             progress(len(ids))  # the erased relation's analysed facts are done
     skips.rows = [r for r in skips.rows if r["fact_id"] is None or r["fact_id"] in sample_ids]  # not the population's
     table = pd.DataFrame(rows, columns=["erased_relation", "scope", "fact_id", "relation", "template_id", "p_before",
-                                        "p_after", "correct_before", "correct_after", "in_sample"])
+                                        "p_after", "correct_before", "correct_after", "flip", "in_sample"])
     neurons_frame = pd.DataFrame(neuron_rows, columns=["relation", "layer", "neuron", "n_facts"])
     by_relation = table5(table, neurons_frame)
     tag = tag_of(refined) | ({"method": control} if control else {})

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Mapping
 
 import pandas as pd
 
-from ..adapters import EncodedPrompt, ModelAdapter, MultiTokenObject
+from ..adapters import EncodedPrompt, ModelAdapter
 from ..data import Relation
 from ..pipeline import encode_fact
 from ..refine import Neuron
@@ -176,14 +176,7 @@ class _Experiment:
         self.objects: dict[str, list[str]] = {}
         for f in pool:
             self.objects.setdefault(f["relation"], []).append(f["object"])
-        self.token = lru_cache(maxsize=None)(self._token)
-
-    def _token(self, obj: str, template: str) -> int | None:
-        """The object's single token in this template, None when it is several."""
-        try:
-            return self.adapter.answer_token(obj, template)
-        except MultiTokenObject:
-            return None
+        self.token = lru_cache(maxsize=None)(adapter.single_token)  # the object's token in a template, or None
 
     def plan(self, fact: Mapping) -> SymmetryEdit | None:
         """Steps 1-3 of the module docstring; None, with the reason logged, when the fact cannot be edited."""

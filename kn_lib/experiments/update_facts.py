@@ -56,7 +56,7 @@ from typing import Callable, Iterable, Iterator, Literal, Mapping
 
 import pandas as pd
 
-from ..adapters import ModelAdapter, MultiTokenObject
+from ..adapters import ModelAdapter
 from ..data import Relation
 from .evaluation import (
     FactPrompts, Prompt, SkipLog, answer_distribution, answer_log_distributions, log_perplexity, perplexity, seeded_rng, tag_of,
@@ -390,9 +390,8 @@ def _official_plans(
         if not correct[key]:
             skip("the model answers the drawn prompt wrongly", fact_id, f"template {prompt.template_id}")
             continue
-        try:  # t' as a token in the drawn prompt's own template
-            new_id = adapter.answer_token(new_object, prompts.relations[relation].templates[prompt.template_id])
-        except MultiTokenObject:
+        new_id = adapter.single_token(new_object, prompts.relations[relation].templates[prompt.template_id])
+        if new_id is None:  # t' as a token in the drawn prompt's own template
             skip("no other single-token object in the relation to update to", fact_id)
             continue
         intra_pool = [f for f in pool if f != fact_id]
@@ -427,12 +426,9 @@ def _official_new_object(adapter: ModelAdapter, old_object: str, objects: list[s
         return None, -1
     for _ in range(tries):
         obj = rng.choice(objects)
-        if obj == old_object:
-            continue
-        try:
-            return obj, adapter.answer_token(obj, template)
-        except MultiTokenObject:
-            continue
+        token = None if obj == old_object else adapter.single_token(obj, template)
+        if token is not None:
+            return obj, token
     return None, -1
 
 
@@ -478,10 +474,8 @@ def single_token_ids(adapter: ModelAdapter, template: str) -> tuple[dict[str, in
 
     def usable(obj: str) -> bool:
         if obj not in ids:
-            try:
-                ids[obj] = adapter.answer_token(obj, template)
-            except MultiTokenObject:
-                ids[obj] = -1
+            token = adapter.single_token(obj, template)
+            ids[obj] = -1 if token is None else token
         return ids[obj] >= 0
 
     return ids, usable

@@ -148,3 +148,38 @@ def test_cli_options_and_preset(finished, capsys):
     assert main(["erase", *common, "--erase-relations", "P19"]) == 2
     err = capsys.readouterr().err
     assert "not in the fact sample" in err and err.count("\n") == 1
+
+
+def test_erase_controls_reuse_the_knowledge_shards_unedited_answers_and_leave_no_partial_units(finished):
+    root, settings, _ = finished
+    store = store_of(root, settings, "erase")
+    assert not (store.dir / "partial").exists()  # cleared once each shard was written
+    table = store.read("table")
+    before = table.set_index(["method", "erased_relation", "scope", "fact_id", "template_id"])["p_before"]
+    for control in CONTROLS:  # the very numbers the knowledge shard measured, not a second measurement
+        assert before.loc[control].sort_index().equals(before.loc["ig"].sort_index()), control
+
+
+def test_erase_resumes_from_the_relations_a_killed_run_saved(finished, tmp_path):
+    """A shard's erased relations saved before a kill (``PartialShard``) are taken, not measured again; the
+    others are measured; the written shard is the same shape as one run's."""
+    from kn_lib.run.partial import PartialShard
+
+    root, settings, _ = finished
+    done = store_of(root, settings, "erase").read("table")
+    done = done[done["method"] == "ig"]
+    first = done["erased_relation"].iloc[0]
+    saved = done[done["erased_relation"] == first].drop(columns=["model", "method", "seed"]).assign(p_after=0.125)
+    neurons = store_of(root, settings, "erase").read("neurons")
+    neurons = neurons[(neurons["method"] == "ig") & (neurons["relation"] == first)][["relation", "layer", "neuron", "n_facts"]]
+    run("attribute", settings, tmp_path)
+    run("refine", settings, tmp_path)
+    PartialShard.of(store_of(tmp_path, settings, "erase").dir, "ig").save(first, {"table": saved, "neurons": neurons})
+    run("erase", settings, tmp_path)
+    again = store_of(tmp_path, settings, "erase").read("table", ["ig"])
+    assert (again[again["erased_relation"] == first]["p_after"] == 0.125).all()  # resumed, not remeasured
+    rest = again[again["erased_relation"] != first].reset_index(drop=True)
+    expected = done[done["erased_relation"] != first].reset_index(drop=True)
+    assert len(rest) > 0 and rest["p_after"].tolist() == pytest.approx(expected["p_after"].tolist(), rel=1e-5)
+    assert again["erased_relation"].drop_duplicates().tolist() == done["erased_relation"].drop_duplicates().tolist()
+    assert not (store_of(tmp_path, settings, "erase").dir / "partial").exists()

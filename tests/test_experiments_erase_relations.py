@@ -1,6 +1,7 @@
 """Table 5 mechanics on tiny models: which neurons are erased, perplexities before and after, exact
 restore, reported gaps; then the paper's relations on the real model."""
 
+import pandas as pd
 import pytest
 import torch
 
@@ -101,3 +102,21 @@ def test_flip_marks_answers_the_erasure_took_away(tiny_llama):
     row = table5(hand, result.neurons).iloc[0]
     assert row.erased_flip_rate == pytest.approx(100 * (erased.sum() - 2) / (erased.sum() - 1))
     assert row.other_flip_rate == pytest.approx(100.0)
+
+
+def test_resume_and_before_give_the_same_table_as_one_run(tiny_llama):
+    """A run saved relation by relation (``on_relation``) and resumed from them, or given the unedited
+    answers already measured (``before``), returns what one uninterrupted run returns."""
+    config = EraseConfig(relations=("P19", "P36"), top_k=2)
+    saved = {}
+    whole = erase_relations(tiny_llama, refined_table(KNS), FACTS, RELATIONS, config,
+                            on_relation=lambda r, e: saved.setdefault(r, e))
+    assert list(saved) == ["P19", "P36"] and saved["P19"].rows["p_after"].tolist() == \
+        whole.table[whole.table.erased_relation == "P19"]["p_after"].tolist()
+    resumed = erase_relations(tiny_llama, refined_table(KNS), FACTS, RELATIONS, config, resume={"P19": saved["P19"]})
+    pd.testing.assert_frame_equal(resumed.table, whole.table)
+    pd.testing.assert_frame_equal(resumed.neurons, whole.neurons)
+    pd.testing.assert_frame_equal(resumed.by_relation, whole.by_relation)
+    known = {(f, t): (0.5, True) for f, t in zip(whole.table.fact_id, whole.table.template_id)}
+    given = erase_relations(tiny_llama, refined_table(KNS), FACTS, RELATIONS, config, before=known)
+    assert set(given.table.p_before) == {0.5} and given.table.correct_before.all()

@@ -76,6 +76,15 @@ class EraseSummary:
     seed: int
 
 
+@dataclass(frozen=True)
+class ErasedRelation:
+    """One erased relation's rows of ``EraseResult.table`` and ``EraseResult.neurons``: the unit a long
+    run saves as it goes (``on_relation``) and resumes from (``resume``)."""
+
+    rows: pd.DataFrame
+    neurons: pd.DataFrame
+
+
 @dataclass
 class EraseResult:
     table: pd.DataFrame  # one row per (erased relation, evaluated prompt): p and top-1 before / after
@@ -84,6 +93,21 @@ class EraseResult:
     summary: EraseSummary
     skipped: pd.DataFrame
     config: EraseConfig
+
+
+TABLE_COLUMNS = ["erased_relation", "scope", "fact_id", "relation", "template_id", "p_before", "p_after",
+                 "correct_before", "correct_after", "flip", "in_sample"]
+NEURON_COLUMNS = ["relation", "layer", "neuron", "n_facts"]
+
+
+def _in_order(measured: pd.DataFrame, resumed: list[pd.DataFrame], column: str, order: tuple[str, ...]) -> pd.DataFrame:
+    """The rows measured now and those resumed, in the order of the erased relations (as one run gives them)."""
+    parts = [f[TABLE_COLUMNS if column == "erased_relation" else NEURON_COLUMNS] for f in resumed if len(f)]
+    if not parts:
+        return measured
+    frame = pd.concat([measured, *parts], ignore_index=True) if len(measured) else pd.concat(parts, ignore_index=True)
+    rank = {r: i for i, r in enumerate(order)}
+    return frame.sort_values(column, key=lambda s: s.map(rank), kind="stable", ignore_index=True)
 
 
 def _evaluate(adapter: ModelAdapter, prompts: list[Prompt]) -> list[tuple[float, bool]]:
@@ -133,11 +157,19 @@ def erase_relations(
     population: Iterable[Mapping] | None = None,
     control: str | None = None,
     progress: Callable[[int], object] | None = None,
+    resume: Mapping[str, ErasedRelation] | None = None,
+    on_relation: Callable[[str, ErasedRelation], object] | None = None,
+    before: Mapping[tuple[str, int], tuple[float, bool]] | None = None,
 ) -> EraseResult:
     """Table 5 for one refined table (or, with ``control``, for its matched control: module docstring). ``facts`` are the analysed sample (whose knowledge neurons are
     counted); ``population`` (default: ``facts``) the facts perplexity is measured on: every fact of the
     erased relation (``erased_facts="all"``) and the other relations' facts (or ``max_other_facts`` of
-    them); ``relations`` must hold the templates of every relation in it."""
+    them); ``relations`` must hold the templates of every relation in it.
+
+    Long runs: ``on_relation`` gets each erased relation's rows as soon as they are measured, and a rerun
+    given them as ``resume`` takes them instead of measuring again (every draw is seeded per relation, so
+    the result is the same). ``before``: (p(answer), top-1 correct) of unedited prompts already measured,
+    by (fact id, template id), e.g. by the knowledge neurons' run for its controls; the rest is measured."""
     check_refined(refined)
     if control is not None and control not in CONTROLS:
         raise ValueError(f"control must be one of {', '.join(CONTROLS)} or None, got {control!r}")
@@ -151,10 +183,16 @@ def erase_relations(
     kns = neurons_by_fact(refined, ordered=config.ties == "first")
     groups = prompts.by_relation()
     sample_groups = {r: [f for f in ids if f in sample_ids] for r, ids in groups.items()}
-    before: dict[tuple[str, int], tuple[float, bool]] = {}  # shared by every erased relation
-    rows, neuron_rows = [], []
+    before = dict(before or {})  # shared by every erased relation
+    rows, neuron_rows, saved = [], [], []
+    resume = resume or {}
     for relation in config.relations:
         ids = sample_groups.get(relation, [])
+        if relation in resume:
+            saved.append(resume[relation])
+            if progress is not None:
+                progress(len(ids))
+            continue
         chosen = most_frequent([kns[f] for f in _in_bag_order(ids, kns, config.ties)], config.top_k, config.ties)
         if not chosen:
             skips.add("relation without knowledge neurons" if ids else "no facts of this relation given", relation)
@@ -176,19 +214,25 @@ def erase_relations(
             chosen = [(m, c) for m, (_, c) in zip(neurons, chosen)]  # n_facts: of the top neuron it stands for
         with edited_value_slots(adapter, erased_value_slots(adapter, neurons)):
             after = _evaluate(adapter, own + other)
-        neuron_rows += [{"relation": relation, "layer": n[0], "neuron": n[1], "n_facts": c} for n, c in chosen]
+        new_neurons = [{"relation": relation, "layer": n[0], "neuron": n[1], "n_facts": c} for n, c in chosen]
+        new_rows = []
         for p, (p_after, ok_after), scope in zip(own + other, after, ["erased"] * len(own) + ["other"] * len(other)):
             p_before, ok_before = before[(p.fact_id, p.template_id)]
-            rows.append({"erased_relation": relation, "scope": scope, "fact_id": p.fact_id, "relation": p.relation,
-                         "template_id": p.template_id, "p_before": p_before, "p_after": p_after,
-                         "correct_before": ok_before, "correct_after": ok_after, "flip": ok_before and not ok_after,
-                         "in_sample": p.fact_id in sample_ids})
+            new_rows.append({"erased_relation": relation, "scope": scope, "fact_id": p.fact_id, "relation": p.relation,
+                             "template_id": p.template_id, "p_before": float(p_before), "p_after": p_after,
+                             "correct_before": bool(ok_before), "correct_after": ok_after,
+                             "flip": bool(ok_before) and not ok_after, "in_sample": p.fact_id in sample_ids})
+        rows += new_rows
+        neuron_rows += new_neurons
+        if on_relation is not None:
+            on_relation(relation, ErasedRelation(pd.DataFrame(new_rows, columns=TABLE_COLUMNS),
+                                                 pd.DataFrame(new_neurons, columns=NEURON_COLUMNS)))
         if progress is not None:
             progress(len(ids))  # the erased relation's analysed facts are done
     skips.rows = [r for r in skips.rows if r["fact_id"] is None or r["fact_id"] in sample_ids]  # not the population's
-    table = pd.DataFrame(rows, columns=["erased_relation", "scope", "fact_id", "relation", "template_id", "p_before",
-                                        "p_after", "correct_before", "correct_after", "flip", "in_sample"])
-    neurons_frame = pd.DataFrame(neuron_rows, columns=["relation", "layer", "neuron", "n_facts"])
+    table = _in_order(pd.DataFrame(rows, columns=TABLE_COLUMNS), [r.rows for r in saved], "erased_relation", config.relations)
+    neurons_frame = _in_order(pd.DataFrame(neuron_rows, columns=NEURON_COLUMNS), [r.neurons for r in saved], "relation",
+                              config.relations)
     by_relation = table5(table, neurons_frame)
     tag = tag_of(refined) | ({"method": control} if control else {})
     summary = EraseSummary(

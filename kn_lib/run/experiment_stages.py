@@ -54,6 +54,7 @@ from .registry import (
     _relations, data_checksums, register_preset, register_stage, same_facts,
 )
 from .search_stages import REFINE, above_threshold
+from .partial import PartialShard
 from .store import ResultStore, cache_key
 
 BASELINE = "activation"  # the paper's baseline attribution method
@@ -360,6 +361,7 @@ class Erase(Experiment):
 
     def run(self, adapter, refined, facts, settings, inputs):
         from ..experiments import erase_relations
+        from ..experiments.erase_relations import ErasedRelation
 
         config = self.config(settings)
         if config.ties == "first":  # bags in the official order: facts by data index, neurons by first appearance
@@ -367,8 +369,11 @@ class Erase(Experiment):
         everything = config.erased_facts == "all" or config.max_other_facts is not None
         population = all_facts() if everything else None
         relations = _relations_of_all() if everything else settings.load_relations()
+        partial = inputs.get("partial")  # a long shard's erased relations, saved as each is measured
+        resume = {r: ErasedRelation(t["table"], t["neurons"]) for r, t in partial.finished().items()} if partial else None
+        save = (lambda r, e: partial.save(r, {"table": e.rows, "neurons": e.neurons})) if partial else None
         return erase_relations(adapter, refined, facts, relations, config, population, control=inputs.get("control"),
-                               progress=inputs.get("progress"))
+                               progress=inputs.get("progress"), resume=resume, on_relation=save, before=inputs.get("before"))
 
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (Statistics(), SuppressAmplify(), BingRel(), Update(), Erase())}
@@ -541,6 +546,10 @@ def _compute(experiment: Experiment) -> Callable[..., dict]:
             shards = [s for s in attribute.entries() if s.split("/")[0] in set(relations)]
             coarse = attribute.read("coarse", shards) if shards else pd.DataFrame(columns=["fact_id", "template_id", "layer", "neuron", "score"])
             inputs["coarse"] = above_threshold(coarse[coarse["fact_id"].isin(wanted)], settings.config.coarse_threshold)
+            store = ctx.inputs(ctx.stage)
+            inputs["partial"] = PartialShard.of(store.dir, job.shard)
+            if control:  # the unedited prompts' answers, as the knowledge neurons' shard measured them
+                inputs["before"] = measured_before(store, ctx.settings.config.method)
         if experiment.needs_bags:
             from ..bingrel import load_bags
 
@@ -555,9 +564,26 @@ def _compute(experiment: Experiment) -> Callable[..., dict]:
         tables["summary"] = _summary_frame(experiment.summaries(result), settings, job.shard)
         tables["skipped"] = _skipped_frame(result.skipped, settings, job.shard)
         progress(len(job.facts))  # whatever the experiment did not report (skipped facts, a shard without facts)
+        if "partial" in inputs:
+            inputs["partial"].clear()  # the whole shard is in ``tables`` now
         return tables
 
     return compute
+
+
+def measured_before(store, shard: str) -> dict[tuple[str, int], tuple[float, bool]]:
+    """Erase: (p(answer), top-1 correct) of every unedited prompt the ``shard`` of ``store`` measured, finished
+    or saved so far (``PartialShard``), by (fact id, template id); its controls measure the same prompts."""
+    if store.check(shard).ok:
+        frames = [store.read("table", [shard])]
+    else:
+        frames = [t["table"] for t in PartialShard.of(store.dir, shard).finished().values()]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return {}
+    table = pd.concat(frames, ignore_index=True).drop_duplicates(["fact_id", "template_id"])
+    return {(f, int(t)): (float(p), bool(c)) for f, t, p, c in
+            zip(table["fact_id"], table["template_id"], table["p_before"], table["correct_before"])}
 
 
 def job_progress(job: Job, on_fact: Callable[[int], object] | None) -> Callable[[int], None]:

@@ -29,3 +29,13 @@ def test_a_unit_killed_while_saving_is_left_out(tmp_path):
 def test_unit_names_cannot_escape_their_folder(tmp_path):
     with pytest.raises(ValueError, match="unit names"):
         PartialShard.of(tmp_path, "ig").save("../P19", {"table": pd.DataFrame()})
+
+
+def test_saved_units_lists_what_each_unfinished_shard_kept_for_kn_info(tmp_path):
+    from kn_lib.run.partial import saved_units
+
+    PartialShard.of(tmp_path, "ig").save("P27", {"table": pd.DataFrame({"p": [1.0]})})
+    PartialShard.of(tmp_path, "ig").save("P19", {"table": pd.DataFrame({"p": [1.0]})})
+    PartialShard.of(tmp_path, "random-layer").save("P19", {"table": pd.DataFrame({"p": [1.0]})})
+    (PartialShard.of(tmp_path, "random-layer").dir / "P19.done.parquet").unlink()
+    assert saved_units(tmp_path) == {"ig": ["P19", "P27"]}

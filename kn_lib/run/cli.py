@@ -268,6 +268,7 @@ def _info(out: Path | None, verify: bool) -> tuple[str, int]:
     from .. import data
     from ..model_registry import describe_model, known_names
     from .registry import PRESETS, stage_registry
+    from .partial import saved_units
     from .store import DamagedManifest, default_root, provenance_mix, stores
 
     lines = []
@@ -306,6 +307,8 @@ def _info(out: Path | None, verify: bool) -> tuple[str, int]:
                     if verify:
                         checked = f"; {len(m['shards']) - len(bad)} intact" + (f", {len(bad)} DAMAGED" if bad else "")
                     lines.append(f"  {name}: {len(m['shards'])} shards ({brief}{checked})")
+                    for shard, units in saved_units(store.dir).items():  # a long shard's progress, kept for the rerun
+                        lines.append(f"    {shard}: not finished; {len(units)} saved ({', '.join(units)}): rerun to go on")
                     for shard, reason in list(bad.items())[:5]:
                         lines.append(f"    {shard}: {reason}; rerun `kn {stage_dir.name}` with the same options to recompute it")
                     if len(bad) > 5:

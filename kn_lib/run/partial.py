@@ -62,3 +62,12 @@ class PartialShard:
         parent = self.dir.parent
         if parent.is_dir() and not any(parent.iterdir()):
             parent.rmdir()
+
+
+def saved_units(store_dir: Path) -> dict[str, list[str]]:
+    """{shard: its finished units} of every unfinished shard of a store with saved units (``kn info``)."""
+    root = Path(store_dir) / PARTIAL
+    if not root.is_dir():
+        return {}
+    shards = {d.name: sorted(PartialShard(d).finished()) for d in sorted(root.iterdir()) if d.is_dir()}
+    return {shard: units for shard, units in shards.items() if units}

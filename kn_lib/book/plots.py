@@ -112,6 +112,8 @@ COLUMN_LABELS = {
     "erased_accuracy_after": "erased relation: top-1 accuracy after (fraction)",
     "other_accuracy_before": "other relations: top-1 accuracy before (fraction)",
     "other_accuracy_after": "other relations: top-1 accuracy after (fraction)",
+    "erased_flip_rate": "erased relation: correct answers lost (%)",
+    "other_flip_rate": "other relations: correct answers lost (%)",
     "max_facts": "facts per erased neuron (max)", "mean_facts": "facts per erased neuron (mean)",
     # the critiques (kn_lib.book.critiques): per-layer edits, grammar groups, symmetric edits
     "r2_layer": "R² of the outcome on the edited layer (fixed effects)",

@@ -36,7 +36,7 @@ import pandas as pd
 
 from ..adapters import ModelAdapter
 from ..data import Relation
-from .evaluation import FactPrompts, Prompt, SkipLog, answer_log_distributions, perplexity, seeded_rng, tag_of
+from .evaluation import FactPrompts, Prompt, SkipLog, answer_readouts, perplexity, seeded_rng, tag_of
 from .interventions import edited_value_slots, erased_value_slots
 from .controls import CONTROLS, matched_neurons, mean_answer_activations
 from .neuron_sets import check_refined, data_order, most_frequent, neurons_by_fact
@@ -111,9 +111,9 @@ def _in_order(measured: pd.DataFrame, resumed: list[pd.DataFrame], column: str, 
 
 
 def _evaluate(adapter: ModelAdapter, prompts: list[Prompt]) -> list[tuple[float, bool]]:
-    """(p(correct answer), top-1 correct) of each prompt, batched (``answer_log_distributions``)."""
-    logs = answer_log_distributions(adapter, [p.encoded for p in prompts])
-    return [(float(d[p.encoded.target_id].exp()), int(d.argmax()) == p.encoded.target_id) for d, p in zip(logs, prompts)]
+    """(p(correct answer), top-1 correct) of each prompt, batched (``answer_readouts``)."""
+    reads = answer_readouts(adapter, [p.encoded for p in prompts])
+    return [(r.p, r.top1 == p.encoded.target_id) for r, p in zip(reads, prompts)]
 
 
 def answers_lost(table: pd.DataFrame) -> pd.Series:

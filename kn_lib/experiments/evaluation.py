@@ -107,10 +107,47 @@ def answer_log_distributions(adapter: ModelAdapter, prompts: Sequence[EncodedPro
     """``answer_log_distribution`` of many prompts, in the given order, batched without padding: prompts
     of the same length and answer position go through the model together (so no attention mask and no
     padding token can change a result; a batch differs from one-at-a-time only by float rounding).
-    Evaluating every prompt of a relation (the official erase) is then minutes, not hours, on a CPU."""
+    Evaluating every prompt of a relation (the official erase) is then minutes, not hours, on a CPU.
+    Holds every distribution at once (1 MB a prompt for Gemma's 262,144 tokens): ``answer_readouts``
+    keeps only what the experiments read."""
+    out: list[torch.Tensor | None] = [None] * len(prompts)
+    for chunk, logs in _batched_log_distributions(adapter, prompts, batch_size):
+        for i, row in zip(chunk, logs):
+            out[i] = row
+    return out  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Readout:
+    """What an experiment reads of a prompt's answer distribution: p and log p (log-softmax) of one token,
+    and the top-1 token."""
+
+    p: float
+    log_p: float
+    top1: int
+
+
+@torch.no_grad()
+def answer_readouts(adapter: ModelAdapter, prompts: Sequence[EncodedPrompt], targets: Sequence[int] | None = None,
+                    batch_size: int = 32) -> list[Readout]:
+    """``Readout`` of each prompt for its token in ``targets`` (default: the prompt's answer), from
+    ``answer_log_distributions``' batches, each distribution reduced as soon as it is computed (the same
+    numbers, without holding a vocabulary-sized row per prompt)."""
+    targets = [p.target_id for p in prompts] if targets is None else list(targets)
+    if len(targets) != len(prompts):
+        raise ValueError(f"{len(targets)} targets for {len(prompts)} prompts")
+    out: list[Readout | None] = [None] * len(prompts)
+    for chunk, logs in _batched_log_distributions(adapter, prompts, batch_size):
+        for i, row in zip(chunk, logs):
+            out[i] = Readout(float(row[targets[i]].exp()), float(row[targets[i]]), int(row.argmax()))
+    return out  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def _batched_log_distributions(adapter: ModelAdapter, prompts: Sequence[EncodedPrompt], batch_size: int):
+    """(prompt indices, their log distributions [batch, vocab]) batch by batch (``answer_log_distributions``)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    out: list[torch.Tensor | None] = [None] * len(prompts)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, p in enumerate(prompts):
         groups.setdefault((int(p.input_ids.shape[-1]), int(p.answer_pos)), []).append(i)
@@ -118,17 +155,14 @@ def answer_log_distributions(adapter: ModelAdapter, prompts: Sequence[EncodedPro
         for start in range(0, len(members), batch_size):
             chunk = members[start:start + batch_size]
             ids = torch.stack([prompts[i].input_ids for i in chunk]).to(adapter.device)
-            logs = adapter.logits_at(ids, pos).float().log_softmax(-1).cpu()
-            for i, row in zip(chunk, logs):
-                out[i] = row
-    return out  # type: ignore[return-value]
+            yield chunk, adapter.logits_at(ids, pos).float().log_softmax(-1).cpu()
 
 
 def answered_correctly(adapter: ModelAdapter, prompts: Sequence[Prompt]) -> list[Prompt]:
     """The prompts whose top-1 token is their answer (a fact the model "knows" on that prompt), in order;
     batched as ``answer_log_distributions``."""
-    logs = answer_log_distributions(adapter, [p.encoded for p in prompts])
-    return [p for p, d in zip(prompts, logs) if int(d.argmax()) == p.encoded.target_id]
+    reads = answer_readouts(adapter, [p.encoded for p in prompts])
+    return [p for p, r in zip(prompts, reads) if r.top1 == p.encoded.target_id]
 
 
 def perplexity(probabilities: Sequence[float]) -> float:

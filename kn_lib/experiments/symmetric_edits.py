@@ -25,7 +25,7 @@ from ..data import Relation
 from ..pipeline import encode_fact
 from ..refine import Neuron
 from .controls import CONTROLS, matched_neurons, mean_answer_activations
-from .evaluation import FactPrompts, Prompt, SkipLog, answer_log_distributions, answered_correctly, seeded_rng, tag_of
+from .evaluation import FactPrompts, Prompt, SkipLog, answer_readouts, answered_correctly, seeded_rng, tag_of
 from .interventions import edited_value_slots, updated_value_slots
 from .neuron_sets import check_refined, neurons_by_fact
 from .update_facts import draw_new_object
@@ -136,8 +136,8 @@ class SymmetryEdit:
 
 def read(adapter: ModelAdapter, queries: list[Query]) -> list[tuple[int, float]]:
     """(top-1 token, p(answer)) of each query, the model as it is now (batched forward passes)."""
-    logs = answer_log_distributions(adapter, [q.encoded for q in queries])
-    return [(int(d.argmax()), float(d[q.answer_id].exp())) for d, q in zip(logs, queries)]
+    reads = answer_readouts(adapter, [q.encoded for q in queries], [q.answer_id for q in queries])
+    return [(r.top1, r.p) for r in reads]
 
 
 def symmetric_edits(adapter: ModelAdapter, refined: pd.DataFrame, facts: Iterable[Mapping], relations: Mapping[str, Relation],

@@ -59,7 +59,7 @@ import pandas as pd
 from ..adapters import ModelAdapter
 from ..data import Relation
 from .evaluation import (
-    FactPrompts, Prompt, SkipLog, answer_distribution, answer_log_distributions, log_perplexity, perplexity, seeded_rng, tag_of,
+    FactPrompts, Prompt, SkipLog, answer_distribution, answer_readouts, log_perplexity, perplexity, seeded_rng, tag_of,
 )
 from .interventions import edited_value_slots, updated_value_slots
 from .controls import CONTROLS, matched_neurons, mean_answer_activations
@@ -176,9 +176,8 @@ def official_exclusive_neurons(bag: list, bags: list[list]) -> list:
 def _p_top1(adapter: ModelAdapter, prompts: list[Prompt]) -> tuple[list[float], list[int], list[float]]:
     """p(correct answer), the top-1 token and log p(correct answer) (log-softmax) of each prompt, as the
     model is now (batched: equal to one at a time up to float rounding)."""
-    logs = answer_log_distributions(adapter, [p.encoded for p in prompts])
-    return ([float(d[p.encoded.target_id].exp()) for d, p in zip(logs, prompts)], [int(d.argmax()) for d in logs],
-            [float(d[p.encoded.target_id]) for d, p in zip(logs, prompts)])
+    reads = answer_readouts(adapter, [p.encoded for p in prompts])
+    return [r.p for r in reads], [r.top1 for r in reads], [r.log_p for r in reads]
 
 
 def update_facts(

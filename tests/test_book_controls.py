@@ -76,3 +76,38 @@ def test_erase_correct_answers_lost_per_relation(with_flip):
     assert lost.estimate == pytest.approx(50.0) and lost.n == 10 and lost.verdict == "beats its control"
     assert claims.loc[("correct answers lost", "activation-matched")].estimate == pytest.approx(25.0)
     assert claims.loc[("accuracy change", "random-layer")].estimate == pytest.approx(-50.0)
+
+
+class _FakeSample:
+    """What stored_control_tables reads of a committed sample, set by hand."""
+
+    def __init__(self, table=None, shards=(), saved=None):
+        self.table, self.shards, self.saved = table, shards, saved or {}
+
+    def load(self, stage, table):
+        from kn_lib.run import results
+
+        if self.table is None:
+            raise results.ResultsNotFound(stage)
+        return self.table
+
+    def manifest(self, stage):
+        return {"shards": dict.fromkeys(self.shards, {})}
+
+    def saved_units(self, stage):
+        return self.saved
+
+
+@pytest.mark.parametrize("sample,said", [
+    (_FakeSample(), "m: erase on known facts not run (or not finished)"),
+    (_FakeSample(pd.DataFrame(), saved={"ig": ["P159", "P27"]}), "m: erase on known facts not finished; saved so far: ig 2 (P159, P27)"),
+    (_FakeSample(pd.DataFrame(), shards=("ig",)), "m: erase on known facts has no rows: nothing could be done (its skipped table says why)"),
+    (_FakeSample(pd.DataFrame({"method": ["ig"]}), shards=("ig",)), "m: erase on known facts has no control rows yet (`kn erase` computes them)"),
+])
+def test_what_a_missing_control_run_says(monkeypatch, sample, said):
+    import kn_lib.book as book
+    from kn_lib.book.controls import stored_control_tables
+
+    monkeypatch.setattr(book, "known_facts_sample", lambda model, size: sample)
+    tables, missing = stored_control_tables({"m": {"erase": 8}})
+    assert tables == {} and missing == [said]

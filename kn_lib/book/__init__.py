@@ -86,6 +86,14 @@ class BookSample:
         """The stage's manifest: settings, and per shard its facts, seconds, backend and commit."""
         return results.manifest(self.model, stage, self.key(stage))
 
+    def saved_units(self, stage: str) -> dict[str, list[str]]:
+        """Of a stage not finished yet, what its long shards saved so far, {shard: units} (the erase: erased
+        relations; ``kn_lib.run.partial``), to say how far it got."""
+        from ..run.partial import saved_units
+        from ..run.store import ResultStore, default_root
+
+        return saved_units(ResultStore(default_root(), self.model, stage, self.key(stage)).dir)
+
     def summary(self, stage: str) -> pd.DataFrame:
         """The stage's summary, one row per neuron set, indexed by method (``ig``, ``activation``, ...)."""
         return self.load(stage, "summary").set_index("method")

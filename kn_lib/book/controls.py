@@ -222,10 +222,23 @@ def stored_control_tables(runs: dict[str, dict[str, int | None]] | None = None) 
     for model, experiments in (runs or CONTROL_RUNS).items():
         for name, size in experiments.items():
             stage = _STAGES[name]
+            sample = known_facts_sample(model, size)
             try:
-                table = known_facts_sample(model, size).load(stage, "table")
+                table = sample.load(stage, "table")
+                if table.empty and not sample.manifest(stage)["shards"]:
+                    table = None  # started, no shard finished
             except results.ResultsNotFound:
-                missing.append(f"{model}: {stage} on known facts not run")
+                table = None
+            saved = sample.saved_units(stage) if table is None else {}
+            if saved:  # no shard finished yet: how far it got
+                missing.append(f"{model}: {stage} on known facts not finished; saved so far: "
+                               + "; ".join(f"{shard} {len(units)} ({', '.join(units)})" for shard, units in saved.items()))
+                continue
+            if table is None:
+                missing.append(f"{model}: {stage} on known facts not run (or not finished)")
+                continue
+            if table.empty:
+                missing.append(f"{model}: {stage} on known facts has no rows: nothing could be done (its skipped table says why)")
                 continue
             column = "neuron_set" if name == "update" else "method"
             if column not in table or not set(CONTROL_SETS) & set(table[column]):

@@ -100,14 +100,10 @@ TABLE_COLUMNS = ["erased_relation", "scope", "fact_id", "relation", "template_id
 NEURON_COLUMNS = ["relation", "layer", "neuron", "n_facts"]
 
 
-def _in_order(measured: pd.DataFrame, resumed: list[pd.DataFrame], column: str, order: tuple[str, ...]) -> pd.DataFrame:
-    """The rows measured now and those resumed, in the order of the erased relations (as one run gives them)."""
-    parts = [f[TABLE_COLUMNS if column == "erased_relation" else NEURON_COLUMNS] for f in resumed if len(f)]
-    if not parts:
-        return measured
-    frame = pd.concat([measured, *parts], ignore_index=True) if len(measured) else pd.concat(parts, ignore_index=True)
-    rank = {r: i for i, r in enumerate(order)}
-    return frame.sort_values(column, key=lambda s: s.map(rank), kind="stable", ignore_index=True)
+def _stacked(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    """The erased relations' rows, one frame each, in the order they were erased."""
+    frames = [f[columns] for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
 def _evaluate(adapter: ModelAdapter, prompts: list[Prompt]) -> list[tuple[float, bool]]:
@@ -184,12 +180,12 @@ def erase_relations(
     groups = prompts.by_relation()
     sample_groups = {r: [f for f in ids if f in sample_ids] for r, ids in groups.items()}
     before = dict(before or {})  # shared by every erased relation
-    rows, neuron_rows, saved = [], [], []
+    erased: list[ErasedRelation] = []  # measured now or resumed, in config.relations' order
     resume = resume or {}
     for relation in config.relations:
         ids = sample_groups.get(relation, [])
         if relation in resume:
-            saved.append(resume[relation])
+            erased.append(resume[relation])
             if progress is not None:
                 progress(len(ids))
             continue
@@ -222,17 +218,15 @@ def erase_relations(
                              "template_id": p.template_id, "p_before": float(p_before), "p_after": p_after,
                              "correct_before": bool(ok_before), "correct_after": ok_after,
                              "flip": bool(ok_before) and not ok_after, "in_sample": p.fact_id in sample_ids})
-        rows += new_rows
-        neuron_rows += new_neurons
+        erased.append(ErasedRelation(pd.DataFrame(new_rows, columns=TABLE_COLUMNS),
+                                     pd.DataFrame(new_neurons, columns=NEURON_COLUMNS)))
         if on_relation is not None:
-            on_relation(relation, ErasedRelation(pd.DataFrame(new_rows, columns=TABLE_COLUMNS),
-                                                 pd.DataFrame(new_neurons, columns=NEURON_COLUMNS)))
+            on_relation(relation, erased[-1])
         if progress is not None:
             progress(len(ids))  # the erased relation's analysed facts are done
     skips.rows = [r for r in skips.rows if r["fact_id"] is None or r["fact_id"] in sample_ids]  # not the population's
-    table = _in_order(pd.DataFrame(rows, columns=TABLE_COLUMNS), [r.rows for r in saved], "erased_relation", config.relations)
-    neurons_frame = _in_order(pd.DataFrame(neuron_rows, columns=NEURON_COLUMNS), [r.neurons for r in saved], "relation",
-                              config.relations)
+    table = _stacked([e.rows for e in erased], TABLE_COLUMNS)
+    neurons_frame = _stacked([e.neurons for e in erased], NEURON_COLUMNS)
     by_relation = table5(table, neurons_frame)
     tag = tag_of(refined) | ({"method": control} if control else {})
     summary = EraseSummary(

@@ -4,7 +4,7 @@ the readouts the experiments keep are exactly those distributions reduced."""
 import pytest
 import torch
 
-from kn_lib.experiments.evaluation import answer_log_distribution, answer_log_distributions, answer_readouts
+from kn_lib.experiments.evaluation import answer_log_batches, answer_log_distribution, answer_readouts
 
 PROMPTS = [("[X] was born in [Y] .", "alice", "paris"), ("[X] lives in [Y] .", "bob", "london"),
            ("[X] was born in [Y] .", "carol", "london"), ("the capital of [X] is [Y] .", "england", "london")]
@@ -15,7 +15,10 @@ PROMPTS = [("[X] was born in [Y] .", "alice", "paris"), ("[X] lives in [Y] .", "
 def test_batches_match_one_at_a_time_and_readouts_reduce_them(request, fixture, batch_size):
     adapter = request.getfixturevalue(fixture)
     encoded = [adapter.encode(*p) for p in PROMPTS]
-    logs = answer_log_distributions(adapter, encoded, batch_size=batch_size)
+    logs = [None] * len(encoded)
+    for chunk, rows in answer_log_batches(adapter, encoded, batch_size):
+        for i, row in zip(chunk, rows):
+            logs[i] = row
     for prompt, row in zip(encoded, logs):
         assert torch.allclose(row, answer_log_distribution(adapter, prompt), atol=1e-5)
     reads = answer_readouts(adapter, encoded, batch_size=batch_size)
@@ -43,10 +46,7 @@ def test_no_autograd_graph_is_built(tiny_llama):
         for p in params:
             p.requires_grad_(True)
         encoded = [tiny_llama.encode(*PROMPTS[0])]
-        assert not any(row.requires_grad for row in answer_log_distributions(tiny_llama, encoded))
-        from kn_lib.experiments.evaluation import _batched_log_distributions
-
-        assert not any(logs.requires_grad for _, logs in _batched_log_distributions(tiny_llama, encoded, 4))
+        assert not any(logs.requires_grad for _, logs in answer_log_batches(tiny_llama, encoded, 4))
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)

@@ -102,21 +102,6 @@ def answer_log_distribution(adapter: ModelAdapter, prompt: EncodedPrompt) -> tor
     return logits.float().log_softmax(-1)[0].cpu()
 
 
-@torch.no_grad()
-def answer_log_distributions(adapter: ModelAdapter, prompts: Sequence[EncodedPrompt], batch_size: int = 32) -> list[torch.Tensor]:
-    """``answer_log_distribution`` of many prompts, in the given order, batched without padding: prompts
-    of the same length and answer position go through the model together (so no attention mask and no
-    padding token can change a result; a batch differs from one-at-a-time only by float rounding).
-    Evaluating every prompt of a relation (the official erase) is then minutes, not hours, on a CPU.
-    Holds every distribution at once (1 MB a prompt for Gemma's 262,144 tokens): ``answer_readouts``
-    keeps only what the experiments read."""
-    out: list[torch.Tensor | None] = [None] * len(prompts)
-    for chunk, logs in _batched_log_distributions(adapter, prompts, batch_size):
-        for i, row in zip(chunk, logs):
-            out[i] = row
-    return out  # type: ignore[return-value]
-
-
 @dataclass(frozen=True)
 class Readout:
     """What an experiment reads of a prompt's answer distribution: p and log p (log-softmax) of one token,
@@ -130,22 +115,26 @@ class Readout:
 @torch.no_grad()
 def answer_readouts(adapter: ModelAdapter, prompts: Sequence[EncodedPrompt], targets: Sequence[int] | None = None,
                     batch_size: int = 32) -> list[Readout]:
-    """``Readout`` of each prompt for its token in ``targets`` (default: the prompt's answer), from
-    ``answer_log_distributions``' batches, each distribution reduced as soon as it is computed (the same
-    numbers, without holding a vocabulary-sized row per prompt)."""
+    """``Readout`` of each prompt for its token in ``targets`` (default: the prompt's answer), in the given
+    order, from ``answer_log_batches``, each distribution reduced as soon as it is computed: holding every
+    distribution would take 1 MB a prompt for Gemma's 262,144 tokens (10 GB for one erased relation)."""
     targets = [p.target_id for p in prompts] if targets is None else list(targets)
     if len(targets) != len(prompts):
         raise ValueError(f"{len(targets)} targets for {len(prompts)} prompts")
     out: list[Readout | None] = [None] * len(prompts)
-    for chunk, logs in _batched_log_distributions(adapter, prompts, batch_size):
+    for chunk, logs in answer_log_batches(adapter, prompts, batch_size):
         for i, row in zip(chunk, logs):
             out[i] = Readout(float(row[targets[i]].exp()), float(row[targets[i]]), int(row.argmax()))
     return out  # type: ignore[return-value]
 
 
 @torch.no_grad()
-def _batched_log_distributions(adapter: ModelAdapter, prompts: Sequence[EncodedPrompt], batch_size: int):
-    """(prompt indices, their log distributions [batch, vocab]) batch by batch (``answer_log_distributions``)."""
+def answer_log_batches(adapter: ModelAdapter, prompts: Sequence[EncodedPrompt], batch_size: int = 32):
+    """``answer_log_distribution`` of many prompts, batch by batch: (prompt indices, their log distributions
+    [batch, vocab]). Batched without padding: prompts of the same length and answer position go through the
+    model together (so no attention mask and no padding token can change a result; a batch differs from
+    one-at-a-time only by float rounding). Evaluating every prompt of a relation (the official erase) is
+    then minutes, not hours, on a CPU."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     groups: dict[tuple[int, int], list[int]] = {}
@@ -160,7 +149,7 @@ def _batched_log_distributions(adapter: ModelAdapter, prompts: Sequence[EncodedP
 
 def answered_correctly(adapter: ModelAdapter, prompts: Sequence[Prompt]) -> list[Prompt]:
     """The prompts whose top-1 token is their answer (a fact the model "knows" on that prompt), in order;
-    batched as ``answer_log_distributions``."""
+    batched as ``answer_log_batches``."""
     reads = answer_readouts(adapter, [p.encoded for p in prompts])
     return [p for p, r in zip(prompts, reads) if r.top1 == p.encoded.target_id]
 

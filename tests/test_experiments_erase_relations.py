@@ -120,3 +120,23 @@ def test_resume_and_before_give_the_same_table_as_one_run(tiny_llama):
     known = {(f, t): (0.5, True) for f, t in zip(whole.table.fact_id, whole.table.template_id)}
     given = erase_relations(tiny_llama, refined_table(KNS), FACTS, RELATIONS, config, before=known)
     assert set(given.table.p_before) == {0.5} and given.table.correct_before.all()
+
+
+def test_a_callable_before_is_asked_again_when_a_relation_lacks_answers(tiny_llama):
+    """A control run beside the knowledge neurons' run: ``before`` as a callable is read again when a relation
+    has prompts it lacks, so answers saved meanwhile are taken, not measured; what it never holds is measured."""
+    config = EraseConfig(relations=("P19", "P36"), top_k=2)
+    whole = erase_relations(tiny_llama, refined_table(KNS), FACTS, RELATIONS, config)
+    saved = {(f, t): (0.25, False) for f, t in zip(whole.table.fact_id, whole.table.template_id)}
+    calls = []
+
+    def saved_so_far():  # nothing at the start; the other run has saved every answer by the next call
+        calls.append(1)
+        return {} if len(calls) == 1 else saved
+
+    given = erase_relations(tiny_llama, refined_table(KNS), FACTS, RELATIONS, config, before=saved_so_far)
+    assert len(calls) == 2  # at the start, and for P19; P36 then has every answer it needs
+    assert set(given.table.p_before) == {0.25} and not given.table.correct_before.any()
+    assert given.table.p_after.tolist() == whole.table.p_after.tolist()
+    never = erase_relations(tiny_llama, refined_table(KNS), FACTS, RELATIONS, config, before=lambda: {})
+    pd.testing.assert_frame_equal(never.table, whole.table)  # nothing saved: all measured, as one run

@@ -155,7 +155,7 @@ def erase_relations(
     progress: Callable[[int], object] | None = None,
     resume: Mapping[str, ErasedRelation] | None = None,
     on_relation: Callable[[str, ErasedRelation], object] | None = None,
-    before: Mapping[tuple[str, int], tuple[float, bool]] | None = None,
+    before: Mapping[tuple[str, int], tuple[float, bool]] | Callable[[], Mapping] | None = None,
 ) -> EraseResult:
     """Table 5 for one refined table (or, with ``control``, for its matched control: module docstring). ``facts`` are the analysed sample (whose knowledge neurons are
     counted); ``population`` (default: ``facts``) the facts perplexity is measured on: every fact of the
@@ -165,7 +165,9 @@ def erase_relations(
     Long runs: ``on_relation`` gets each erased relation's rows as soon as they are measured, and a rerun
     given them as ``resume`` takes them instead of measuring again (every draw is seeded per relation, so
     the result is the same). ``before``: (p(answer), top-1 correct) of unedited prompts already measured,
-    by (fact id, template id), e.g. by the knowledge neurons' run for its controls; the rest is measured."""
+    by (fact id, template id), e.g. by the knowledge neurons' run for its controls; the rest is measured. A
+    callable ``before`` is asked again whenever a relation has prompts it lacks: a control run beside the
+    knowledge neurons' run takes the relations that run saved since it started."""
     check_refined(refined)
     if control is not None and control not in CONTROLS:
         raise ValueError(f"control must be one of {', '.join(CONTROLS)} or None, got {control!r}")
@@ -179,7 +181,8 @@ def erase_relations(
     kns = neurons_by_fact(refined, ordered=config.ties == "first")
     groups = prompts.by_relation()
     sample_groups = {r: [f for f in ids if f in sample_ids] for r, ids in groups.items()}
-    before = dict(before or {})  # shared by every erased relation
+    refresh = before if callable(before) else None
+    before = dict(refresh() if refresh is not None else before or {})  # shared by every erased relation
     erased: list[ErasedRelation] = []  # measured now or resumed, in config.relations' order
     resume = resume or {}
     for relation in config.relations:
@@ -203,6 +206,9 @@ def erase_relations(
             skips.add(f"no prompts of {'the relation' if not own else 'other relations'} to measure perplexity on", relation)
             continue
         todo = [p for p in own + other if (p.fact_id, p.template_id) not in before]
+        if todo and refresh is not None:
+            before.update(refresh())
+            todo = [p for p in todo if (p.fact_id, p.template_id) not in before]
         before.update({(p.fact_id, p.template_id): r for p, r in zip(todo, _evaluate(adapter, todo))})
         neurons = [n for n, _ in chosen]
         if control is not None:

@@ -548,8 +548,9 @@ def _compute(experiment: Experiment) -> Callable[..., dict]:
             inputs["coarse"] = above_threshold(coarse[coarse["fact_id"].isin(wanted)], settings.config.coarse_threshold)
             store = ctx.inputs(ctx.stage)
             inputs["partial"] = PartialShard.of(store.dir, job.shard)
-            if control:  # the unedited prompts' answers, as the knowledge neurons' shard measured them
-                inputs["before"] = measured_before(store, ctx.settings.config.method)
+            if control:  # the unedited prompts' answers, as the knowledge neurons' shard measured them (read
+                # again when a relation needs more: that shard may be running beside this one, saving relations)
+                inputs["before"] = lambda: measured_before(store, ctx.settings.config.method)
         if experiment.needs_bags:
             from ..bingrel import load_bags
 

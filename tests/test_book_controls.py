@@ -103,6 +103,8 @@ class _FakeSample:
     (_FakeSample(pd.DataFrame(), saved={"ig": ["P159", "P27"]}), "m: erase on known facts not finished; saved so far: ig 2 (P159, P27)"),
     (_FakeSample(pd.DataFrame(), shards=("ig",)), "m: erase on known facts has no rows: nothing could be done (its skipped table says why)"),
     (_FakeSample(pd.DataFrame({"method": ["ig"]}), shards=("ig",)), "m: erase on known facts has no control rows yet (`kn erase` computes them)"),
+    (_FakeSample(pd.DataFrame({"method": ["ig"]}), shards=("ig",), saved={"random-layer": ["P159"]}),
+     "m: erase on known facts has no control rows yet (saved so far: random-layer 1 (P159))"),
 ])
 def test_what_a_missing_control_run_says(monkeypatch, sample, said):
     import kn_lib.book as book
@@ -111,3 +113,15 @@ def test_what_a_missing_control_run_says(monkeypatch, sample, said):
     monkeypatch.setattr(book, "known_facts_sample", lambda model, size: sample)
     tables, missing = stored_control_tables({"m": {"erase": 8}})
     assert tables == {} and missing == [said]
+
+
+def test_a_finished_control_is_compared_while_the_other_says_how_far_it_got(monkeypatch):
+    import kn_lib.book as book
+    from kn_lib.book.controls import stored_control_tables
+
+    table = pd.DataFrame({"method": ["ig", "random-layer"]})
+    sample = _FakeSample(table, shards=("ig", "random-layer"), saved={"activation-matched": ["P159", "P27"]})
+    monkeypatch.setattr(book, "known_facts_sample", lambda model, size: sample)
+    tables, missing = stored_control_tables({"m": {"erase": 8}})
+    assert tables["m"]["erase"] is table
+    assert missing == ["m: erase on known facts: controls not finished; saved so far: activation-matched 2 (P159, P27)"]

@@ -229,10 +229,10 @@ def stored_control_tables(runs: dict[str, dict[str, int | None]] | None = None) 
                     table = None  # started, no shard finished
             except results.ResultsNotFound:
                 table = None
-            saved = sample.saved_units(stage) if table is None else {}
-            if saved:  # no shard finished yet: how far it got
-                missing.append(f"{model}: {stage} on known facts not finished; saved so far: "
-                               + "; ".join(f"{shard} {len(units)} ({', '.join(units)})" for shard, units in saved.items()))
+            saved = sample.saved_units(stage)  # shards not finished yet: how far each got
+            so_far = "; ".join(f"{shard} {len(units)} ({', '.join(units)})" for shard, units in saved.items())
+            if table is None and saved:
+                missing.append(f"{model}: {stage} on known facts not finished; saved so far: {so_far}")
                 continue
             if table is None:
                 missing.append(f"{model}: {stage} on known facts not run (or not finished)")
@@ -242,8 +242,11 @@ def stored_control_tables(runs: dict[str, dict[str, int | None]] | None = None) 
                 continue
             column = "neuron_set" if name == "update" else "method"
             if column not in table or not set(CONTROL_SETS) & set(table[column]):
-                missing.append(f"{model}: {stage} on known facts has no control rows yet (`kn {stage}` computes them)")
+                missing.append(f"{model}: {stage} on known facts has no control rows yet "
+                               + (f"(saved so far: {so_far})" if saved else f"(`kn {stage}` computes them)"))
                 continue
+            if saved:  # one control finished, another not: the finished one is compared
+                missing.append(f"{model}: {stage} on known facts: controls not finished; saved so far: {so_far}")
             tables.setdefault(model, {})[name] = table
     return tables, missing
 

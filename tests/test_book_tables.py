@@ -73,3 +73,50 @@ def test_erase_scopes_separates_every_fact_the_sample_and_the_others():
     # every fact: PPL = exp(mean(-log p)) = (2 * 4 * 4) ** (1/3) before, 4 after
     assert math.isclose(out.loc["erased, all facts", "ppl_before"], 32 ** (1 / 3))
     assert out.loc["erased, all facts", "n_prompts"] == 3 and out.loc["other", "ppl_change"] == 0.0
+
+
+def test_erase_scope_means_average_relations_not_prompts():
+    from kn_lib.book.tables import erase_scope_means
+
+    scopes = pd.DataFrame({
+        "model": ["m"] * 4, "relation": ["P19", "P19", "P36", "P36"], "prompts": ["other", "erased, sample"] * 2,
+        "n_prompts": [10, 2, 30, 4], "n_facts": [5, 1, 15, 2], "accuracy_before": [0.5, 1.0, 0.1, 0.5],
+        "accuracy_after": [0.5, 0.0, 0.1, 0.5], "ppl_change": [0.0, 100.0, 10.0, 300.0]})
+    out = erase_scope_means(scopes)
+    assert out["prompts"].tolist() == ["erased, sample", "other"]  # the known facts first, as the chapter reads
+    sample = out.iloc[0]
+    assert (sample.n_relations, sample.n_prompts, sample.n_facts) == (2, 6, 3)
+    assert sample.ppl_change == 200.0 and sample.accuracy_after == 0.25  # a mean of relations, not of prompts
+    assert erase_scope_means(scopes.iloc[:0]).empty
+
+
+def test_known_erase_scopes_says_how_far_an_unfinished_model_got(monkeypatch):
+    import kn_lib.book as book
+    from kn_lib.book.tables import known_erase_scopes
+    from kn_lib.run import results
+
+    table = pd.DataFrame({
+        "method": ["ig", "ig", "random-layer"], "erased_relation": ["P19"] * 3, "scope": ["erased", "other", "erased"],
+        "fact_id": ["P19/0", "P36/0", "P19/0"], "in_sample": [True, False, True], "p_before": [0.5] * 3,
+        "p_after": [0.25, 0.5, 0.5], "correct_before": [True] * 3, "correct_after": [False, True, True]})
+
+    class Sample:
+        def __init__(self, model):
+            self.model = model
+
+        def load(self, stage, name):
+            if self.model == "done":
+                return table
+            if self.model == "half":
+                return pd.DataFrame()  # started, no shard finished: a table without columns
+            raise results.ResultsNotFound(stage)
+
+        def saved_units(self, stage):
+            return {"ig": ["P159", "P27"]} if self.model == "half" else {}
+
+    monkeypatch.setattr(book, "known_facts_sample", lambda model, size: Sample(model))
+    scopes, lines = known_erase_scopes({"done": 8, "half": 8, "none": 8})
+    assert set(scopes["model"]) == {"done"} and len(scopes) == 3  # the knowledge neurons' rows only
+    assert scopes.set_index("prompts").loc["erased, sample", "ppl_change"] == 100.0
+    assert lines == ["half: erase on known facts not finished; saved so far: 2 erased relations (P159, P27)",
+                     "none: erase on known facts not finished"]

@@ -105,3 +105,46 @@ def erase_scopes(table: pd.DataFrame) -> pd.DataFrame:
                          "accuracy_before": float(sel["correct_before"].mean()),
                          "accuracy_after": float(sel["correct_after"].mean())})
     return pd.DataFrame(rows)
+
+
+SCOPE_ORDER = ("erased, sample", "erased, all facts", "other")
+
+
+def erase_scope_means(scopes: pd.DataFrame) -> pd.DataFrame:
+    """``erase_scopes`` rows (with a ``model`` column) as one row per (model, prompts): the mean over
+    erased relations of the perplexity change and of the top-1 accuracy before and after, with the number
+    of relations and the prompts and facts they sum to (Table 5 averages relations, so does this)."""
+    columns = ["model", "prompts", "n_relations", "n_prompts", "n_facts", "accuracy_before", "accuracy_after", "ppl_change"]
+    if scopes.empty:
+        return pd.DataFrame(columns=columns)
+    out = (scopes.groupby(["model", "prompts"], sort=False)
+           .agg(n_relations=("relation", "nunique"), n_prompts=("n_prompts", "sum"), n_facts=("n_facts", "sum"),
+                accuracy_before=("accuracy_before", "mean"), accuracy_after=("accuracy_after", "mean"),
+                ppl_change=("ppl_change", "mean"))
+           .reset_index())
+    out["order"] = out["prompts"].map({s: i for i, s in enumerate(SCOPE_ORDER)})
+    return out.sort_values(["model", "order"], kind="stable", ignore_index=True)[columns]
+
+
+def known_erase_scopes(runs: Mapping[str, int | None], method: str = "ig") -> tuple[pd.DataFrame, list[str]]:
+    """``erase_scopes`` of the knowledge neurons' rows of each model's known-facts erase (``runs``: model ->
+    facts per relation of its run, as ``controls.CONTROL_RUNS``), stacked with a ``model`` column, and a
+    line for each model whose knowledge-neuron shard has not finished (how far it got)."""
+    from . import known_facts_sample
+    from ..run import results
+
+    frames, lines = [], []
+    for model, size in runs.items():
+        sample = known_facts_sample(model, size)
+        try:
+            table = sample.load("erase", "table")
+        except results.ResultsNotFound:
+            table = pd.DataFrame(columns=["method"])
+        table = table[table["method"] == method] if "method" in table else table  # no shard finished: no columns
+        if table.empty:
+            saved = sample.saved_units("erase").get(method, [])
+            lines.append(f"{model}: erase on known facts not finished"
+                         + (f"; saved so far: {len(saved)} erased relations ({', '.join(saved)})" if saved else ""))
+            continue
+        frames.append(erase_scopes(table).assign(model=model))
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["model", "relation", "prompts"])), lines

@@ -88,6 +88,8 @@ def test_erase_scope_means_average_relations_not_prompts():
     assert (sample.n_relations, sample.n_prompts, sample.n_facts) == (2, 6, 3)
     assert sample.ppl_change == 200.0 and sample.accuracy_after == 0.25  # a mean of relations, not of prompts
     assert erase_scope_means(scopes.iloc[:0]).empty
+    two = pd.concat([scopes.assign(model="z-first"), scopes], ignore_index=True)
+    assert erase_scope_means(two)["model"].tolist() == ["z-first"] * 2 + ["m"] * 2  # models in the order given
 
 
 def test_known_erase_scopes_says_how_far_an_unfinished_model_got(monkeypatch):

@@ -123,7 +123,8 @@ def erase_scope_means(scopes: pd.DataFrame) -> pd.DataFrame:
                 ppl_change=("ppl_change", "mean"))
            .reset_index())
     out["order"] = out["prompts"].map({s: i for i, s in enumerate(SCOPE_ORDER)})
-    return out.sort_values(["model", "order"], kind="stable", ignore_index=True)[columns]
+    out["first"] = out["model"].map({m: i for i, m in enumerate(dict.fromkeys(scopes["model"]))})  # models as given
+    return out.sort_values(["first", "order"], kind="stable", ignore_index=True)[columns]
 
 
 def known_erase_scopes(runs: Mapping[str, int | None], method: str = "ig") -> tuple[pd.DataFrame, list[str]]:

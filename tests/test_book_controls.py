@@ -125,3 +125,21 @@ def test_a_finished_control_is_compared_while_the_other_says_how_far_it_got(monk
     tables, missing = stored_control_tables({"m": {"erase": 8}})
     assert tables["m"]["erase"] is table
     assert missing == ["m: erase on known facts: controls not finished; saved so far: activation-matched 2 (P159, P27)"]
+
+
+def test_erase_by_relation_gives_the_other_relations_scope_too():
+    from kn_lib.book.controls import erase_by_relation
+
+    rows = []
+    for method, other_after in (("ig", 0.25), ("random-layer", 0.5)):
+        rows += [{"method": method, "erased_relation": "P19", "scope": "erased", "fact_id": "P19/0", "relation": "P19",
+                  "template_id": 0, "p_before": 0.5, "p_after": 0.5, "correct_before": True, "correct_after": True},
+                 {"method": method, "erased_relation": "P19", "scope": "other", "fact_id": "P36/0", "relation": "P36",
+                  "template_id": 0, "p_before": 0.5, "p_after": other_after, "correct_before": True,
+                  "correct_after": other_after == 0.5}]
+    table = pd.DataFrame(rows)
+    own = erase_by_relation(table).set_index("neuron_set")
+    other = erase_by_relation(table, scope="other").set_index("neuron_set")
+    assert own.loc["knowledge", "ppl_change"] == 0.0 and own.loc["knowledge", "flip"] == 0.0
+    assert other.loc["knowledge", "ppl_change"] == 100.0 and other.loc["knowledge", "flip"] == 100.0  # 1/0.5 -> 1/0.25
+    assert other.loc["random-layer", "ppl_change"] == 0.0 and other.loc["random-layer", "accuracy_change"] == 0.0

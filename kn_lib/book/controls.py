@@ -66,10 +66,11 @@ def update_by_edit(table: pd.DataFrame) -> pd.DataFrame:
         ["edit", "fact_id", "relation", "neuron_set", "success", "changed"]].reset_index(drop=True)
 
 
-def erase_by_relation(table: pd.DataFrame, knowledge_method: str = "ig") -> pd.DataFrame:
+def erase_by_relation(table: pd.DataFrame, knowledge_method: str = "ig", scope: str = "erased") -> pd.DataFrame:
     """Per (erased relation, neuron set): the perplexity change of its own prompts (%, Table 5's
     ``erase_relations.table5``), their accuracy change (points) and the share of their correct answers the
-    erasure took away (``flip``, % of the prompts answered top-1 before)."""
+    erasure took away (``flip``, % of the prompts answered top-1 before). ``scope="other"``: the same of the
+    other relations' prompts under that erasure (its collateral damage)."""
     from ..experiments.erase_relations import table5
 
     frames = []
@@ -78,9 +79,9 @@ def erase_by_relation(table: pd.DataFrame, knowledge_method: str = "ig") -> pd.D
         t5 = table5(part, no_neurons)
         frames.append(pd.DataFrame({
             "erased_relation": t5["relation"], "neuron_set": _set_name(method, knowledge_method),
-            "ppl_change": t5["erased_ppl_change"],
-            "accuracy_change": 100 * (t5["erased_accuracy_after"] - t5["erased_accuracy_before"]),
-            "flip": t5["erased_flip_rate"], "n_prompts": t5["erased_n_prompts"]}))
+            "ppl_change": t5[f"{scope}_ppl_change"],
+            "accuracy_change": 100 * (t5[f"{scope}_accuracy_after"] - t5[f"{scope}_accuracy_before"]),
+            "flip": t5[f"{scope}_flip_rate"], "n_prompts": t5[f"{scope}_n_prompts"]}))
     columns = ["erased_relation", "neuron_set", "ppl_change", "accuracy_change", "flip", "n_prompts"]
     if not frames:
         return pd.DataFrame(columns=columns)

@@ -131,13 +131,15 @@ def test_erase_by_relation_gives_the_other_relations_scope_too():
     from kn_lib.book.controls import erase_by_relation
 
     rows = []
-    for method, other_after in (("ig", 0.25), ("random-layer", 0.5)):
+    for method, other_after in (("activation-matched", 0.5), ("ig", 0.25), ("random-layer", 0.5)):
         rows += [{"method": method, "erased_relation": "P19", "scope": "erased", "fact_id": "P19/0", "relation": "P19",
                   "template_id": 0, "p_before": 0.5, "p_after": 0.5, "correct_before": True, "correct_after": True},
                  {"method": method, "erased_relation": "P19", "scope": "other", "fact_id": "P36/0", "relation": "P36",
                   "template_id": 0, "p_before": 0.5, "p_after": other_after, "correct_before": True,
                   "correct_after": other_after == 0.5}]
     table = pd.DataFrame(rows)
+    order = ["knowledge", "random-layer", "activation-matched"]  # knowledge first, then CONTROL_SETS' order
+    assert erase_by_relation(table)["neuron_set"].tolist() == order
     own = erase_by_relation(table).set_index("neuron_set")
     other = erase_by_relation(table, scope="other").set_index("neuron_set")
     assert own.loc["knowledge", "ppl_change"] == 0.0 and own.loc["knowledge", "flip"] == 0.0

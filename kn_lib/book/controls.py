@@ -70,7 +70,8 @@ def erase_by_relation(table: pd.DataFrame, knowledge_method: str = "ig", scope: 
     """Per (erased relation, neuron set): the perplexity change of its own prompts (%, Table 5's
     ``erase_relations.table5``), their accuracy change (points) and the share of their correct answers the
     erasure took away (``flip``, % of the prompts answered top-1 before). ``scope="other"``: the same of the
-    other relations' prompts under that erasure (its collateral damage)."""
+    other relations' prompts under that erasure (its collateral damage). Rows: by relation, the knowledge
+    neurons first, then the controls in ``CONTROL_SETS`` order."""
     from ..experiments.erase_relations import table5
 
     frames = []
@@ -85,7 +86,10 @@ def erase_by_relation(table: pd.DataFrame, knowledge_method: str = "ig", scope: 
     columns = ["erased_relation", "neuron_set", "ppl_change", "accuracy_change", "flip", "n_prompts"]
     if not frames:
         return pd.DataFrame(columns=columns)
-    return pd.concat(frames, ignore_index=True).sort_values(["erased_relation", "neuron_set"], ignore_index=True)[columns]
+    rank = {name: i for i, name in enumerate((KNOWLEDGE, *CONTROL_SETS))}  # knowledge neurons, then their controls
+    out = pd.concat(frames, ignore_index=True)
+    out = out.assign(rank=out["neuron_set"].map(rank)).sort_values(["erased_relation", "rank"], ignore_index=True)
+    return out[columns]
 
 
 # (intervention, measure, unit, expected sign of knowledge minus control) and where its units come from

@@ -110,7 +110,7 @@ def test_what_a_missing_control_run_says(monkeypatch, sample, said):
     import kn_lib.book as book
     from kn_lib.book.controls import stored_control_tables
 
-    monkeypatch.setattr(book, "known_facts_sample", lambda model, size: sample)
+    monkeypatch.setattr(book, "known_facts_sample", lambda model, size, params: sample)
     tables, missing = stored_control_tables({"m": {"erase": 8}})
     assert tables == {} and missing == [said]
 
@@ -121,7 +121,7 @@ def test_a_finished_control_is_compared_while_the_other_says_how_far_it_got(monk
 
     table = pd.DataFrame({"method": ["ig", "random-layer"]})
     sample = _FakeSample(table, shards=("ig", "random-layer"), saved={"activation-matched": ["P159", "P27"]})
-    monkeypatch.setattr(book, "known_facts_sample", lambda model, size: sample)
+    monkeypatch.setattr(book, "known_facts_sample", lambda model, size, params: sample)
     tables, missing = stored_control_tables({"m": {"erase": 8}})
     assert tables["m"]["erase"] is table
     assert missing == ["m: erase on known facts: controls not finished; saved so far: activation-matched 2 (P159, P27)"]
@@ -145,3 +145,21 @@ def test_erase_by_relation_gives_the_other_relations_scope_too():
     assert own.loc["knowledge", "ppl_change"] == 0.0 and own.loc["knowledge", "flip"] == 0.0
     assert other.loc["knowledge", "ppl_change"] == 100.0 and other.loc["knowledge", "flip"] == 100.0  # 1/0.5 -> 1/0.25
     assert other.loc["random-layer", "ppl_change"] == 0.0 and other.loc["random-layer", "accuracy_change"] == 0.0
+
+
+def test_a_variant_control_run_is_read_under_its_own_options_and_named_in_tables():
+    from kn_lib.book import KNOWN_OFFICIAL
+    from kn_lib.book.controls import control_sample, definitions_of, with_definitions
+
+    variant = control_sample("gemma3-270m", "update", 8)
+    assert variant.params == KNOWN_OFFICIAL + (("selection", "ours"), ("sampling", "ours"))
+    assert variant.facts_per_relation == 8 and variant.model == "gemma3-270m"
+    assert control_sample("gemma3-270m", "erase", 8).params == KNOWN_OFFICIAL  # the official run
+    assert control_sample("smollm2-135m", "update", 48).params == KNOWN_OFFICIAL
+    claims = pd.DataFrame({"model": ["gemma3-270m", "gemma3-270m", "smollm2-135m"],
+                           "intervention": ["update", "amplify", "update"], "estimate": [1.0, 2.0, 3.0]})
+    named = with_definitions(claims)
+    assert list(named.columns) == ["model", "intervention", "definitions", "estimate"]
+    assert list(named["definitions"]) == ["ours: selection, sampling", "official", "official"]
+    assert definitions_of("gemma3-270m", "suppress") == "official"
+    assert "definitions" not in claims  # the given frame is left as it was

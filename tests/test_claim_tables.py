@@ -126,6 +126,18 @@ def test_load_stage_reads_the_first_run_that_has_it():
         claim_tables.load_stage({"o": official}, "suppress-amplify")
 
 
+def test_first_run_passes_over_a_run_without_rows_and_names_the_one_it_takes():
+    import pytest
+
+    computing = FakeSample({"erase": {("by_relation", ()): pd.DataFrame()}})  # started, nothing saved yet
+    earlier = FakeSample({"erase": {("by_relation", ()): _frame("rows")}})
+    label, sample = claim_tables.first_run({"official": computing, "earlier": earlier}, "erase", "by_relation")
+    assert label == "earlier" and sample is earlier
+    assert claim_tables.first_run({"official": earlier}, "erase", "by_relation") == ("official", earlier)
+    with pytest.raises(ResultsNotFound):
+        claim_tables.first_run({"official": computing, "none": FakeSample({})}, "erase", "by_relation")
+
+
 def test_bingrel_claims_use_the_official_mean_with_absent_relations_at_zero():
     import pandas as pd
 
@@ -139,3 +151,37 @@ def test_bingrel_claims_use_the_official_mean_with_absent_relations_at_zero():
     official = table4_means(by_relation, ["P19", "P36", "P30"], "official")
     assert official["T1"] == pytest.approx(0.2) == full[full.type == "T1"].activation.mean()
     assert table4_means(by_relation, ["P19", "P36", "P30"], "present")["T1"] == pytest.approx(0.6)
+
+
+def test_matched_tables_take_each_table_under_definitions_every_design_has():
+    said = []
+    designs = {
+        "official rule": {"official definitions": FakeSample({"update": {("table", ()): _frame("rule A, official")},
+                                                               "statistics": {("pairs", ()): _frame("A pairs")}}),
+                          "earlier definitions": FakeSample({"update": {("table", ()): _frame("rule A, earlier")},
+                                                              "erase": {("table", ()): _frame("A erase, earlier")}})},
+        "paper rule": {"official definitions": FakeSample({"statistics": {("pairs", ()): _frame("B pairs")},
+                                                            "erase": {("table", ()): _frame("B erase, official")}}),
+                       "earlier definitions": FakeSample({"update": {("table", ()): _frame("rule B, earlier")}})},
+    }
+    out = claim_tables.matched_tables(designs, ["pairs", "update", "erase", "suppress"], said.append)
+    # pairs: both official; update: only the earlier definitions are in both, though rule A has official
+    assert out["official rule"]["official rule, official definitions"]["pairs"]["x"][0] == "A pairs"
+    assert out["official rule"]["official rule, earlier definitions"]["update"]["x"][0] == "rule A, earlier"
+    assert out["paper rule"]["paper rule, earlier definitions"]["update"]["x"][0] == "rule B, earlier"
+    # erase: each design has it under other definitions only, so the first keeps its own, the other none
+    assert out["official rule"]["official rule, earlier definitions"]["erase"]["x"][0] == "A erase, earlier"
+    assert all("erase" not in group for group in out["paper rule"].values())
+    assert said == ["erase: no run under the same definitions in every design (official rule: earlier "
+                    "definitions; paper rule: official definitions); kept for the first only",
+                    "suppress-amplify (suppress): not committed for official rule, paper rule"]
+
+
+def test_matched_tables_leave_a_table_one_design_lacks_to_the_others():
+    said = []
+    designs = {"a": {"official definitions": FakeSample({}), "earlier definitions": FakeSample({"update": {("table", ()): _frame("a")}})},
+               "b": {"official definitions": FakeSample({}), "earlier definitions": FakeSample({})}}
+    out = claim_tables.matched_tables(designs, ["update"], said.append)
+    assert out == {"a": {"a, earlier definitions": {"update": out["a"]["a, earlier definitions"]["update"]}}, "b": {}}
+    assert out["a"]["a, earlier definitions"]["update"]["x"][0] == "a"
+    assert said == ["update: not committed for b"]

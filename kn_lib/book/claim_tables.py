@@ -89,6 +89,19 @@ def load_stage(runs: Mapping[str, BookSample], stage: str, table: str | None = N
     raise ResultsNotFound(f"{stage}: not run for any of {', '.join(runs)}")
 
 
+def first_run(runs: Mapping[str, BookSample], stage: str, table: str | None = None) -> tuple[str, BookSample]:
+    """The first of ``runs`` (e.g. ``official_then_earlier``) whose ``stage`` has rows committed, as
+    (label, sample): a chapter reads the whole run from it and names its definitions by the label. A run
+    still being computed (no rows yet) is passed over; ``ResultsNotFound`` when none has rows."""
+    for label, sample in runs.items():
+        try:
+            if not sample.load(stage, table).empty:
+                return label, sample
+        except ResultsNotFound:
+            continue
+    raise ResultsNotFound(f"{stage}: no rows committed for any of {', '.join(runs)}")
+
+
 def _stage(name: str) -> str:
     return DERIVED.get(name) or TABLES[name][0]
 
@@ -118,6 +131,46 @@ def load_first(runs: Runs, names: Iterable[str], label: str,
             missing.append(_stage(name) if name not in DERIVED else f"{_stage(name)} ({name})")
     for stage in dict.fromkeys(missing):  # once per stage, however many of its tables are missing
         say(f"{label}: {stage} not run (or nothing committed yet)")
+    return out
+
+
+def matched_tables(designs: Mapping[str, Mapping[str, BookSample]], names: Iterable[str] = ALL_TABLES,
+                   say: Callable[[str], None] = print) -> dict[str, dict[str, dict[str, pd.DataFrame]]]:
+    """Each design's claim tables (``designs``: design label -> candidate runs by label, tried in order,
+    the same candidate labels in every design), each table from the first candidate that every design
+    having it has committed, so that two designs meant to differ in one thing (say the refinement rule)
+    do not also differ in the definitions their tables were computed under. Where the designs have a
+    table only under different definitions, the first design keeps its own and the others go without
+    it (its claims are then "not tested" there rather than compared across definitions); ``say`` names
+    the table, and each table a design lacks. Returns {design label: {group label: {name: table}}},
+    groups as ``load_first`` makes them."""
+    out: dict[str, dict[str, dict[str, pd.DataFrame]]] = {design: {} for design in designs}
+    for name in names:
+        found: dict[str, dict[str, pd.DataFrame]] = {}  # design -> candidate -> table
+        for design, candidates in designs.items():
+            for sub, sample in candidates.items():
+                try:
+                    table = load_table(sample, name)
+                except ResultsNotFound:
+                    continue
+                if not table.empty:
+                    found.setdefault(design, {})[sub] = table
+        what = name if _stage(name) == name else f"{_stage(name)} ({name})"
+        if lacking := [design for design in designs if design not in found]:
+            say(f"{what}: not committed for {', '.join(lacking)}")
+        if not found:
+            continue
+        first = next(iter(found.values()))
+        shared = [sub for sub in first if all(sub in by_sub for by_sub in found.values())]
+        if shared:
+            chosen = {design: shared[0] for design in found}
+        else:
+            said = "; ".join(f"{design}: {', '.join(by_sub)}" for design, by_sub in found.items())
+            say(f"{what}: no run under the same definitions in every design ({said}); kept for the first only")
+            design = next(iter(found))
+            chosen = {design: next(iter(found[design]))}
+        for design, sub in chosen.items():
+            out[design].setdefault(f"{design}, {sub}", {})[name] = found[design][sub]
     return out
 
 

@@ -213,13 +213,46 @@ CONTROL_RUNS: dict[str, dict[str, int | None]] = {
     "smollm2-135m": {"suppress": None, "update": 48, "erase": None},  # None: the known-facts default (30)
     "gemma3-270m": {"suppress": 8, "update": 8, "erase": 8},
 }
+OFFICIAL = "official"
+# Runs read under a named variant of the definitions, because the official ones do nothing there:
+# (model, experiment) -> (the run's stage options beyond the official runs', the variant's name in tables).
+# Gemma 3 270M's official update edits nothing: select_kn drops every neuron of a relation with fewer than
+# 20 bags, and its known-facts sample has at most 8 facts per relation.
+CONTROL_VARIANTS: dict[tuple[str, str], tuple[tuple[tuple[str, object], ...], str]] = {
+    ("gemma3-270m", "update"): ((("selection", "ours"), ("sampling", "ours")), "ours: selection, sampling"),
+}
+_EXPERIMENT_OF = {"suppress": "suppress", "amplify": "suppress", "update": "update", "erase": "erase"}
+
+
+def control_sample(model: str, experiment: str, size: int | None):
+    """The known-facts sample (``BookSample``) whose ``experiment`` run carries the matched controls: the
+    official definitions' run, or the variant ``CONTROL_VARIANTS`` names for it."""
+    from . import KNOWN_OFFICIAL, known_facts_sample
+
+    extra = CONTROL_VARIANTS.get((model, experiment), ((), OFFICIAL))[0]
+    return known_facts_sample(model, size, KNOWN_OFFICIAL + extra)
+
+
+def definitions_of(model: str, intervention: str) -> str:
+    """Which definitions the committed control run of ``intervention`` (suppress, amplify, update, erase)
+    uses: ``official``, or the name of its variant."""
+    return CONTROL_VARIANTS.get((model, _EXPERIMENT_OF[intervention]), ((), OFFICIAL))[1]
+
+
+def with_definitions(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` (rows of ``effects`` or ``control_claims``) with a ``definitions`` column after
+    ``intervention``: a table that mixes a variant's rows with official ones names which is which."""
+    out = frame.copy()
+    out.insert(out.columns.get_loc("intervention") + 1, "definitions",
+               [definitions_of(m, i) for m, i in zip(out["model"], out["intervention"])])
+    return out
 _STAGES = {"suppress": "suppress-amplify", "update": "update", "erase": "erase"}
 
 
 def stored_control_tables(runs: dict[str, dict[str, int | None]] | None = None) -> tuple[dict[str, dict[str, pd.DataFrame]], list[str]]:
-    """The committed tables of ``runs`` (default ``CONTROL_RUNS``) that hold control rows, as
-    ``effects`` and ``control_claims`` take them, and a line for each one that does not (not run yet)."""
-    from . import known_facts_sample
+    """The committed tables of ``runs`` (default ``CONTROL_RUNS``; each read from ``control_sample``) that
+    hold control rows, as ``effects`` and ``control_claims`` take them, and a line for each one that does
+    not (not run yet)."""
     from ..run import results
 
     tables: dict[str, dict[str, pd.DataFrame]] = {}
@@ -227,7 +260,7 @@ def stored_control_tables(runs: dict[str, dict[str, int | None]] | None = None) 
     for model, experiments in (runs or CONTROL_RUNS).items():
         for name, size in experiments.items():
             stage = _STAGES[name]
-            sample = known_facts_sample(model, size)
+            sample = control_sample(model, name, size)
             try:
                 table = sample.load(stage, "table")
                 if table.empty and not sample.manifest(stage)["shards"]:

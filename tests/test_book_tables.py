@@ -111,14 +111,25 @@ def test_known_erase_scopes_says_how_far_an_unfinished_model_got(monkeypatch):
                 return table
             if self.model == "half":
                 return pd.DataFrame()  # started, no shard finished: a table without columns
+            if self.model == "empty":
+                return pd.DataFrame()  # every shard finished, nothing to erase
+            if self.model == "controls":
+                return table[table["method"] == "random-layer"]
             raise results.ResultsNotFound(stage)
 
         def saved_units(self, stage):
             return {"ig": ["P159", "P27"]} if self.model == "half" else {}
 
+        def manifest(self, stage):
+            return {"shards": {"ig": {}} if self.model == "empty" else {}}
+
+        committed = book.BookSample.committed  # the real rule, on this fake's results
+
     monkeypatch.setattr(book, "known_facts_sample", lambda model, size: Sample(model))
-    scopes, lines = known_erase_scopes({"done": 8, "half": 8, "none": 8})
+    scopes, lines = known_erase_scopes({"done": 8, "half": 8, "none": 8, "empty": 8, "controls": 8})
     assert set(scopes["model"]) == {"done"} and len(scopes) == 3  # the knowledge neurons' rows only
     assert scopes.set_index("prompts").loc["erased, sample", "ppl_change"] == 100.0
-    assert lines == ["half: erase on known facts not finished; saved so far: 2 erased relations (P159, P27)",
-                     "none: erase on known facts not finished"]
+    assert lines == ["half: erase on known facts not finished; saved so far: ig 2 (P159, P27)",
+                     "none: erase on known facts not run (or not finished)",
+                     "empty: erase on known facts has no rows: nothing could be done (its skipped table says why)",
+                     "controls: erase on known facts has no ig rows yet"]

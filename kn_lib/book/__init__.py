@@ -98,6 +98,24 @@ class BookSample:
         """The stage's summary, one row per neuron set, indexed by method (``ig``, ``activation``, ...)."""
         return self.load(stage, "summary").set_index("method")
 
+    def committed(self, stage: str, table: str = "table") -> tuple[pd.DataFrame | None, str]:
+        """A stage's committed rows and what a page says of them: (table, "") when finished; (table,
+        "not finished; saved so far: ...") when some shards are still being computed; (None, why) when
+        there are no rows: "not run (or not finished)", "not finished; saved so far: ..." (a long shard's
+        units, ``saved_units``), or "has no rows: nothing could be done ..." (every shard finished empty)."""
+        saved = self.saved_units(stage)
+        so_far = "not finished; saved so far: " + "; ".join(
+            f"{shard} {len(units)} ({', '.join(units)})" for shard, units in saved.items())
+        try:
+            rows = self.load(stage, table)
+        except results.ResultsNotFound:
+            return None, so_far if saved else "not run (or not finished)"
+        if not rows.empty:
+            return rows, so_far if saved else ""
+        if saved or not self.manifest(stage)["shards"]:  # started, no shard finished
+            return None, so_far if saved else "not run (or not finished)"
+        return None, "has no rows: nothing could be done (its skipped table says why)"
+
 
 def paper_vs_ours(rows: Iterable[tuple[str, str, float]], model: str, digits: int = 2) -> pd.DataFrame:
     """A side-by-side table: ``rows`` are (quantity, paper key in ``kn_lib.paper``, our value)."""

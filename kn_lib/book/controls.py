@@ -253,38 +253,22 @@ def stored_control_tables(runs: dict[str, dict[str, int | None]] | None = None) 
     """The committed tables of ``runs`` (default ``CONTROL_RUNS``; each read from ``control_sample``) that
     hold control rows, as ``effects`` and ``control_claims`` take them, and a line for each one that does
     not (not run yet)."""
-    from ..run import results
-
     tables: dict[str, dict[str, pd.DataFrame]] = {}
     missing = []
     for model, experiments in (runs or CONTROL_RUNS).items():
         for name, size in experiments.items():
             stage = _STAGES[name]
-            sample = control_sample(model, name, size)
-            try:
-                table = sample.load(stage, "table")
-                if table.empty and not sample.manifest(stage)["shards"]:
-                    table = None  # started, no shard finished
-            except results.ResultsNotFound:
-                table = None
-            saved = sample.saved_units(stage)  # shards not finished yet: how far each got
-            so_far = "; ".join(f"{shard} {len(units)} ({', '.join(units)})" for shard, units in saved.items())
-            if table is None and saved:
-                missing.append(f"{model}: {stage} on known facts not finished; saved so far: {so_far}")
-                continue
+            table, status = control_sample(model, name, size).committed(stage)
             if table is None:
-                missing.append(f"{model}: {stage} on known facts not run (or not finished)")
-                continue
-            if table.empty:
-                missing.append(f"{model}: {stage} on known facts has no rows: nothing could be done (its skipped table says why)")
+                missing.append(f"{model}: {stage} on known facts {status}")
                 continue
             column = "neuron_set" if name == "update" else "method"
             if column not in table or not set(CONTROL_SETS) & set(table[column]):
                 missing.append(f"{model}: {stage} on known facts has no control rows yet "
-                               + (f"(saved so far: {so_far})" if saved else f"(`kn {stage}` computes them)"))
+                               + (f"({status.removeprefix('not finished; ')})" if status else f"(`kn {stage}` computes them)"))
                 continue
-            if saved:  # one control finished, another not: the finished one is compared
-                missing.append(f"{model}: {stage} on known facts: controls not finished; saved so far: {so_far}")
+            if status:  # one control finished, another not: the finished one is compared
+                missing.append(f"{model}: {stage} on known facts: controls {status}")
             tables.setdefault(model, {})[name] = table
     return tables, missing
 

@@ -130,22 +130,16 @@ def erase_scope_means(scopes: pd.DataFrame) -> pd.DataFrame:
 def known_erase_scopes(runs: Mapping[str, int | None], method: str = "ig") -> tuple[pd.DataFrame, list[str]]:
     """``erase_scopes`` of the knowledge neurons' rows of each model's known-facts erase (``runs``: model ->
     facts per relation of its run, as ``controls.CONTROL_RUNS``), stacked with a ``model`` column, and a
-    line for each model whose knowledge-neuron shard has not finished (how far it got)."""
+    line for each model without such rows (``BookSample.committed``: not run, how far it got, or nothing
+    could be done)."""
     from . import known_facts_sample
-    from ..run import results
 
     frames, lines = [], []
     for model, size in runs.items():
-        sample = known_facts_sample(model, size)
-        try:
-            table = sample.load("erase", "table")
-        except results.ResultsNotFound:
-            table = pd.DataFrame(columns=["method"])
-        table = table[table["method"] == method] if "method" in table else table  # no shard finished: no columns
-        if table.empty:
-            saved = sample.saved_units("erase").get(method, [])
-            lines.append(f"{model}: erase on known facts not finished"
-                         + (f"; saved so far: {len(saved)} erased relations ({', '.join(saved)})" if saved else ""))
+        table, status = known_facts_sample(model, size).committed("erase")
+        rows = table[table["method"] == method] if table is not None else None
+        if rows is None or rows.empty:
+            lines.append(f"{model}: erase on known facts " + (status or f"has no {method} rows yet"))
             continue
-        frames.append(erase_scopes(table).assign(model=model))
+        frames.append(erase_scopes(rows).assign(model=model))
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["model", "relation", "prompts"])), lines

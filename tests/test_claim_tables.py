@@ -177,6 +177,19 @@ def test_matched_tables_take_each_table_under_definitions_every_design_has():
                     "suppress-amplify (suppress): not committed for official rule, paper rule"]
 
 
+def test_matched_tables_take_a_definition_free_table_from_each_design_own_first_run():
+    said = []
+    designs = {"a": {"official definitions": FakeSample({}),
+                     "earlier definitions": FakeSample({"statistics": {("pairs", ()): _frame("a, earlier")}})},
+               "b": {"official definitions": FakeSample({"statistics": {("pairs", ()): _frame("b, official")}}),
+                     "earlier definitions": FakeSample({})}}
+    assert {"pairs", "bingrel", "bingrel_abs"} == set(claim_tables.DEFINITION_FREE)
+    out = claim_tables.matched_tables(designs, ["pairs"], said.append)
+    assert out["a"]["a, earlier definitions"]["pairs"]["x"][0] == "a, earlier"
+    assert out["b"]["b, official definitions"]["pairs"]["x"][0] == "b, official"
+    assert said == []
+
+
 def test_matched_tables_leave_a_table_one_design_lacks_to_the_others():
     said = []
     designs = {"a": {"official definitions": FakeSample({}), "earlier definitions": FakeSample({"update": {("table", ()): _frame("a")}})},

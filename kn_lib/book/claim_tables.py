@@ -35,6 +35,9 @@ SIGN_AWARE = {"sign_aware": True, "lambda2": 2.0}  # our variant of the edit (kn
 DERIVED = {"update_signed": "update", "bingrel_abs": "bingrel"}
 ALL_TABLES = (*TABLES, *DERIVED)
 Runs = Union[BookSample, Mapping[str, BookSample]]  # one run, or candidate runs by label, tried in order
+# claim tables whose rows no option of the earlier definitions changes, so any run serves (``--relation-mean``
+# changes only bingrel's stored summary, which no claim reads; statistics has no such option)
+DEFINITION_FREE = ("pairs", "bingrel", "bingrel_abs")
 
 
 def _bingrel_abs(raw: pd.DataFrame) -> pd.DataFrame:
@@ -142,8 +145,9 @@ def matched_tables(designs: Mapping[str, Mapping[str, BookSample]], names: Itera
     do not also differ in the definitions their tables were computed under. Where the designs have a
     table only under different definitions, the first design keeps its own and the others go without
     it (its claims are then "not tested" there rather than compared across definitions); ``say`` names
-    the table, and each table a design lacks. Returns {design label: {group label: {name: table}}},
-    groups as ``load_first`` makes them."""
+    the table, and each table a design lacks. A table of ``DEFINITION_FREE`` comes from each design's own
+    first candidate. Returns {design label: {group label: {name: table}}}, groups as ``load_first``
+    makes them."""
     out: dict[str, dict[str, dict[str, pd.DataFrame]]] = {design: {} for design in designs}
     for name in names:
         found: dict[str, dict[str, pd.DataFrame]] = {}  # design -> candidate -> table
@@ -162,7 +166,9 @@ def matched_tables(designs: Mapping[str, Mapping[str, BookSample]], names: Itera
             continue
         first = next(iter(found.values()))
         shared = [sub for sub in first if all(sub in by_sub for by_sub in found.values())]
-        if shared:
+        if name in DEFINITION_FREE:
+            chosen = {design: next(iter(by_sub)) for design, by_sub in found.items()}
+        elif shared:
             chosen = {design: shared[0] for design in found}
         else:
             said = "; ".join(f"{design}: {', '.join(by_sub)}" for design, by_sub in found.items())

@@ -125,7 +125,7 @@ def test_known_erase_scopes_says_how_far_an_unfinished_model_got(monkeypatch):
 
         committed = book.BookSample.committed  # the real rule, on this fake's results
 
-    monkeypatch.setattr(book, "known_facts_sample", lambda model, size: Sample(model))
+    monkeypatch.setattr(book, "known_facts_sample", lambda model, size, params: Sample(model))
     scopes, lines = known_erase_scopes({"done": 8, "half": 8, "none": 8, "empty": 8, "controls": 8})
     assert set(scopes["model"]) == {"done"} and len(scopes) == 3  # the knowledge neurons' rows only
     assert scopes.set_index("prompts").loc["erased, sample", "ppl_change"] == 100.0

@@ -109,11 +109,13 @@ class BookSample:
         try:
             rows = self.load(stage, table)
         except results.ResultsNotFound:
-            return None, so_far if saved else "not run (or not finished)"
-        if not rows.empty:
+            rows = None
+        if rows is not None and not rows.empty:
             return rows, so_far if saved else ""
-        if saved or not self.manifest(stage)["shards"]:  # started, no shard finished
-            return None, so_far if saved else "not run (or not finished)"
+        if saved:
+            return None, so_far
+        if rows is None or not self.manifest(stage)["shards"]:  # not run, or started with no shard finished
+            return None, "not run (or not finished)"
         return None, "has no rows: nothing could be done (its skipped table says why)"
 
 

@@ -224,19 +224,23 @@ CONTROL_VARIANTS: dict[tuple[str, str], tuple[tuple[tuple[str, object], ...], st
 _EXPERIMENT_OF = {"suppress": "suppress", "amplify": "suppress", "update": "update", "erase": "erase"}
 
 
+def _variant(model: str, experiment: str) -> tuple[tuple[tuple[str, object], ...], str]:
+    """(stage options beyond the official runs', name) of ``experiment``'s control run: none, ``OFFICIAL``."""
+    return CONTROL_VARIANTS.get((model, experiment), ((), OFFICIAL))
+
+
 def control_sample(model: str, experiment: str, size: int | None):
     """The known-facts sample (``BookSample``) whose ``experiment`` run carries the matched controls: the
     official definitions' run, or the variant ``CONTROL_VARIANTS`` names for it."""
     from . import KNOWN_OFFICIAL, known_facts_sample
 
-    extra = CONTROL_VARIANTS.get((model, experiment), ((), OFFICIAL))[0]
-    return known_facts_sample(model, size, KNOWN_OFFICIAL + extra)
+    return known_facts_sample(model, size, KNOWN_OFFICIAL + _variant(model, experiment)[0])
 
 
 def definitions_of(model: str, intervention: str) -> str:
     """Which definitions the committed control run of ``intervention`` (suppress, amplify, update, erase)
     uses: ``official``, or the name of its variant."""
-    return CONTROL_VARIANTS.get((model, _EXPERIMENT_OF[intervention]), ((), OFFICIAL))[1]
+    return _variant(model, _EXPERIMENT_OF[intervention])[1]
 
 
 def with_definitions(frame: pd.DataFrame) -> pd.DataFrame:
@@ -246,6 +250,8 @@ def with_definitions(frame: pd.DataFrame) -> pd.DataFrame:
     out.insert(out.columns.get_loc("intervention") + 1, "definitions",
                [definitions_of(m, i) for m, i in zip(out["model"], out["intervention"])])
     return out
+
+
 _STAGES = {"suppress": "suppress-amplify", "update": "update", "erase": "erase"}
 
 

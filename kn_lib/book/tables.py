@@ -129,14 +129,14 @@ def erase_scope_means(scopes: pd.DataFrame) -> pd.DataFrame:
 
 def known_erase_scopes(runs: Mapping[str, int | None], method: str = "ig") -> tuple[pd.DataFrame, list[str]]:
     """``erase_scopes`` of the knowledge neurons' rows of each model's known-facts erase (``runs``: model ->
-    facts per relation of its run, as ``controls.CONTROL_RUNS``), stacked with a ``model`` column, and a
-    line for each model without such rows (``BookSample.committed``: not run, how far it got, or nothing
-    could be done)."""
-    from . import known_facts_sample
+    facts per relation of its run, as ``controls.CONTROL_RUNS``; read from ``controls.control_sample``),
+    stacked with a ``model`` column, and a line for each model without such rows (``BookSample.committed``:
+    not run, how far it got, or nothing could be done)."""
+    from .controls import control_sample
 
     frames, lines = [], []
     for model, size in runs.items():
-        table, status = known_facts_sample(model, size).committed("erase")
+        table, status = control_sample(model, "erase", size).committed("erase")
         rows = table[table["method"] == method] if table is not None else None
         if rows is None or rows.empty:
             lines.append(f"{model}: erase on known facts " + (status or f"has no {method} rows yet"))

@@ -11,6 +11,9 @@ from kn_lib.book.claims import (
     Interval,
     bootstrap_ci,
     ceiling_verdict,
+    cluster_mean,
+    group_mean_diff,
+    row_mean,
     claim_row,
     direction,
     size,
@@ -40,6 +43,86 @@ def test_cluster_bootstrap_resamples_whole_groups():
     iv = bootstrap_ci(frame, lambda f: (seen.add(round(f["x"].mean(), 6)), f["x"].mean())[1], cluster="g", n_boot=200)
     assert seen <= {0.0, 0.5, 1.0} and len(seen) == 3
     assert iv.n_clusters == 2 and iv.low == 0.0 and iv.high == 1.0
+
+
+def test_a_cluster_drawn_twice_counts_twice():
+    # one row per relation: the mean of the relations' means is the mean of the rows, in every resample,
+    # unless copies of a drawn relation were merged by grouping on it (a narrower interval)
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame({"relation": [f"P{i}" for i in range(30)], "x": rng.normal(size=30)})
+    by_rows = bootstrap_ci(frame, lambda f: f["x"].mean(), "relation", n_boot=300, seed=1)
+    by_relation = bootstrap_ci(frame, lambda f: f.groupby("relation")["x"].mean().mean(), "relation", n_boot=300, seed=1)
+    _same(by_relation, by_rows)
+    fast = bootstrap_ci(frame, cluster_mean(lambda rows: rows["x"].mean()), "relation", n_boot=300, seed=1)
+    _same(fast, by_rows)
+
+
+def _tables(seed=0):
+    rng = np.random.default_rng(seed)
+    n = 240
+    return pd.DataFrame({
+        "relation": rng.choice([f"P{i}" for i in range(14)], n), "method": rng.choice(["ig", "activation"], n),
+        "x": np.where(rng.random(n) < 0.05, np.nan, rng.normal(size=n)), "flag": rng.random(n) < 0.3,
+    })
+
+
+def _same(a, b):
+    assert (a.estimate, a.low, a.high, a.n_clusters) == pytest.approx((b.estimate, b.low, b.high, b.n_clusters), nan_ok=True)
+
+
+@pytest.mark.parametrize("cluster", ["relation", None])
+def test_cluster_sums_give_the_plain_statistics_interval(cluster):
+    # the fast path (per-cluster totals weighted by draw counts) against the statistic written in pandas,
+    # evaluated on each resampled frame: the same draws, the same interval
+    frame = _tables()
+
+    def paired(f):
+        wide = f.pivot_table(index="relation" if cluster else f.index, columns="method", values="x", aggfunc="mean")
+        return float((wide["ig"] - wide["activation"]).dropna().mean()) if {"ig", "activation"} <= set(wide) else np.nan
+
+    cases = [
+        (row_mean("x", scale=100), lambda f: 100 * f["x"].mean()),
+        (row_mean("flag"), lambda f: f["flag"].mean()),
+        (group_mean_diff("x", "method", "ig", "activation"),
+         lambda f: f.loc[f["method"] == "ig", "x"].mean() - f.loc[f["method"] == "activation", "x"].mean()),
+    ]
+    if cluster:
+        cases.append((cluster_mean(lambda r: r.loc[r["method"] == "ig", "x"].mean() - r.loc[r["method"] == "activation", "x"].mean()),
+                      paired))
+    for fast, plain in cases:
+        _same(bootstrap_ci(frame, fast, cluster, n_boot=200, seed=4), bootstrap_ci(frame, plain, cluster, n_boot=200, seed=4))
+
+
+def test_strict_cluster_mean_is_undefined_where_a_drawn_cluster_is_and_infinite_totals_stay_local():
+    frame = pd.DataFrame({"g": list("abcdefghijkl"), "x": [1.0] * 10 + [np.nan, np.inf]})
+    value = lambda rows: rows["x"].iloc[0]  # noqa: E731
+    strict = bootstrap_ci(frame, cluster_mean(value, strict=True), "g", n_boot=400, seed=0)
+    plain = bootstrap_ci(frame, lambda f: np.nan if f["x"].isna().any() else f["x"].mean(), "g", n_boot=400, seed=0)
+    _same(strict, plain)  # resamples drawing "k" (NaN) are dropped, those drawing "l" give inf and are dropped
+    assert np.isnan(strict.estimate)
+    lenient = bootstrap_ci(frame.iloc[:10].assign(x=[1.0] * 9 + [np.inf]), cluster_mean(value), "g", n_boot=400, seed=0)
+    assert lenient.estimate == np.inf and lenient.low == 1.0  # resamples without the infinite cluster: mean 1
+
+
+def test_delta_ppl_interval_counts_a_fact_drawn_twice_as_two_facts_edits():
+    from kn_lib.book.claims import _delta_ppl
+    from kn_lib.experiments.update_facts import delta_ppl
+
+    rng = np.random.default_rng(5)
+    rows = []
+    for fact in range(12):
+        for edit in range(1 + fact % 2):  # some facts edited twice (the official sampling draws with replacement)
+            for _ in range(3):
+                rows.append({"fact_id": f"P1/{fact}", "edit": f"e{fact}.{edit}", "scope": "intra", "neuron_set": "knowledge",
+                             "logp_before": -rng.uniform(0.5, 3), "logp_after": -rng.uniform(0.5, 4)})
+    frame = pd.DataFrame(rows)
+
+    def plain(f):  # each drawn copy of a fact keeps its own edits (its label in fact_id is its own)
+        return delta_ppl(f.assign(edit=f["fact_id"].astype(str) + "/" + f["edit"]), "logp")
+
+    fast = bootstrap_ci(frame, _delta_ppl("intra"), "fact_id", n_boot=300, seed=2)
+    _same(fast, bootstrap_ci(frame, plain, "fact_id", n_boot=300, seed=2))
+    assert fast.estimate == pytest.approx(delta_ppl(frame, "logp"))
 
 
 def test_empty_frame_gives_nan_and_bad_level_raises():

@@ -37,7 +37,7 @@ that the two are tallied apart.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -53,9 +53,84 @@ class Interval:
     seed: int
 
 
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, NaN where den is 0 (a resample without the rows a mean needs: undefined)."""
+    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+@dataclass(frozen=True)
+class ClusterSums:
+    """A statistic computed from per-cluster totals, so that a bootstrap resample (a count per cluster)
+    is one weighted sum: every resample at once, and a cluster drawn twice counts twice.
+
+    ``totals(frame, keys)`` gives one row per cluster (index: the cluster's key in ``keys``, one per
+    row of ``frame``) of numeric columns; ``finish`` maps the columns' totals (arrays: one entry per
+    resample, or scalars) to the statistic. Build them with ``row_mean``, ``group_mean_diff`` and
+    ``cluster_mean``; ``bootstrap_ci`` also takes any plain ``frame -> float`` function (slower)."""
+
+    totals: Callable[[pd.DataFrame, np.ndarray], pd.DataFrame]
+    finish: Callable[[Mapping[str, np.ndarray]], np.ndarray]
+
+
+def row_mean(column: str, scale: float = 1.0) -> ClusterSums:
+    """``scale`` × the mean of ``column`` over the rows (missing values skipped, as pandas does)."""
+
+    def totals(frame: pd.DataFrame, keys: np.ndarray) -> pd.DataFrame:
+        x = frame[column].astype(float).to_numpy()
+        return pd.DataFrame({"sum": np.nan_to_num(x), "n": ~np.isnan(x)}, dtype=float).groupby(keys).sum()
+
+    return ClusterSums(totals, lambda t: scale * _ratio(t["sum"], t["n"]))
+
+
+def group_mean_diff(column: str, by: str, a: object, b: object, scale: float = 1.0) -> ClusterSums:
+    """``scale`` × (mean of ``column`` over the rows where ``by`` is ``a`` − the same where it is ``b``)."""
+
+    def totals(frame: pd.DataFrame, keys: np.ndarray) -> pd.DataFrame:
+        x = frame[column].astype(float).to_numpy()
+        ok = ~np.isnan(x)
+        cols = {}
+        for tag, value in (("a", a), ("b", b)):
+            sel = (frame[by] == value).to_numpy() & ok
+            cols[f"sum_{tag}"], cols[f"n_{tag}"] = np.where(sel, x, 0.0), sel
+        return pd.DataFrame(cols, dtype=float).groupby(keys).sum()
+
+    return ClusterSums(totals, lambda t: scale * (_ratio(t["sum_a"], t["n_a"]) - _ratio(t["sum_b"], t["n_b"])))
+
+
+def cluster_mean(value: Callable[[pd.DataFrame], float], strict: bool = False) -> ClusterSums:
+    """The mean over clusters of ``value(cluster's rows)``. A cluster whose value is undefined (NaN) is
+    skipped, or, with ``strict``, makes the statistic undefined for every resample that draws it."""
+
+    def totals(frame: pd.DataFrame, keys: np.ndarray) -> pd.DataFrame:
+        v = pd.Series({key: value(rows) for key, rows in frame.groupby(keys, sort=True)}, dtype=float)
+        ok = v.notna()
+        return pd.DataFrame({"sum": v.fillna(0.0), "n": ok, "bad": ~ok}, dtype=float)
+
+    def finish(t: Mapping[str, np.ndarray]) -> np.ndarray:
+        mean = _ratio(t["sum"], t["n"])
+        return np.where(np.asarray(t["bad"]) > 0, np.nan, mean) if strict else mean
+
+    return ClusterSums(totals, finish)
+
+
+def _weighted_totals(counts: np.ndarray, sums: np.ndarray) -> np.ndarray:
+    """counts @ sums, where a cluster not drawn (count 0) adds nothing even if its total is infinite or
+    NaN (a plain product would give 0 x inf = NaN), and a drawn one propagates it as a sum would."""
+    finite = np.isfinite(sums)
+    out = counts @ np.where(finite, sums, 0.0)
+    if not finite.all():
+        drawn = (counts > 0).astype(float)
+        for special, mask in ((np.inf, np.isposinf(sums)), (-np.inf, np.isneginf(sums)), (np.nan, np.isnan(sums))):
+            if mask.any():
+                out = np.where(drawn @ mask.astype(float) > 0, out + special, out)
+    return out
+
+
 def bootstrap_ci(
     frame: pd.DataFrame,
-    statistic: Callable[[pd.DataFrame], float],
+    statistic: Callable[[pd.DataFrame], float] | ClusterSums,
     cluster: str | None = None,
     n_boot: int = 1000,
     level: float = 0.95,
@@ -64,30 +139,48 @@ def bootstrap_ci(
     """Percentile bootstrap interval of ``statistic(frame)``.
 
     ``cluster`` names a column whose groups are resampled whole, with replacement (rows when None).
-    Resamples where the statistic is undefined (NaN) are dropped; an empty frame gives a NaN interval.
+    A cluster drawn twice counts twice: in the resampled frame a plain ``statistic`` sees each drawn
+    copy under its own label in ``cluster`` (0, 1, ... in draw order), so that grouping by the cluster
+    does not merge the copies; a ``ClusterSums`` statistic weights its per-cluster totals by the draw
+    counts (the same draws, much faster). Resamples where the statistic is undefined (NaN) are dropped;
+    an empty frame gives a NaN interval.
     """
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
     if frame.empty:
         return Interval(float("nan"), float("nan"), float("nan"), 0, n_boot, level, seed)
-    estimate = float(statistic(frame))
     rng = np.random.default_rng(seed)
     if cluster is None:
-        groups = [np.array([i]) for i in range(len(frame))]
+        codes = np.arange(len(frame))
     else:
-        codes, _ = pd.factorize(frame[cluster])
+        codes, _ = pd.factorize(frame[cluster], use_na_sentinel=False)
+    k = int(codes.max()) + 1
+    picks = [rng.integers(0, k, size=k) for _ in range(n_boot)]
+    if isinstance(statistic, ClusterSums):
+        table = statistic.totals(frame, codes).reindex(range(k), fill_value=0.0)
+        columns = list(table.columns)
+        sums = table.to_numpy(dtype=float)
+        estimate = float(statistic.finish(dict(zip(columns, sums.sum(axis=0)))))
+        counts = np.stack([np.bincount(pick, minlength=k) for pick in picks]).astype(float)
+        drawn = _weighted_totals(counts, sums)
+        values = np.asarray(statistic.finish(dict(zip(columns, drawn.T))), dtype=float)
+        values = values[np.isfinite(values)]
+    else:
+        estimate = float(statistic(frame))
         order = np.argsort(codes, kind="stable")
-        bounds = np.flatnonzero(np.diff(codes[order])) + 1
-        groups = np.split(order, bounds)
-    k = len(groups)
-    values = []
-    for _ in range(n_boot):
-        pick = rng.integers(0, k, size=k)
-        rows = np.concatenate([groups[i] for i in pick])
-        v = float(statistic(frame.iloc[rows]))
-        if np.isfinite(v):
-            values.append(v)
-    if not values:
+        groups = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
+        sizes = np.array([len(g) for g in groups])
+        values = []
+        for pick in picks:
+            sample = frame.iloc[np.concatenate([groups[i] for i in pick])]
+            if cluster is not None:
+                sample = sample.copy()
+                sample[cluster] = np.repeat(np.arange(k), sizes[pick])
+            v = float(statistic(sample))
+            if np.isfinite(v):
+                values.append(v)
+        values = np.asarray(values, dtype=float)
+    if not len(values):
         return Interval(estimate, float("nan"), float("nan"), k, n_boot, level, seed)
     alpha = (1 - level) / 2
     low, high = np.quantile(values, [alpha, 1 - alpha])
@@ -199,63 +292,50 @@ def claim_row(
 # -- the paper's claims, each as a statistic of the stored results --------------------------------
 
 
-def _mean_diff(frame: pd.DataFrame, column: str, by: str, a: str, b: str) -> float:
-    means = frame.groupby(by)[column].mean()
-    return float(means.get(a, np.nan) - means.get(b, np.nan))
+def _group_diff(column: str, by: str, a: str, b: str) -> Callable[[pd.DataFrame], float]:
+    """One cluster's mean of ``column`` where ``by`` is ``a`` minus where it is ``b`` (NaN if either is absent)."""
+
+    def diff(rows: pd.DataFrame) -> float:
+        means = rows.groupby(by)[column].mean()
+        return float(means.get(a, np.nan) - means.get(b, np.nan))
+
+    return diff
 
 
-def _relation_mean(frame: pd.DataFrame, column: str) -> float:
-    return float(frame[column].mean()) if len(frame) else float("nan")
+def _paired_relation_diff(column: str, by: str, a: str, b: str) -> ClusterSums:
+    """The mean over relations of each relation's (mean of a - mean of b): a paired difference."""
+    return cluster_mean(_group_diff(column, by, a, b))
 
 
-def _paired_relation_diff(frame: pd.DataFrame, column: str, by: str, a: str, b: str) -> float:
-    wide = frame.pivot_table(index="relation", columns=by, values=column, aggfunc="mean")
-    if a not in wide or b not in wide:
+def _erase_change(rows: pd.DataFrame, scope: str) -> float:
+    """One erased relation's perplexity change on ``scope``'s prompts, in % (NaN without such prompts)."""
+    from ..experiments.evaluation import perplexity
+
+    sel = rows[rows["scope"] == scope]
+    if sel.empty:
         return float("nan")
-    return float((wide[a] - wide[b]).dropna().mean())
+    before, after = perplexity(sel["p_before"].tolist()), perplexity(sel["p_after"].tolist())
+    return 100 * (after - before) / before
 
 
-def _rate_diff(frame: pd.DataFrame, column: str) -> float:
-    rates = frame.groupby("neuron_set")[column].mean() * 100
-    return float(rates.get("knowledge", np.nan) - rates.get("random", np.nan))
+# Table 5, each a mean over erased relations; a relation without both scopes leaves it undefined
+_ERASE_CONTRAST = cluster_mean(lambda rows: _erase_change(rows, "erased") - _erase_change(rows, "other"), strict=True)
+_ERASE_OTHER_CHANGE = cluster_mean(lambda rows: _erase_change(rows, "other"), strict=True)
 
 
-def _erase_contrast(frame: pd.DataFrame) -> float:
-    """Mean over erased relations of (PPL change on its own prompts - PPL change on the others), in %."""
-    from ..experiments.evaluation import perplexity
+def _delta_ppl(scope: str, source: str = "logp") -> ClusterSums:
+    """Table 6's Delta PPL (``update_facts.delta_ppl``) of the knowledge neurons' edits on ``scope``, from
+    per-fact totals of the edits' log perplexities, so that a fact drawn twice counts its edits twice."""
+    from ..experiments.update_facts import edit_log_perplexities, ppl_difference
 
-    out = []
-    for _, group in frame.groupby("erased_relation"):
-        change = {}
-        for scope in ("erased", "other"):
-            sel = group[group["scope"] == scope]
-            if sel.empty:
-                return float("nan")
-            before, after = perplexity(sel["p_before"].tolist()), perplexity(sel["p_after"].tolist())
-            change[scope] = 100 * (after - before) / before
-        out.append(change["erased"] - change["other"])
-    return float(np.mean(out)) if out else float("nan")
+    def totals(frame: pd.DataFrame, keys: np.ndarray) -> pd.DataFrame:
+        sel = ((frame["scope"] == scope) & (frame["neuron_set"] == "knowledge")).to_numpy()
+        if not sel.any():
+            return pd.DataFrame(columns=["before", "after", "n"], dtype=float)
+        per_edit = edit_log_perplexities(frame[sel].assign(_key=keys[sel]), source)
+        return per_edit.assign(n=1.0).groupby("_key")[["before", "after", "n"]].sum()
 
-
-def _erase_other_change(frame: pd.DataFrame) -> float:
-    """Mean over erased relations of the other relations' perplexity change, in % (Table 5)."""
-    from ..experiments.evaluation import perplexity
-
-    out = []
-    for _, group in frame.groupby("erased_relation"):
-        sel = group[group["scope"] == "other"]
-        if sel.empty:
-            return float("nan")
-        before, after = perplexity(sel["p_before"].tolist()), perplexity(sel["p_after"].tolist())
-        out.append(100 * (after - before) / before)
-    return float(np.mean(out)) if out else float("nan")
-
-
-def _delta_ppl(frame: pd.DataFrame, scope: str, source: str = "logp") -> float:
-    from ..experiments.update_facts import delta_ppl
-
-    sel = frame[(frame["scope"] == scope) & (frame["neuron_set"] == "knowledge")]
-    return delta_ppl(sel, source) if len(sel) else float("nan")
+    return ClusterSums(totals, lambda t: ppl_difference(_ratio(t["before"], t["n"]), _ratio(t["after"], t["n"])))
 
 
 def paper_claims(tables: dict[str, pd.DataFrame], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -272,6 +352,7 @@ def paper_claims(tables: dict[str, pd.DataFrame], n_boot: int = 1000, seed: int 
     and Table 4, edited facts for Table 6, erased relations for Table 5 (so a run that erased fewer
     than ``MIN_CLUSTERS`` relations gets "no data", however many facts it measured).
     """
+    from ..experiments.update_facts import delta_ppl
     from . import paper
 
     p = paper.value
@@ -283,13 +364,13 @@ def paper_claims(tables: dict[str, pd.DataFrame], n_boot: int = 1000, seed: int 
         rows.append(claim_row(
             "KNs: same-relation fact pairs share more neurons than different-relation pairs", "Table 2",
             p("intra_overlap_ours") - p("inter_overlap_ours"),
-            bootstrap_ci(ig, lambda f: _mean_diff(f, "intersection", "kind", "intra", "inter"), "relation", **boot),
+            bootstrap_ci(ig, group_mean_diff("intersection", "kind", "intra", "inter"), "relation", **boot),
             unit="neurons"))
         both = pairs[pairs["kind"] == "inter"]
         rows.append(claim_row(
             "baseline neurons are shared across relations more than KNs", "Table 2",
             p("inter_overlap_baseline") - p("inter_overlap_ours"),
-            bootstrap_ci(both, lambda f: _mean_diff(f, "intersection", "method", "activation", "ig"), "relation", **boot),
+            bootstrap_ci(both, group_mean_diff("intersection", "method", "activation", "ig"), "relation", **boot),
             unit="neurons"))
     if "suppress" in tables:
         own = tables["suppress"][tables["suppress"]["scope"] == "own"].assign(change=lambda f: 100 * f["change_ratio"])
@@ -299,11 +380,11 @@ def paper_claims(tables: dict[str, pd.DataFrame], n_boot: int = 1000, seed: int 
             verb = "lowers" if op == "suppress" else "raises"
             rows.append(claim_row(
                 f"{op}ing KNs {verb} p(answer)", "Figure 4" if op == "suppress" else "Figure 5", p(key),
-                bootstrap_ci(sel[sel["method"] == "ig"], lambda f: _relation_mean(f, "change"), "relation", **boot), unit="%"))
+                bootstrap_ci(sel[sel["method"] == "ig"], row_mean("change"), "relation", **boot), unit="%"))
             rows.append(claim_row(
                 f"{op}ing KNs changes p(answer) more than {op}ing baseline neurons (difference)",
                 "Figure 4" if op == "suppress" else "Figure 5", p(key) - p(base_key),
-                bootstrap_ci(sel, lambda f: _paired_relation_diff(f, "change", "method", "ig", "activation"), "relation", **boot),
+                bootstrap_ci(sel, _paired_relation_diff("change", "method", "ig", "activation"), "relation", **boot),
                 unit="%"))
     # Table 4 signed as the paper averages it, and over |activation| (gated FFNs: signs cancel)
     for name, claim in (("bingrel", "KNs are more active on T1 (fact expressed) than on {}"),
@@ -314,7 +395,7 @@ def paper_claims(tables: dict[str, pd.DataFrame], n_boot: int = 1000, seed: int 
         for other, key in (("T2", "bing_t2_ours"), ("T3", "bing_t3_ours")):
             rows.append(claim_row(
                 claim.format(other), "Table 4", p("bing_t1_ours") - p(key),
-                bootstrap_ci(ig, lambda f, o=other: _paired_relation_diff(f, "activation", "type", "T1", o), "relation", **boot),
+                bootstrap_ci(ig, _paired_relation_diff("activation", "type", "T1", other), "relation", **boot),
                 unit="activation", kind=PAPER_METRIC if name == "bingrel" else OUR_VARIANT))
     for name, suffix, kind in (("update", "", PAPER_METRIC), ("update_signed", " (sign-aware edit, lambda2 = 2)", OUR_VARIANT)):
         if name not in tables:
@@ -325,15 +406,15 @@ def paper_claims(tables: dict[str, pd.DataFrame], n_boot: int = 1000, seed: int 
             label = "change" if metric == "changed" else "success"
             rows.append(claim_row(
                 f"editing KNs updates facts: {label} rate, KNs minus random neurons{suffix}", "Table 6", p(kn) - p(rnd),
-                bootstrap_ci(upd, lambda f, m=metric: _rate_diff(f, m), "fact_id", **boot), unit="points", kind=kind))
+                bootstrap_ci(upd, group_mean_diff(metric, "neuron_set", "knowledge", "random", scale=100), "fact_id", **boot), unit="points", kind=kind))
     if "ppl_prompts" in tables and len(tables["ppl_prompts"]):
         ppl = tables["ppl_prompts"]
         for scope, key, what in (("intra", "update_intra_ppl_kn", "other facts of the relation"),
                                  ("inter", "update_inter_ppl_kn", "facts of other relations")):
-            official = _delta_ppl(ppl, scope, "p")
+            official = delta_ppl(ppl[(ppl["scope"] == scope) & (ppl["neuron_set"] == "knowledge")], "p")
             rows.append(claim_row(
                 f"editing KNs barely changes the perplexity of {what} (Delta PPL at most the paper's)", "Table 6", p(key),
-                bootstrap_ci(ppl[ppl["neuron_set"] == "knowledge"], lambda f, s=scope: _delta_ppl(f, s), "fact_id", **boot),
+                bootstrap_ci(ppl[ppl["neuron_set"] == "knowledge"], _delta_ppl(scope), "fact_id", **boot),
                 unit="Δ perplexity", ceiling=True, note=f"from log-probabilities; the paper's formula on float32 p gives {official:.3g}"
                 + (" (an answer probability underflows to 0)" if not np.isfinite(official) else "")))
     if "erase" in tables:
@@ -344,11 +425,11 @@ def paper_claims(tables: dict[str, pd.DataFrame], n_boot: int = 1000, seed: int 
         ])
         rows.append(claim_row(
             "erasing a relation's top KNs hurts that relation more than the others (PPL change, difference)", "Table 5",
-            float(paper_contrast), bootstrap_ci(er, _erase_contrast, "erased_relation", **boot), unit="points"))
+            float(paper_contrast), bootstrap_ci(er, _ERASE_CONTRAST, "erased_relation", **boot), unit="points"))
         paper_other = np.mean([100 * (v["other_after"] - v["other_before"]) / v["other_before"] for v in paper.ERASE.values()])
         rows.append(claim_row(
             "erasing a relation leaves the other relations' perplexity similar (PPL change at most the paper's)", "Table 5",
-            float(paper_other), bootstrap_ci(er, _erase_other_change, "erased_relation", **boot), unit="%", ceiling=True))
+            float(paper_other), bootstrap_ci(er, _ERASE_OTHER_CHANGE, "erased_relation", **boot), unit="%", ceiling=True))
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)  # no claim testable: an empty table, its columns kept
 
 
@@ -371,7 +452,7 @@ def edit_reach(paraphrases: pd.DataFrame, ppl_prompts: pd.DataFrame, n_boot: int
     rows = []
     for quantity, frame, column in measures:
         for neuron_set, sel in frame.groupby("neuron_set"):
-            iv = bootstrap_ci(sel, lambda f, c=column: 100 * f[c].mean(), "fact_id", n_boot=n_boot, seed=seed)
+            iv = bootstrap_ci(sel, row_mean(column, scale=100), "fact_id", n_boot=n_boot, seed=seed)
             # facts are resampled (the official sampling may edit a fact twice: two edits, one cluster)
             n_edits = int(sel["edit"].nunique()) if "edit" in sel.columns else iv.n_clusters
             rows.append({"quantity": quantity, "neurons": neuron_set, "percent": iv.estimate, "ci_low": iv.low,

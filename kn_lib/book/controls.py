@@ -27,7 +27,7 @@ import pandas as pd
 
 from ..experiments.controls import CONTROLS
 from ..experiments.suppress_amplify import change_ratio, flip_eligible
-from .claims import MIN_CLUSTERS, Interval, bootstrap_ci
+from .claims import MIN_CLUSTERS, Interval, bootstrap_ci, row_mean
 
 if TYPE_CHECKING:
     from ..experiments.paraphrase_consistency import ConsistencyResult
@@ -148,7 +148,7 @@ def effects(tables: dict[str, dict[str, pd.DataFrame]], n_boot: int = 1000, seed
             sel = frame[(frame["neuron_set"] == name) & frame[column].notna()]
             if sel.empty:
                 continue
-            ci = bootstrap_ci(sel, lambda f, c=column: float(f[c].mean()), cluster, n_boot=n_boot, seed=seed)
+            ci = bootstrap_ci(sel, row_mean(column), cluster, n_boot=n_boot, seed=seed)
             rows.append({"model": model, "intervention": intervention, "measure": measure, "neuron_set": name,
                          "unit": unit, "estimate": ci.estimate, "ci_low": ci.low, "ci_high": ci.high,
                          "n": ci.n_clusters, "n_unit": _unit_name(cluster)})
@@ -199,7 +199,7 @@ def control_claims(tables: dict[str, dict[str, pd.DataFrame]], n_boot: int = 100
             diffs = paired_differences(frame[frame[column].notna()], column, unit, cluster, control)
             if diffs.empty:
                 continue
-            ci = bootstrap_ci(diffs, lambda f: float(f["diff"].mean()), cluster, n_boot=n_boot, seed=seed)
+            ci = bootstrap_ci(diffs, row_mean("diff"), cluster, n_boot=n_boot, seed=seed)
             rows.append({"model": model, "intervention": intervention, "measure": measure, "control": control,
                          "unit": "points" if unit_label.startswith("%") else unit_label,
                          "expected": "below 0" if expected < 0 else "above 0", "estimate": ci.estimate,

@@ -15,7 +15,7 @@ from typing import Callable
 
 import pandas as pd
 
-from .claims import Interval, bootstrap_ci
+from .claims import Interval, bootstrap_ci, row_mean
 from .controls import CONTROL_SETS, KNOWLEDGE, beats_control, paired_differences
 
 # model -> known-facts run (facts per relation) each critique reads; grammar reads BLiMP, not a sample
@@ -115,7 +115,7 @@ def kn_layer_comparison(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) 
     rows = []
     for name, frame, column in (("own layer vs other layers", advantage, "difference"),
                                 ("top-ig vs random-layer at the own layer", versus_random, "diff")):
-        ci = bootstrap_ci(frame, lambda f, c=column: 100 * float(f[c].mean()), "fact_id", n_boot=n_boot, seed=seed)
+        ci = bootstrap_ci(frame, row_mean(column, scale=100), "fact_id", n_boot=n_boot, seed=seed)
         rows.append({"comparison": name, "estimate": ci.estimate, "ci_low": ci.low, "ci_high": ci.high, "n": ci.n_clusters,
                      "verdict": beats_control(ci, +1)})
     return pd.DataFrame(rows)
@@ -159,12 +159,12 @@ def grammar_effects(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> p
         sel = groups[groups[measure].notna()]
         for name in (KNOWLEDGE, *CONTROL_SETS):
             part = sel[sel["neuron_set"] == name]
-            ci = bootstrap_ci(part, lambda f, m=measure: float(f[m].mean()), "fact_id", n_boot=n_boot, seed=seed)
+            ci = bootstrap_ci(part, row_mean(measure), "fact_id", n_boot=n_boot, seed=seed)
             rows.append({"measure": label, "neuron_set": name, "estimate": ci.estimate, "ci_low": ci.low, "ci_high": ci.high,
                          "n": ci.n_clusters, "verdict": ""})
         for control in CONTROL_SETS:
             diffs = paired_differences(sel, measure, "fact_id", "fact_id", control)
-            ci = bootstrap_ci(diffs, lambda f: float(f["diff"].mean()), "fact_id", n_boot=n_boot, seed=seed)
+            ci = bootstrap_ci(diffs, row_mean("diff"), "fact_id", n_boot=n_boot, seed=seed)
             rows.append({"measure": label, "neuron_set": f"knowledge − {control}", "estimate": ci.estimate, "ci_low": ci.low,
                          "ci_high": ci.high, "n": ci.n_clusters, "verdict": beats_control(ci, expected)})
     return pd.DataFrame(rows)
@@ -186,13 +186,13 @@ def symmetry_effects(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> 
     for measure, label in SYMMETRY_MEASURES.items():
         for name in (KNOWLEDGE, *CONTROL_SETS):
             part = frame[frame["neuron_set"] == name]
-            ci = bootstrap_ci(part, lambda f, m=measure: 100 * float(f[m].mean()), "fact_id", n_boot=n_boot, seed=seed)
+            ci = bootstrap_ci(part, row_mean(measure, scale=100), "fact_id", n_boot=n_boot, seed=seed)
             rows.append({"measure": label, "neuron_set": name, "estimate": ci.estimate, "ci_low": ci.low, "ci_high": ci.high,
                          "n": ci.n_clusters, "verdict": ""})
         if measure in ("success", "new_reverse_gain"):
             for control in CONTROL_SETS:
                 diffs = paired_differences(frame, measure, "fact_id", "fact_id", control)
-                ci = bootstrap_ci(diffs, lambda f: 100 * float(f["diff"].mean()), "fact_id", n_boot=n_boot, seed=seed)
+                ci = bootstrap_ci(diffs, row_mean("diff", scale=100), "fact_id", n_boot=n_boot, seed=seed)
                 rows.append({"measure": label, "neuron_set": f"knowledge − {control}", "estimate": ci.estimate,
                              "ci_low": ci.low, "ci_high": ci.high, "n": ci.n_clusters, "verdict": beats_control(ci, +1)})
     return pd.DataFrame(rows)
@@ -228,7 +228,7 @@ def symmetry_given_success(table: pd.DataFrame, n_boot: int = 1000, seed: int = 
     answers Y'), the mean share of reverse prompts (Y', r^-1) answering X after the edit (%), with a
     bootstrap interval over those edits' facts."""
     done = table[(table["neuron_set"] == KNOWLEDGE) & table["success"].astype(bool)]
-    return bootstrap_ci(done, lambda f: 100 * float(f["new_reverse_after"].mean()), "fact_id", n_boot=n_boot, seed=seed)
+    return bootstrap_ci(done, row_mean("new_reverse_after", scale=100), "fact_id", n_boot=n_boot, seed=seed)
 
 
 def critique_claims(tables: dict[str, dict[str, pd.DataFrame]], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -260,7 +260,7 @@ def critique_claims(tables: dict[str, dict[str, pd.DataFrame]], n_boot: int = 10
             groups = grammar_by_group(found["grammar"])
             mine = groups[groups["neuron_set"] == KNOWLEDGE].assign(
                 change=lambda f: f["accuracy_after"] - f["accuracy_before"])
-            ours = bootstrap_ci(mine, lambda f: float(f["change"].mean()), "fact_id", n_boot=n_boot, seed=seed)
+            ours = bootstrap_ci(mine, row_mean("change"), "fact_id", n_boot=n_boot, seed=seed)
             rows.append({"model": model, **claim_row("suppressing agreement neurons changes BLiMP accuracy by this many points",
                                   CRITICS["niu_dna2_correct_change"].where, critic_value("niu_dna2_correct_change"), ours,
                                   unit="points", kind=CRITIQUE, note="ours: determiner-noun paradigms; theirs: DNA.2, BERT")})

@@ -54,6 +54,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Literal, Mapping
 
+import numpy as np
 import pandas as pd
 
 from ..adapters import ModelAdapter
@@ -494,21 +495,35 @@ def delta_ppl(ppl_prompts: pd.DataFrame, source: str = "p") -> float:
 
         PPL = exp( mean_e log PPL_e ),   Delta PPL = PPL_after - PPL_before,
 
-    with each edit's log PPL_e (``evaluation.log_perplexity``) from the stored probabilities
+    with each edit's log PPL_e (``edit_log_perplexities``) from the stored probabilities
     (``source="p"``: infinite once a p is 0 in float32) or from the stored log-softmax values
     (``"logp"``: finite)."""
     if not len(ppl_prompts):
         return float("nan")
-    out = []
+    per_edit = edit_log_perplexities(ppl_prompts, source)
+    return float(ppl_difference(per_edit["before"].mean(), per_edit["after"].mean()))
+
+
+def edit_log_perplexities(ppl_prompts: pd.DataFrame, source: str = "p") -> pd.DataFrame:
+    """Each edit's log PPL before and after (``evaluation.log_perplexity`` of its prompts), one row per
+    edit with the other columns' first value (e.g. its ``fact_id``): the terms ``delta_ppl`` averages."""
+    edits = ppl_prompts[_edit_column(ppl_prompts)]
+    out = ppl_prompts.groupby(edits, sort=False).first()
     for when in ("before", "after"):
         if source == "p":
             logs = ppl_prompts[f"p_{when}"].map(lambda p: math.log(p) if p > 0 else -math.inf)
         else:
             logs = ppl_prompts[f"logp_{when}"]
-        per_edit = [log_perplexity(group.tolist()) for _, group in logs.groupby(ppl_prompts[_edit_column(ppl_prompts)])]
-        mean = sum(per_edit) / len(per_edit)
-        out.append(math.exp(mean) if mean < 709.78 else math.inf)
-    return out[1] - out[0] if math.isfinite(out[0]) else math.nan
+        out[when] = [log_perplexity(group.tolist()) for _, group in logs.groupby(edits, sort=False)]
+    return out
+
+
+def ppl_difference(mean_log_before, mean_log_after):
+    """PPL_after - PPL_before from the mean log perplexities (``delta_ppl``); NaN when PPL_before is
+    infinite. Works on arrays (one entry per bootstrap resample) as on numbers."""
+    ppl = [np.where(m < 709.78, np.exp(np.minimum(m, 709.78)), np.inf)  # beyond that exp overflows a float
+           for m in (np.asarray(mean_log_before, dtype=float), np.asarray(mean_log_after, dtype=float))]
+    return np.where(np.isfinite(ppl[0]), ppl[1] - ppl[0], np.nan)
 
 
 def _edit_column(frame: pd.DataFrame) -> str:

@@ -22,9 +22,11 @@ def test_rows_and_probabilities(tiny):
     assert set(none.fact_id) == {"P19/2", "P36/1", "P36/3"} and (none.p_after == none.p_before).all()
     row = own[(own.fact_id == "P19/0") & (own.template_id == 0) & (own.operation == "suppress")].iloc[0]
     prompt = tiny.encode(RELATIONS["P19"].templates[0], "alice", "paris")
-    assert row.p_before == answer_distribution(tiny, prompt)[prompt.target_id].item()
+    # the experiment batches its prompts: equal to one prompt at a time up to float rounding, which
+    # depends on the batch and on the number of threads
+    assert row.p_before == pytest.approx(answer_distribution(tiny, prompt)[prompt.target_id].item(), rel=1e-5)
     with scaled_activations(tiny, KNS["P19/0"], prompt.answer_pos, 0.0):
-        assert row.p_after == answer_distribution(tiny, prompt)[prompt.target_id].item()
+        assert row.p_after == pytest.approx(answer_distribution(tiny, prompt)[prompt.target_id].item(), rel=1e-5)
     # the unrelated fact comes from the other relation, and carries the evaluated fact's own answer
     unrelated = table[table.scope == "unrelated"]
     assert (unrelated.relation != unrelated.eval_relation).all() and set(unrelated[unrelated.n_kn > 0].fact_id) == set(KNS)

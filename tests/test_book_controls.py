@@ -102,6 +102,11 @@ class _FakeSample:
 
         return BookSample.committed(self, stage, table)
 
+    def progress(self, stage):
+        from kn_lib.book import BookSample
+
+        return BookSample.progress(self, stage)
+
 
 @pytest.mark.parametrize("sample,said", [
     (_FakeSample(), "m: erase on known facts not run (or not finished)"),

@@ -124,6 +124,7 @@ def test_known_erase_scopes_says_how_far_an_unfinished_model_got(monkeypatch):
             return {"shards": {"ig": {}} if self.model == "empty" else {}}
 
         committed = book.BookSample.committed  # the real rule, on this fake's results
+        progress = book.BookSample.progress
 
     monkeypatch.setattr(book, "known_facts_sample", lambda model, size, params: Sample(model))
     scopes, lines = known_erase_scopes({"done": 8, "half": 8, "none": 8, "empty": 8, "controls": 8})

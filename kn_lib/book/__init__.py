@@ -98,14 +98,21 @@ class BookSample:
         """The stage's summary, one row per neuron set, indexed by method (``ig``, ``activation``, ...)."""
         return self.load(stage, "summary").set_index("method")
 
+    def progress(self, stage: str) -> str:
+        """What a stage still being computed has saved: "saved so far: <shard> <n> (<units>); ..." (a long
+        shard's units, ``saved_units``), or "" when no shard is part-way."""
+        saved = self.saved_units(stage)
+        if not saved:
+            return ""
+        return "saved so far: " + "; ".join(f"{shard} {len(units)} ({', '.join(units)})" for shard, units in saved.items())
+
     def committed(self, stage: str, table: str = "table") -> tuple[pd.DataFrame | None, str]:
         """A stage's committed rows and what a page says of them: (table, "") when finished; (table,
         "not finished; saved so far: ...") when some shards are still being computed; (None, why) when
         there are no rows: "not run (or not finished)", "not finished; saved so far: ..." (a long shard's
         units, ``saved_units``), or "has no rows: nothing could be done ..." (every shard finished empty)."""
         saved = self.saved_units(stage)
-        so_far = "not finished; saved so far: " + "; ".join(
-            f"{shard} {len(units)} ({', '.join(units)})" for shard, units in saved.items())
+        so_far = f"not finished; {self.progress(stage)}"
         try:
             rows = self.load(stage, table)
         except results.ResultsNotFound:

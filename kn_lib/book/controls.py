@@ -264,14 +264,15 @@ def stored_control_tables(runs: dict[str, dict[str, int | None]] | None = None) 
     for model, experiments in (runs or CONTROL_RUNS).items():
         for name, size in experiments.items():
             stage = _STAGES[name]
-            table, status = control_sample(model, name, size).committed(stage)
+            sample = control_sample(model, name, size)
+            table, status = sample.committed(stage)
             if table is None:
                 missing.append(f"{model}: {stage} on known facts {status}")
                 continue
             column = "neuron_set" if name == "update" else "method"
             if column not in table or not set(CONTROL_SETS) & set(table[column]):
                 missing.append(f"{model}: {stage} on known facts has no control rows yet "
-                               + (f"({status.removeprefix('not finished; ')})" if status else f"(`kn {stage}` computes them)"))
+                               + (f"({sample.progress(stage)})" if status else f"(`kn {stage}` computes them)"))
                 continue
             if status:  # one control finished, another not: the finished one is compared
                 missing.append(f"{model}: {stage} on known facts: controls {status}")

@@ -4,6 +4,8 @@ The book's "Does it hold?" chapter puts each claim of Dai et al. (2022) next to 
 95% bootstrap interval. Resampling is by *cluster*, the unit the statistic averages over: a
 relation-averaged number (Figures 4-5, Tables 4 and 5) is resampled over relations, a per-fact or
 per-edit one (Table 6) over facts, so the interval reflects the variation the paper's average hides.
+A cluster drawn twice counts twice (``bootstrap_ci``): merging the copies, as a statistic that groups by
+the cluster would, averages the distinct clusters drawn and gives too narrow an interval.
 
 An **effect claim** ("suppressing KNs lowers p") is read twice against our interval, in the paper's
 direction (``effect = paper - null``; ``null`` is "no effect", 0 unless the claim compares with

@@ -49,6 +49,18 @@ def finished(request, tmp_path_factory):
     return root, settings, {stage: run(stage, settings, root) for stage in EXPERIMENT_STAGES}
 
 
+def test_an_experiments_rows_about_other_relations_are_loaded(finished):
+    # the official erase measures facts of relations the run did not analyse; loading the run by its
+    # settings (as the book does) must keep them, not cut them to the sample's relations
+    root, settings, _ = finished
+    stored = store_of(root, settings, "erase").read("table")
+    outside = ~stored["relation"].isin(RELATIONS.split(","))
+    assert outside.any() and set(stored.loc[outside, "scope"]) == {"other"}
+    loaded = results.load(settings.model, "erase", root=root, preset="smoke", relations=RELATIONS, facts_per_relation=2,
+                          steps=2, device="cpu", params={"max_other_facts": 30})
+    assert len(loaded) == len(stored)
+
+
 def test_every_experiment_stage_writes_its_tables(finished):
     root, settings, summaries = finished
     assert EXPERIMENT_STAGES == ("statistics", "suppress-amplify", "bingrel", "update", "erase")

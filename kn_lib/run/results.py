@@ -67,11 +67,13 @@ def load(
         table = spec.tables[0] if spec else store.tables()[0]
     frame = store.read(table, verify=verify)
     # attribute and refine shards may hold a larger sample than asked; an experiment's key fixes its sample,
-    # and its rows may be about facts outside it on purpose (erase measures every fact of a relation)
-    if fact_ids is not None and stage in ("attribute", "refine") and "fact_id" in frame.columns:
-        frame = frame[frame["fact_id"].isin(fact_ids)].reset_index(drop=True)
-    if relation_ids is not None and "relation" in frame.columns:
-        frame = frame[frame["relation"].isin(relation_ids)].reset_index(drop=True)
+    # and its rows may be about facts and relations outside it on purpose (erase measures every fact of the
+    # erased relation and a sample of every other relation's facts, whichever relations the run analysed)
+    if stage in ("attribute", "refine"):
+        if fact_ids is not None and "fact_id" in frame.columns:
+            frame = frame[frame["fact_id"].isin(fact_ids)].reset_index(drop=True)
+        if relation_ids is not None and "relation" in frame.columns:
+            frame = frame[frame["relation"].isin(relation_ids)].reset_index(drop=True)
     if as_dataset:
         import datasets
 

@@ -111,15 +111,15 @@ class BookSample:
         "not finished; saved so far: ...") when some shards are still being computed; (None, why) when
         there are no rows: "not run (or not finished)", "not finished; saved so far: ..." (a long shard's
         units, ``saved_units``), or "has no rows: nothing could be done ..." (every shard finished empty)."""
-        saved = self.saved_units(stage)
-        so_far = f"not finished; {self.progress(stage)}"
+        progress = self.progress(stage)
+        so_far = f"not finished; {progress}"
         try:
             rows = self.load(stage, table)
         except results.ResultsNotFound:
             rows = None
         if rows is not None and not rows.empty:
-            return rows, so_far if saved else ""
-        if saved:
+            return rows, so_far if progress else ""
+        if progress:
             return None, so_far
         if rows is None or not self.manifest(stage)["shards"]:  # not run, or started with no shard finished
             return None, "not run (or not finished)"

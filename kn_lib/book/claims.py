@@ -326,12 +326,13 @@ _ERASE_OTHER_CHANGE = cluster_mean(lambda rows: _erase_change(rows, "other"), st
 
 
 def _delta_ppl(scope: str, source: str = "logp") -> ClusterSums:
-    """Table 6's Delta PPL (``update_facts.delta_ppl``) of the knowledge neurons' edits on ``scope``, from
-    per-fact totals of the edits' log perplexities, so that a fact drawn twice counts its edits twice."""
+    """Table 6's Delta PPL (``update_facts.delta_ppl``) of the edits' ``scope`` prompts (give it one neuron
+    set's rows), from per-fact totals of the edits' log perplexities, so that a fact drawn twice counts its
+    edits twice."""
     from ..experiments.update_facts import edit_log_perplexities, ppl_difference
 
     def totals(frame: pd.DataFrame, keys: np.ndarray) -> pd.DataFrame:
-        sel = ((frame["scope"] == scope) & (frame["neuron_set"] == "knowledge")).to_numpy()
+        sel = (frame["scope"] == scope).to_numpy()
         if not sel.any():
             return pd.DataFrame(columns=["before", "after", "n"], dtype=float)
         per_edit = edit_log_perplexities(frame[sel].assign(_key=keys[sel]), source)

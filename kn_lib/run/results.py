@@ -17,6 +17,10 @@ from .store import (  # noqa: F401  (re-exported)
     default_root, safe_name, sha256_file, stores, write_parquet_atomic,
 )
 
+# stages whose shards may hold a larger sample than asked: loading by settings keeps the asked facts only
+CUT_TO_SAMPLE = ("attribute", "refine")
+
+
 def load(
     model: str,
     stage: str,
@@ -45,7 +49,7 @@ def load(
         store = ResultStore(root, model, stage, cache_key(spec.key_settings(settings)))
         if not store.exists():
             raise ResultsNotFound(f"no {stage} results for {model} with these settings at {store.dir}; run `kn {stage}` first")
-        if spec.uses_sample:
+        if spec.uses_sample and stage in CUT_TO_SAMPLE:
             fact_ids = set(settings.selected_fact_ids())
             relation_ids = set(settings.relation_ids())
     elif key is not None:
@@ -69,7 +73,7 @@ def load(
     # attribute and refine shards may hold a larger sample than asked; an experiment's key fixes its sample,
     # and its rows may be about facts and relations outside it on purpose (erase measures every fact of the
     # erased relation and a sample of every other relation's facts, whichever relations the run analysed)
-    if stage in ("attribute", "refine"):
+    if stage in CUT_TO_SAMPLE:
         if fact_ids is not None and "fact_id" in frame.columns:
             frame = frame[frame["fact_id"].isin(fact_ids)].reset_index(drop=True)
         if relation_ids is not None and "relation" in frame.columns:

@@ -9,6 +9,7 @@ Modules, each importing only those listed before it (``tests/test_import_graph.p
 * ``experiment_stages``: the paper's experiments as stages (``statistics``, ``suppress-amplify``, ...);
 * ``coverage_stages``: ``coverage``, single-token coverage of every fact (the background chapter);
 * ``critique_stages``: the field's critiques (``edit-localization``, ``symmetry``, ``grammar``);
+* ``faithfulness_stage``: ``faithfulness``, attribution methods against exact ablation;
 * ``results``: reading a stage's table back by preset and options (``results.load``, for the book);
 * ``runner``: runs a stage's shards locally or on Ray, resuming finished ones;
 * ``cli``: the ``kn`` command.
@@ -22,3 +23,4 @@ from . import search_stages  # noqa: F401  (registers attribute, refine)
 from . import experiment_stages  # noqa: F401  (registers the experiments, after refine)
 from . import coverage_stages  # noqa: F401  (registers coverage)
 from . import critique_stages  # noqa: F401  (registers edit-localization, symmetry, grammar)
+from . import faithfulness_stage  # noqa: F401  (registers faithfulness)

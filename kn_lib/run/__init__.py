@@ -10,6 +10,7 @@ Modules, each importing only those listed before it (``tests/test_import_graph.p
 * ``coverage_stages``: ``coverage``, single-token coverage of every fact (the background chapter);
 * ``critique_stages``: the field's critiques (``edit-localization``, ``symmetry``, ``grammar``);
 * ``faithfulness_stage``: ``faithfulness``, attribution methods against exact ablation;
+* ``null_stages``: ``nonsense`` and ``redundancy``, the field's nulls against knowledge neurons;
 * ``results``: reading a stage's table back by preset and options (``results.load``, for the book);
 * ``runner``: runs a stage's shards locally or on Ray, resuming finished ones;
 * ``cli``: the ``kn`` command.
@@ -24,3 +25,4 @@ from . import experiment_stages  # noqa: F401  (registers the experiments, after
 from . import coverage_stages  # noqa: F401  (registers coverage)
 from . import critique_stages  # noqa: F401  (registers edit-localization, symmetry, grammar)
 from . import faithfulness_stage  # noqa: F401  (registers faithfulness)
+from . import null_stages  # noqa: F401  (registers nonsense, redundancy)

@@ -101,12 +101,12 @@ def _compute(ctx: StageContext, job: Job, adapter, on_fact=None) -> dict[str, pd
     logprob, why = _logprob(adapter, config.logprob_increase)
     if why:
         skips.add(why, job.relation)
-    tables = faithfulness(adapter, correct, neurons_by_fact(refined) if len(refined) else {}, config, logprob,
-                          progress=job_progress(job, on_fact))
+    progress = job_progress(job, on_fact)
+    tables = faithfulness(adapter, correct, neurons_by_fact(refined) if len(refined) else {}, config, logprob, progress=progress)
     tables["skipped"] = _skipped_frame(skips.frame(), settings, settings.config.method)
     for name in ("curve", "ranks", "effects"):
         tables[name] = tables[name].assign(model=settings.model) if len(tables[name]) else tables[name]
-    job_progress(job, on_fact)(len(job.facts))
+    progress(len(job.facts))  # the facts skipped above
     return tables
 
 

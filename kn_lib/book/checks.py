@@ -501,3 +501,27 @@ def layer_localization_r2(student: Callable[[pd.DataFrame], tuple[float, float]]
 CHECKS = {f.__name__: f for f in (integrated_gradients_layer, refined_neurons, change_ratio, table4_activation,
                                   value_slot_update, top_neurons, effect_verdict,
                                   layer_localization_r2)}
+
+
+# -- which neurons matter: gradient x activation --------------------------------------------------------------
+
+def gradient_times_activation(student: Callable[[Callable, torch.Tensor], torch.Tensor]) -> None:
+    """``student(p_of, w_bar)`` -> a_i * dP/dw_i at w = w_bar [n_neurons] for one layer, where ``p_of(w)`` is
+    p(answer) with the layer's activation set to w; checked against
+    ``experiments.attribution_methods.grad_x_activation`` (integrated gradients with one right-sum step)."""
+    from ..experiments.attribution_methods import grad_x_activation
+
+    def reference(p_of, w_bar, _at):
+        adapter, prompt, layer = _at
+        return grad_x_activation(adapter, prompt)[layer].double()
+
+    mistakes = [
+        Mistake(lambda p, w, _at: _riemann(p, w, 1, range(1, 2), 1.0, times_w=False),
+                "that is the gradient alone: gradient x activation multiplies it by the neuron's own activation."),
+        Mistake(lambda p, w, _at: _riemann(p, w, 1, range(0, 1), 1.0),
+                "your gradient is taken at w = 0 (alpha = 0), the official left sum's first node; take it at the observed activation."),
+    ]
+    hint = "take the gradient of p_of at w_bar itself (one backward pass) and multiply it elementwise by w_bar."
+    cases = [Case(c.name.rsplit(", m =", 1)[0], c.args[:2], c.kwargs) for c in _ig_cases()]
+    with _one_thread():
+        _run("gradient_times_activation", lambda p, w, _at=None: student(p, w), cases, reference, _close(1e-6), mistakes, hint, _short)

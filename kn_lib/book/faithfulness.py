@@ -108,13 +108,19 @@ def paired_difference(tables: dict[str, pd.DataFrame], a: str, b: str, value: st
 
 
 def direction(ci: Interval) -> str:
-    """"higher" / "lower" when the interval excludes 0, "no difference detected" otherwise."""
+    """"more faithful" / "less faithful" (IG's value minus the other's: higher recall or a larger drop is
+    more faithful) when the interval excludes 0, "no difference detected" otherwise; "too few
+    relations" below the claims' ``MIN_CLUSTERS`` (a relation-clustered interval on fewer under-covers)."""
+    from .claims import MIN_CLUSTERS
+
     if not np.isfinite(ci.low):
         return "no data"
+    if ci.n_clusters < MIN_CLUSTERS:
+        return "too few relations"
     if ci.low > 0:
-        return "higher"
+        return "more faithful"
     if ci.high < 0:
-        return "lower"
+        return "less faithful"
     return "no difference detected"
 
 
@@ -135,3 +141,163 @@ def verdict_rows(tables_by_model: dict[str, dict[str, pd.DataFrame]], k: int = 1
                          "estimate": ci.estimate, "low": ci.low, "high": ci.high, "n_facts": n["fact_id"].nunique(),
                          "n_relations": n["relation"].nunique(), "IG is": direction(ci)})
     return pd.DataFrame(rows)
+
+
+def _ci(estimate: float, low: float, high: float, digits: str = ".3g") -> str:
+    if not np.isfinite(estimate):
+        return "—"
+    return f"{estimate:{digits}} [{low:{digits}}, {high:{digits}}]"
+
+
+def shown_methods(table: pd.DataFrame, k: int = 10) -> pd.DataFrame:
+    """``method_table`` as a page shows it: one interval per cell, readable names, at most 6 columns."""
+    out = pd.DataFrame({
+        "method": [LABELS[m] for m in table["method"]],
+        f"recall@{k}": [_ci(r.recall, r.recall_low, r.recall_high, ".2f") for r in table.itertuples()],
+        f"drop of log p, top-{k}": [_ci(r.drop, r.drop_low, r.drop_high, ".2f") for r in table.itertuples()],
+        "Spearman, random neurons": [_ci(r.spearman, r.spearman_low, r.spearman_high, ".2f") if "spearman" in table and np.isfinite(r.spearman)
+                                     else "—" for r in table.itertuples()],
+        "s per prompt": [f"{r.seconds:.3g}" if "seconds" in table and np.isfinite(r.seconds) else "—" for r in table.itertuples()],
+        "n facts (relations)": [f"{r.n_facts} ({r.n_relations})" for r in table.itertuples()],
+    })
+    return out
+
+
+def shown_verdicts(rows: pd.DataFrame) -> pd.DataFrame:
+    """``verdict_rows`` as a page shows it."""
+    return pd.DataFrame({
+        "model": rows["model"], "comparison": rows["comparison"], "metric": rows["metric"],
+        "difference [95% CI]": [_ci(r.estimate, r.low, r.high, ".2f") for r in rows.itertuples()],
+        "n facts (relations)": [f"{r.n_facts} ({r.n_relations})" for r in rows.itertuples()],
+        "IG at m = 20 is": rows["IG is"],
+    })
+
+
+# -- generated sentences: one template per case, each branch tested (tests/test_book_faithfulness.py) ------------
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """"1 fact", "2 facts"."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+def _row(table: pd.DataFrame, method: str) -> Any:
+    rows = table[table["method"] == method]
+    return next(rows.itertuples()) if len(rows) else None
+
+
+def _difference(estimate: float, low: float, high: float, direction: str) -> str:
+    """How a verdict reads: which side is more faithful, and by how much (``direction`` from ``direction``)."""
+    span = f"{estimate:+.2f} [{low:+.2f}, {high:+.2f}]"
+    return {"more faithful": f"IG is more faithful ({span})", "less faithful": f"gradient × activation is more faithful ({span})",
+            "too few relations": f"too few relations to tell ({span})", "no data": "there is no data to compare"}.get(
+        direction, f"no difference is detected ({span})")
+
+
+def headline(verdicts: pd.DataFrame, method_tables: dict[str, pd.DataFrame], k: int = 10) -> str:
+    """The chapter's answer: per model, recall@k of IG (m = 20) and of gradient × activation, their time
+    ratio, and which one the paired interval favours."""
+    if verdicts.empty or not method_tables:
+        return "No faithfulness run is committed yet, so this page has no answer to give."
+    sentences = []
+    for model, table in method_tables.items():
+        ig, gxa = _row(table, "ig-m20"), _row(table, "grad-x-act")
+        mine = verdicts[(verdicts["model"] == model) & (verdicts["comparison"].str.contains("gradient")) &
+                        (verdicts["metric"] == f"recall@{k}")]
+        if ig is None or gxa is None or mine.empty:
+            sentences.append(f"On {model} the two methods were not both scored.")
+            continue
+        ratio = ig.seconds / gxa.seconds if gxa.seconds > 0 else float("nan")
+        sentences.append(
+            f"On {model} ({plural(ig.n_facts, 'fact')} in {plural(ig.n_relations, 'relation')}), the paper's integrated gradients "
+            f"(m = 20) recovers {ig.recall:.0%} of the {k} neurons whose removal lowers the answer's probability most; "
+            f"gradient × activation, one gradient instead of twenty per layer ({ratio:.0f}× less time), recovers {gxa.recall:.0%}: "
+            f"{_difference(*mine.iloc[0][['estimate', 'low', 'high', 'IG is']])}.")
+    return " ".join(sentences)
+
+
+def cost_sentence(method_tables: dict[str, pd.DataFrame]) -> str:
+    """Seconds per prompt of the scores against IG's, per model."""
+    parts = []
+    for model, table in method_tables.items():
+        ig = _row(table, "ig-m20")
+        if ig is None:
+            continue
+        others = [(LABELS[m], _row(table, m)) for m in ("ig-converged", "grad-x-act", "logprob-increase") if _row(table, m) is not None]
+        timed = ", ".join(f"{name} {row.seconds / ig.seconds:.2g}×" for name, row in others)
+        parts.append(f"on {model}, IG at m = 20 took {ig.seconds:.2g} s per prompt; relative to it, {timed}" if timed
+                     else f"on {model}, IG at m = 20 took {ig.seconds:.2g} s per prompt")
+    if not parts:
+        return "No method was timed."
+    return "Time per prompt, measured in the runs themselves: " + "; ".join(parts) + "."
+
+
+def curve_sentence(method_tables: dict[str, pd.DataFrame], k: int = 10) -> str:
+    """The drop of log p(answer) at k for IG, gradient x activation, the oracle and random neurons."""
+    parts = []
+    for model, table in method_tables.items():
+        rows = [(name, _row(table, m)) for name, m in (("IG's", "ig-m20"), ("gradient × activation's", "grad-x-act"),
+                                                        ("the exact top-k's", "exact"), ("same-layer random neurons'", "random"))]
+        said = ", ".join(f"{name} by {row.drop:.2f}" for name, row in rows if row is not None)
+        if said:
+            parts.append(f"on {model}, zeroing {said.replace('top-k', f'top-{k}')}")
+    if not parts:
+        return "No faithfulness curve is committed."
+    return f"With {k} neurons zeroed, log p(answer) falls " + "; ".join(parts) + " (means over facts)."
+
+
+def nonsense_sentence(summaries: dict[str, dict]) -> str:
+    """What the nonsense null says, per model: refined neurons on nonsense against real prompts."""
+    if not summaries:
+        return "The nonsense-prompt runs are not committed yet."
+    parts = []
+    for model, s in summaries.items():
+        ratio = s["ratio"]
+        if not np.isfinite(ratio.estimate):
+            parts.append(f"on {model} the facts have no refined knowledge neuron on their own prompts, so there is nothing to compare")
+            continue
+        size = ("as many as" if ratio.low <= 1 <= ratio.high else "more than" if ratio.low > 1 else "fewer than")
+        own = s["own"]
+        own_text = (f"; {own.estimate:.0%} of them are the fact's own" if np.isfinite(own.estimate)
+                    else "; none of the facts gets any on nonsense")
+        parts.append(f"on {model} nonsense prompts get {ratio.estimate:.2f}× [{ratio.low:.2f}, {ratio.high:.2f}] the refined neurons "
+                     f"of the real ones, {size} real prompts ({plural(s['n_facts'], 'fact')}){own_text}")
+    return "The pipeline's answer to gibberish: " + "; ".join(parts) + "."
+
+
+def filtered_sentence(differences: dict[str, pd.DataFrame]) -> str:
+    """Whether suppression without the common neurons still beats both controls, per model."""
+    if not differences:
+        return "The common-neuron runs are not committed yet."
+    parts = []
+    for model, frame in differences.items():
+        rows = frame[frame["operation"] == "suppress"]
+        if rows.empty:
+            parts.append(f"on {model} no fact keeps a knowledge neuron once the common ones are removed")
+            continue
+        below = [r.control for r in rows.itertuples() if r.high < 0]
+        spans = ", ".join(f"{r.difference:+.1f} [{r.low:+.1f}, {r.high:+.1f}] points against {r.control}" for r in rows.itertuples())
+        if len(below) == len(rows):
+            verdict = "it still lowers p(answer) more than " + ("both controls" if len(rows) == 2 else "its control")
+        elif below:
+            verdict = f"it lowers p(answer) more than the {below[0]} control only"
+        else:
+            verdict = "it does not lower p(answer) more than " + ("either control" if len(rows) == 2 else "its control")
+        parts.append(f"on {model} {verdict} ({spans})")
+    return "Without the common neurons, suppression: " + "; ".join(parts) + "."
+
+
+def degenerate_sentence(frames: dict[str, pd.DataFrame]) -> str:
+    """The share of degenerate facts for the knowledge neurons beside their controls, per model."""
+    if not frames:
+        return "The degenerate-neuron runs are not committed yet."
+    parts = []
+    for model, frame in frames.items():
+        mine = frame.set_index("neuron_set")
+        if "knowledge" not in mine.index:
+            parts.append(f"on {model} no fact has two knowledge neurons to split")
+            continue
+        kn = mine.loc["knowledge"]
+        controls = ", ".join(f"{name} {mine.loc[name, 'degenerate']:.0%}" for name in mine.index if name != "knowledge")
+        parts.append(f"on {model} {kn['degenerate']:.0%} [{kn['degenerate_low']:.0%}, {kn['degenerate_high']:.0%}] of "
+                     f"{plural(int(kn['n_facts']), 'fact')} have degenerate knowledge neurons" + (f" (controls: {controls})" if controls else ""))
+    return "By Chen et al.'s thresholds, " + "; ".join(parts) + "."

@@ -1,0 +1,98 @@
+"""The nulls of the "Which neurons matter?" chapter, read from the committed ``kn nonsense`` and ``kn
+redundancy`` runs: how many knowledge neurons gibberish gets, how many neurons are common to many facts,
+how many facts are degenerate, and whether suppression survives without the common neurons. Intervals
+resample relations; n is in facts and relations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import known_facts_sample
+from .claims import Interval, bootstrap_ci
+
+RUNS: dict[str, dict[str, tuple[int, tuple[tuple[str, Any], ...]]]] = {  # model -> stage -> (facts per relation, options)
+    "smollm2-135m": {"nonsense": (30, (("null_facts", 5),)), "redundancy": (30, ())},
+    "gemma3-270m": {"nonsense": (8, (("null_facts", 3),)), "redundancy": (8, ())},
+}
+SETS = ("knowledge", "random-layer", "activation-matched")
+
+
+def committed(model: str, stage: str, table: str) -> tuple[pd.DataFrame | None, str]:
+    size, params = RUNS[model][stage]
+    return known_facts_sample(model, size, params=params).committed(stage, table)
+
+
+def command(model: str, stage: str) -> str:
+    size, params = RUNS[model][stage]
+    return (f"kn {stage} --preset known-facts --model {model} --facts-per-relation {size}"
+            + "".join(f" --{k.replace('_', '-')} {v}" for k, v in params))
+
+
+def _mean(frame: pd.DataFrame, value: str, n_boot: int, seed: int) -> Interval:
+    return bootstrap_ci(frame, lambda f: float(f[value].mean()), cluster="relation", n_boot=n_boot, seed=seed)
+
+
+def nonsense_summary(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict[str, Interval | int]:
+    """Mean refined-set size on real and on nonsense prompts, their ratio (nonsense / real, a ratio of
+    means), the share of facts with any nonsense neuron, and the share of nonsense neurons that are the
+    fact's own (over facts with any)."""
+    ratio = bootstrap_ci(table, lambda f: float(f["n_refined_nonsense"].mean() / f["n_refined_real"].mean())
+                         if f["n_refined_real"].mean() > 0 else float("nan"), cluster="relation", n_boot=n_boot, seed=seed)
+    some = table[table["n_refined_nonsense"] > 0].assign(own=lambda f: f["n_shared"] / f["n_refined_nonsense"])
+    return {"real": _mean(table, "n_refined_real", n_boot, seed), "nonsense": _mean(table, "n_refined_nonsense", n_boot, seed),
+            "ratio": ratio, "any": _mean(table.assign(any=table["n_refined_nonsense"] > 0), "any", n_boot, seed),
+            "own": _mean(some, "own", n_boot, seed) if len(some) else Interval(np.nan, np.nan, np.nan, 0, n_boot, 0.95, seed),
+            "n_facts": table["fact_id"].nunique(), "n_relations": table["relation"].nunique()}
+
+
+def degenerate_by_set(rows: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per neuron set (knowledge neurons, each control): the share of facts whose set is degenerate (Chen et
+    al.'s thresholds on accuracy) and the mean accuracy drop with the whole set zeroed."""
+    from ..experiments.redundancy import degenerate_summary
+
+    out = []
+    for name in SETS:
+        mine = rows[rows["neuron_set"] == name]
+        if mine.empty:
+            continue
+        facts = degenerate_summary(mine.drop(columns=["neuron_set"]))
+        facts = facts.dropna(subset=["drop_both"]).assign(degenerate=lambda f: f["degenerate"].astype(float))
+        share, both = _mean(facts, "degenerate", n_boot, seed), _mean(facts, "drop_both", n_boot, seed)
+        out.append({"neuron_set": name, "degenerate": share.estimate, "degenerate_low": share.low, "degenerate_high": share.high,
+                    "drop_both": both.estimate, "drop_both_low": both.low, "drop_both_high": both.high,
+                    "n_facts": facts["fact_id"].nunique(), "n_relations": facts["relation"].nunique()})
+    return pd.DataFrame(out)
+
+
+def filtered_changes(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Suppress / amplify with the common neurons filtered out: per neuron set and operation, the mean over
+    facts of the relative change of p(answer) (each fact's prompts averaged first), in percent."""
+    own = table[table["scope"] == table["scope"].iloc[0]] if "scope" in table else table
+    own = own.assign(change=100 * (own["p_after"] - own["p_before"]) / own["p_before"])
+    facts = own.groupby(["neuron_set", "operation", "relation", "fact_id"], as_index=False)["change"].mean()
+    out = []
+    for (name, operation), g in facts.groupby(["neuron_set", "operation"]):
+        ci = _mean(g, "change", n_boot, seed)
+        out.append({"neuron_set": name, "operation": operation, "change": ci.estimate, "low": ci.low, "high": ci.high,
+                    "n_facts": g["fact_id"].nunique(), "n_relations": g["relation"].nunique()})
+    return pd.DataFrame(out)
+
+
+def filtered_vs_controls(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per operation and control: mean over facts of (knowledge neurons' change - the control's change) of
+    p(answer) in percent, each fact paired with its own control; relations resampled."""
+    own = table.assign(change=100 * (table["p_after"] - table["p_before"]) / table["p_before"])
+    facts = own.groupby(["neuron_set", "operation", "relation", "fact_id"], as_index=False)["change"].mean()
+    wide = facts.pivot_table(index=["operation", "relation", "fact_id"], columns="neuron_set", values="change").reset_index()
+    out = []
+    for control in SETS[1:]:
+        if control not in wide or "knowledge" not in wide:
+            continue
+        for operation, g in wide.dropna(subset=["knowledge", control]).groupby("operation"):
+            ci = _mean(g.assign(difference=g["knowledge"] - g[control]), "difference", n_boot, seed)
+            out.append({"operation": operation, "control": control, "difference": ci.estimate, "low": ci.low, "high": ci.high,
+                        "n_facts": g["fact_id"].nunique(), "n_relations": g["relation"].nunique()})
+    return pd.DataFrame(out, columns=["operation", "control", "difference", "low", "high", "n_facts", "n_relations"])

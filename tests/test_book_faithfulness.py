@@ -1,0 +1,134 @@
+"""The "Which neurons matter?" chapter's helpers (``kn_lib.book.faithfulness``, ``kn_lib.book.nulls``) on
+hand-made tables: the method table and paired verdicts resample relations and say which side is more
+faithful; every generated sentence is rendered in each of its branches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kn_lib.book import faithfulness as F
+from kn_lib.book import nulls
+from kn_lib.book.claims import MIN_CLUSTERS, Interval
+
+
+def curve_tables(n_relations: int = 12, ig_better: float = 0.2, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Two facts per relation, methods ig-m20 / grad-x-act / exact / random; IG's recall higher by ``ig_better``."""
+    rng = np.random.default_rng(seed)
+    curve, ranks = [], []
+    for r in range(n_relations):
+        for f in range(2):
+            fact = f"P{r}/{f}"
+            base = {"relation": f"P{r}", "fact_id": fact, "template_id": 0}
+            for method, recall in (("ig-m20", 0.6 + ig_better), ("grad-x-act", 0.6), ("exact", 1.0), ("random", 0.0)):
+                for k in (1, 10, 50):
+                    noise = rng.normal(0, 0.02)
+                    curve.append({**base, "method": method, "k": k, "recall": recall + noise, "delta_log_p": -k * recall / 10,
+                                  "correct_after": True, "flip": False, "log_p_before": -1.0})
+                if method in ("ig-m20", "grad-x-act"):
+                    ranks.append({**base, "method": method, "spearman_candidates": 0.9, "spearman_random": 0.8 + noise,
+                                  "seconds": 2.0 if method == "ig-m20" else 0.2})
+    return {"curve": pd.DataFrame(curve), "ranks": pd.DataFrame(ranks)}
+
+
+def test_the_method_table_averages_facts_and_counts_relations():
+    table = F.method_table(curve_tables(), k=10, n_boot=200)
+    ig = table.set_index("method").loc["ig-m20"]
+    assert ig["recall"] == pytest.approx(0.8, abs=0.02) and ig["recall_low"] <= ig["recall"] <= ig["recall_high"]
+    assert (ig["n_facts"], ig["n_relations"]) == (24, 12)
+    assert ig["seconds"] == pytest.approx(2.0)
+    shown = F.shown_methods(table)
+    assert len(shown.columns) <= 7 and not shown.isna().any().any()
+    assert shown.loc[shown["method"] == F.LABELS["exact"], "s per prompt"].item() == "—"
+
+
+@pytest.mark.parametrize("ig_better,relations,expected", [
+    (0.2, 12, "more faithful"), (-0.2, 12, "less faithful"), (0.0, 12, "no difference detected"), (0.2, MIN_CLUSTERS - 1, "too few relations"),
+])
+def test_verdicts_follow_the_paired_interval(ig_better, relations, expected):
+    rows = F.verdict_rows({"m": curve_tables(relations, ig_better)}, k=10, n_boot=300)
+    recall = rows[(rows["metric"] == "recall@10") & rows["comparison"].str.contains("gradient")].iloc[0]
+    assert recall["IG is"] == expected
+    sentence = F.headline(rows, {"m": F.method_table(curve_tables(relations, ig_better), 10, 200)}, 10)
+    phrase = {"more faithful": "IG is more faithful", "less faithful": "gradient × activation is more faithful",
+              "no difference detected": "no difference is detected", "too few relations": "too few relations to tell"}[expected]
+    assert phrase in sentence and f"{2 * relations} facts" in sentence
+    assert "nan" not in sentence.lower()
+
+
+def test_headline_and_sentences_without_data():
+    assert F.headline(pd.DataFrame(), {}) == "No faithfulness run is committed yet, so this page has no answer to give."
+    assert F.cost_sentence({}) == "No method was timed."
+    assert F.curve_sentence({}) == "No faithfulness curve is committed."
+    assert F.nonsense_sentence({}).startswith("The nonsense-prompt runs are not committed")
+    assert F.filtered_sentence({}).startswith("The common-neuron runs are not committed")
+    assert F.degenerate_sentence({}).startswith("The degenerate-neuron runs are not committed")
+
+
+def test_cost_and_curve_sentences_name_each_method():
+    table = F.method_table(curve_tables(), 10, 100)
+    cost = F.cost_sentence({"m": table})
+    assert "IG at m = 20 took 2 s per prompt" in cost and "gradient × activation 0.1×" in cost
+    alone = F.cost_sentence({"m": table[table["method"] == "ig-m20"]})
+    assert alone == "Time per prompt, measured in the runs themselves: on m, IG at m = 20 took 2 s per prompt."
+    curve = F.curve_sentence({"m": table}, 10)
+    assert "the exact top-10's by" in curve and "same-layer random neurons' by" in curve
+
+
+def _interval(e, lo, hi, n=12):
+    return Interval(e, lo, hi, n, 100, 0.95, 0)
+
+
+@pytest.mark.parametrize("ratio,own,says", [
+    ((0.4, 0.2, 0.6), (0.5, 0.3, 0.7), "fewer than real prompts"),
+    ((1.0, 0.7, 1.3), (0.5, 0.3, 0.7), "as many as real prompts"),
+    ((2.0, 1.5, 2.5), (np.nan, np.nan, np.nan), "none of the facts gets any on nonsense"),
+    ((np.nan, np.nan, np.nan), (np.nan, np.nan, np.nan), "nothing to compare"),
+])
+def test_nonsense_sentence_branches(ratio, own, says):
+    summary = {"ratio": _interval(*ratio), "own": _interval(*own), "n_facts": 1, "n_relations": 1}
+    sentence = F.nonsense_sentence({"m": summary})
+    assert says in sentence and "nan" not in sentence.lower()
+    if np.isfinite(ratio[0]):
+        assert "(1 fact)" in sentence
+
+
+@pytest.mark.parametrize("highs,says", [
+    ((-1.0, -2.0), "still lowers p(answer) more than both controls"),
+    ((-1.0, 3.0), "more than the random-layer control only"),
+    ((1.0, 3.0), "does not lower p(answer) more than either control"),
+    ((-1.0,), "more than its control"),
+])
+def test_filtered_sentence_branches(highs, says):
+    controls = ["random-layer", "activation-matched"][: len(highs)]
+    frame = pd.DataFrame({"operation": "suppress", "control": controls, "difference": [h - 1 for h in highs],
+                          "low": [h - 2 for h in highs], "high": list(highs), "n_facts": 5, "n_relations": 2})
+    assert says in F.filtered_sentence({"m": frame})
+    empty = frame.iloc[0:0]
+    assert "no fact keeps a knowledge neuron" in F.filtered_sentence({"m": empty})
+
+
+def test_degenerate_sentence_branches():
+    frame = pd.DataFrame({"neuron_set": ["knowledge", "random-layer"], "degenerate": [0.25, 0.0], "degenerate_low": [0.1, 0.0],
+                          "degenerate_high": [0.4, 0.0], "n_facts": [1, 1]})
+    sentence = F.degenerate_sentence({"m": frame})
+    assert "25% [10%, 40%] of 1 fact have degenerate" in sentence and "(controls: random-layer 0%)" in sentence
+    alone = F.degenerate_sentence({"m": frame.iloc[:1]})
+    assert "controls" not in alone
+    assert "no fact has two knowledge neurons" in F.degenerate_sentence({"m": frame.iloc[1:]})
+
+
+def test_null_summaries_on_hand_made_tables():
+    table = pd.DataFrame({"fact_id": [f"P{i % 4}/{i}" for i in range(8)], "relation": [f"P{i % 4}" for i in range(8)],
+                          "n_refined_real": [2, 4, 2, 4, 2, 4, 2, 4], "n_refined_nonsense": [1, 0, 1, 0, 1, 2, 1, 0],
+                          "n_shared": [1, 0, 0, 0, 1, 1, 0, 0]})
+    s = nulls.nonsense_summary(table, n_boot=100)
+    assert s["ratio"].estimate == pytest.approx(0.75 / 3) and s["any"].estimate == pytest.approx(5 / 8)
+    assert s["own"].estimate == pytest.approx((1 + 0 + 1 + 0.5 + 0) / 5)
+    rows = []
+    for fact, kn_change, control_change in (("P1/0", 0.1, 0.9), ("P2/0", 0.3, 0.9)):
+        for name, after in (("knowledge", kn_change), ("random-layer", control_change)):
+            rows.append({"neuron_set": name, "operation": "suppress", "relation": fact[:2], "fact_id": fact, "p_before": 1.0, "p_after": after})
+    diff = nulls.filtered_vs_controls(pd.DataFrame(rows), n_boot=50)
+    assert diff["difference"].item() == pytest.approx(-70.0) and diff["n_facts"].item() == 2

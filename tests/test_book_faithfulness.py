@@ -48,7 +48,7 @@ def test_the_method_table_averages_facts_and_counts_relations():
 ])
 def test_verdicts_follow_the_paired_interval(ig_better, relations, expected):
     rows = F.verdict_rows({"m": curve_tables(relations, ig_better)}, k=10, n_boot=300)
-    recall = rows[(rows["metric"] == "recall@10") & rows["comparison"].str.contains("gradient")].iloc[0]
+    recall = rows[(rows["metric"] == "recall@10") & (rows["against"] == F.LABELS["grad-x-act"])].iloc[0]
     assert recall["IG is"] == expected
     sentence = F.headline(rows, {"m": F.method_table(curve_tables(relations, ig_better), 10, 200)}, 10)
     phrase = {"more faithful": "IG is more faithful", "less faithful": "gradient × activation is more faithful",
@@ -132,3 +132,27 @@ def test_null_summaries_on_hand_made_tables():
             rows.append({"neuron_set": name, "operation": "suppress", "relation": fact[:2], "fact_id": fact, "p_before": 1.0, "p_after": after})
     diff = nulls.filtered_vs_controls(pd.DataFrame(rows), n_boot=50)
     assert diff["difference"].item() == pytest.approx(-70.0) and diff["n_facts"].item() == 2
+
+
+def test_summary_line_counts_each_verdict():
+    rows = pd.DataFrame({"model": ["a", "a", "a", "b"], "IG is": ["more faithful", "less faithful", "more faithful", "no data"]})
+    assert F.summary_line(rows) == "a: IG more faithful in 2 of 3 comparisons, less faithful in 1; b: no data in 1 of 1 comparison"
+    assert F.summary_line(pd.DataFrame()) == "no faithfulness run is committed yet"
+
+
+@pytest.mark.parametrize("direction,says", [
+    ("less faithful", "gradient × activation, 10× cheaper, finds the exact top-10 better than IG"),
+    ("more faithful", "IG finds the exact top-10 better than gradient × activation"),
+    ("no difference detected", "no difference is detected between IG and gradient × activation"),
+    ("too few relations", "the comparison has too few relations"),
+])
+def test_cheap_sentence_branches(direction, says):
+    verdicts = pd.DataFrame({"model": ["m"], "against": [F.LABELS["grad-x-act"]], "metric": ["recall@10"],
+                             "estimate": [0.1], "low": [0.05], "high": [0.2], "IG is": [direction]})
+    cost = pd.DataFrame({"model": ["m", "m"], "method": ["grad-x-act", "ig-m20"], "seconds_median": [0.2, 2.0],
+                         "seconds_vs_ig_m20": [0.1, 1.0], "gflop": [1.0, 20.0], "gflop_vs_ig_m20": [0.05, 1.0]})
+    assert says in F.cheap_sentence(verdicts, cost)
+    assert "cheaper" in F.cheap_sentence(verdicts, None) or direction == "too few relations"
+    shown = F.cost_table(cost)
+    assert list(shown["× IG's time"]) == ["0.1", "1"] and shown.notna().all().all() and len(shown.columns) <= 7
+    assert F.cheap_sentence(pd.DataFrame(), cost).startswith("No faithfulness run")

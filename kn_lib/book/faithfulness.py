@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from . import BookSample, known_facts_sample
-from .claims import Interval, bootstrap_ci
+from .claims import Interval, bootstrap_ci, row_mean
 
 # the committed runs: kn faithfulness --preset known-facts --model M [--facts-per-relation N] + these options
 RUNS: dict[str, tuple[int, tuple[tuple[str, Any], ...]]] = {
@@ -57,7 +57,7 @@ def per_fact(frame: pd.DataFrame, value: str, by: tuple[str, ...] = ("method",))
 
 def fact_mean(frame: pd.DataFrame, value: str, n_boot: int = 1000, seed: int = 0) -> Interval:
     """Mean over facts of ``value`` (one row per fact), relations resampled."""
-    return bootstrap_ci(frame, lambda f: float(f[value].mean()), cluster="relation", n_boot=n_boot, seed=seed)
+    return bootstrap_ci(frame, row_mean(value), cluster="relation", n_boot=n_boot, seed=seed)
 
 
 def curve_areas(curve: pd.DataFrame) -> pd.DataFrame:
@@ -137,7 +137,7 @@ def verdict_rows(tables_by_model: dict[str, dict[str, pd.DataFrame]], k: int = 1
                 continue
             ci = paired_difference(tables, a, b, value, k, n_boot, seed)
             n = tables["curve"][tables["curve"]["method"] == a]
-            rows.append({"model": model, "comparison": f"{LABELS[a]} − {LABELS[b]}", "metric": f"recall@{k}" if value == "recall" else f"drop of top-{k}",
+            rows.append({"model": model, "against": LABELS[b], "metric": f"recall@{k}" if value == "recall" else f"drop of top-{k}",
                          "estimate": ci.estimate, "low": ci.low, "high": ci.high, "n_facts": n["fact_id"].nunique(),
                          "n_relations": n["relation"].nunique(), "IG is": direction(ci)})
     return pd.DataFrame(rows)
@@ -166,7 +166,7 @@ def shown_methods(table: pd.DataFrame, k: int = 10) -> pd.DataFrame:
 def shown_verdicts(rows: pd.DataFrame) -> pd.DataFrame:
     """``verdict_rows`` as a page shows it."""
     return pd.DataFrame({
-        "model": rows["model"], "comparison": rows["comparison"], "metric": rows["metric"],
+        "model": rows["model"], "IG, m = 20, against": rows["against"], "metric": rows["metric"],
         "difference [95% CI]": [_ci(r.estimate, r.low, r.high, ".2f") for r in rows.itertuples()],
         "n facts (relations)": [f"{r.n_facts} ({r.n_relations})" for r in rows.itertuples()],
         "IG at m = 20 is": rows["IG is"],
@@ -201,7 +201,7 @@ def headline(verdicts: pd.DataFrame, method_tables: dict[str, pd.DataFrame], k: 
     sentences = []
     for model, table in method_tables.items():
         ig, gxa = _row(table, "ig-m20"), _row(table, "grad-x-act")
-        mine = verdicts[(verdicts["model"] == model) & (verdicts["comparison"].str.contains("gradient")) &
+        mine = verdicts[(verdicts["model"] == model) & (verdicts["against"] == LABELS["grad-x-act"]) &
                         (verdicts["metric"] == f"recall@{k}")]
         if ig is None or gxa is None or mine.empty:
             sentences.append(f"On {model} the two methods were not both scored.")
@@ -301,3 +301,61 @@ def degenerate_sentence(frames: dict[str, pd.DataFrame]) -> str:
         parts.append(f"on {model} {kn['degenerate']:.0%} [{kn['degenerate_low']:.0%}, {kn['degenerate_high']:.0%}] of "
                      f"{plural(int(kn['n_facts']), 'fact')} have degenerate knowledge neurons" + (f" (controls: {controls})" if controls else ""))
     return "By Chen et al.'s thresholds, " + "; ".join(parts) + "."
+
+
+def summary_line(verdicts: pd.DataFrame) -> str:
+    """Per model, how the verdict rows came out: "smollm2-135m: IG more faithful in 2 of 5 comparisons, less
+    faithful in 1, no difference detected in 2"."""
+    if verdicts.empty:
+        return "no faithfulness run is committed yet"
+    parts = []
+    for model, rows in verdicts.groupby("model", sort=False):
+        counts = rows["IG is"].value_counts()
+        said = [f"{words} in {int(counts[key])}" for key, words in (("more faithful", "IG more faithful"), ("less faithful", "less faithful"),
+                                                                     ("no difference detected", "no difference detected"),
+                                                                     ("too few relations", "too few relations"), ("no data", "no data"))
+                if counts.get(key, 0)]
+        said[0] = said[0] + f" of {plural(len(rows), 'comparison')}"
+        parts.append(f"{model}: " + ", ".join(said))
+    return "; ".join(parts)
+
+
+COST_LABELS = {**LABELS, "logprob-increase-setup": "log-probability increase, setup (once per model)",
+               "exact-ablation-1000": "exact ablation of 1,000 neurons (the ground truth)"}
+
+
+def cost_table(cost: pd.DataFrame) -> pd.DataFrame:
+    """``benchmarks/results/faithfulness_cost.csv`` as a page shows it: per model and method the median
+    seconds per prompt and GFLOP, and both as multiples of IG at m = 20 (methods that did not run left out)."""
+    rows = cost[cost["method"].isin(COST_LABELS) & cost["seconds_median"].notna()]
+    out = rows.groupby(["model", "method"], sort=False).agg(
+        seconds=("seconds_median", "median"), times=("seconds_vs_ig_m20", "median"), gflop=("gflop", "median"),
+        gflop_times=("gflop_vs_ig_m20", "median"), n=("seconds_median", "size")).reset_index()
+    return pd.DataFrame({"model": out["model"], "method": [COST_LABELS[m] for m in out["method"]],
+                         "s per prompt": [f"{v:.3g}" for v in out["seconds"]], "× IG's time": [f"{v:.2g}" for v in out["times"]],
+                         "GFLOP": [f"{v:.3g}" for v in out["gflop"]], "× IG's GFLOP": [f"{v:.2g}" for v in out["gflop_times"]],
+                         "n prompts": out["n"]})
+
+
+def cheap_sentence(verdicts: pd.DataFrame, cost: pd.DataFrame | None) -> str:
+    """Said plainly, per model: is gradient x activation, at its measured cost, as faithful as IG (recall@10)?"""
+    if verdicts.empty:
+        return "No faithfulness run is committed, so the cost cannot be weighed against faithfulness."
+    parts = []
+    for model, rows in verdicts.groupby("model", sort=False):
+        mine = rows[(rows["against"] == LABELS["grad-x-act"]) & rows["metric"].str.startswith("recall")]
+        if mine.empty:
+            continue
+        row = mine.iloc[0]
+        times = None
+        if cost is not None:
+            timed = cost[(cost["model"] == model) & (cost["method"] == "grad-x-act")]["seconds_vs_ig_m20"].dropna()
+            times = 1 / float(timed.median()) if len(timed) else None
+        cheaper = f"{times:.0f}× cheaper" if times else "cheaper"
+        span = f"{row['estimate']:+.2f} [{row['low']:+.2f}, {row['high']:+.2f}]"
+        said = {"less faithful": f"gradient × activation, {cheaper}, finds the exact top-10 better than IG ({span} for IG)",
+                "more faithful": f"IG finds the exact top-10 better than gradient × activation ({span}), which is {cheaper}",
+                "no difference detected": f"no difference is detected between IG and gradient × activation ({span}), "
+                                          f"and gradient × activation is {cheaper}"}.get(row["IG is"], f"the comparison has {row['IG is']}")
+        parts.append(f"on {model}, {said}")
+    return ("Plainly: " + "; ".join(parts) + ".") if parts else "Gradient × activation was not scored."

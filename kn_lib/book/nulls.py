@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from . import known_facts_sample
-from .claims import Interval, bootstrap_ci
+from .claims import Interval, bootstrap_ci, row_mean
 
 RUNS: dict[str, dict[str, tuple[int, tuple[tuple[str, Any], ...]]]] = {  # model -> stage -> (facts per relation, options)
     "smollm2-135m": {"nonsense": (30, (("null_facts", 5),)), "redundancy": (30, ())},
@@ -32,7 +32,7 @@ def command(model: str, stage: str) -> str:
 
 
 def _mean(frame: pd.DataFrame, value: str, n_boot: int, seed: int) -> Interval:
-    return bootstrap_ci(frame, lambda f: float(f[value].mean()), cluster="relation", n_boot=n_boot, seed=seed)
+    return bootstrap_ci(frame, row_mean(value), cluster="relation", n_boot=n_boot, seed=seed)
 
 
 def nonsense_summary(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict[str, Interval | int]:

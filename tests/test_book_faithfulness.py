@@ -40,7 +40,7 @@ def test_the_method_table_averages_facts_and_counts_relations():
     assert ig["seconds"] == pytest.approx(2.0)
     shown = F.shown_methods(table)
     assert len(shown.columns) <= 7 and not shown.isna().any().any()
-    assert shown.loc[shown["method"] == F.LABELS["exact"], "s per prompt"].item() == "—"
+    assert shown.loc[shown["method"] == F.LABELS["random"], "s per prompt"].item() == "—"
 
 
 @pytest.mark.parametrize("ig_better,relations,expected", [
@@ -156,3 +156,13 @@ def test_cheap_sentence_branches(direction, says):
     shown = F.cost_table(cost)
     assert list(shown["× IG's time"]) == ["0.1", "1"] and shown.notna().all().all() and len(shown.columns) <= 7
     assert F.cheap_sentence(pd.DataFrame(), cost).startswith("No faithfulness run")
+
+
+def test_refined_sentence_branches():
+    tables = curve_tables()
+    refined = tables["curve"][tables["curve"]["method"] == "ig-m20"].assign(method="refined", k=3)
+    with_refined = {"curve": pd.concat([tables["curve"], refined.drop_duplicates("fact_id")]), "ranks": tables["ranks"]}
+    said = F.refined_sentence({"m": with_refined}, n_boot=100)
+    assert "on m (24 facts, k = 3 to 3, mean 3.0) it lowers log p(answer) by" in said and "0% [0%, 0%] of the correct answers" in said
+    assert "no benchmarked fact has refined knowledge neurons" in F.refined_sentence({"m": tables}, n_boot=50)
+    assert F.refined_sentence({}) == ""

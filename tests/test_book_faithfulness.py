@@ -40,7 +40,12 @@ def test_the_method_table_averages_facts_and_counts_relations():
     assert ig["seconds"] == pytest.approx(2.0)
     shown = F.shown_methods(table)
     assert len(shown.columns) <= 7 and not shown.isna().any().any()
-    assert shown.loc[shown["method"] == F.LABELS["random"], "s per prompt"].item() == "—"
+    assert shown.loc[shown["method"] == F.LABELS["random"], "s per prompt (median)"].item() == "—"
+    removing = F.shown_methods(table, part="removing")
+    assert list(removing.columns) == ["method", "drop of log p, top-10", "curve area", "flips, top-10", "n facts (relations)"]
+    assert not removing.isin(["nan"]).any().any()
+    with pytest.raises(ValueError, match="part must be"):
+        F.shown_methods(table, part="other")
 
 
 @pytest.mark.parametrize("ig_better,relations,expected", [
@@ -129,7 +134,11 @@ def test_null_summaries_on_hand_made_tables():
     rows = []
     for fact, kn_change, control_change in (("P1/0", 0.1, 0.9), ("P2/0", 0.3, 0.9)):
         for name, after in (("knowledge", kn_change), ("random-layer", control_change)):
-            rows.append({"neuron_set": name, "operation": "suppress", "relation": fact[:2], "fact_id": fact, "p_before": 1.0, "p_after": after})
+            rows.append({"neuron_set": name, "operation": "suppress", "relation": fact[:2], "fact_id": fact, "p_before": 1.0, "p_after": after,
+                         "scope": "own", "n_kn": 2})
+    for name in ("knowledge", "random-layer"):  # a fact left without neurons: left out, not a zero change
+        rows.append({"neuron_set": name, "operation": "suppress", "relation": "P3", "fact_id": "P3/0", "p_before": 1.0, "p_after": 1.0,
+                     "scope": "own", "n_kn": 0})
     diff = nulls.filtered_vs_controls(pd.DataFrame(rows), n_boot=50)
     assert diff["difference"].item() == pytest.approx(-70.0) and diff["n_facts"].item() == 2
 
@@ -166,3 +175,19 @@ def test_refined_sentence_branches():
     assert "on m (24 facts, k = 3 to 3, mean 3.0) it lowers log p(answer) by" in said and "0% [0%, 0%] of the correct answers" in said
     assert "no benchmarked fact has refined knowledge neurons" in F.refined_sentence({"m": tables}, n_boot=50)
     assert F.refined_sentence({}) == ""
+
+
+def test_null_rows_read_each_interval():
+    summaries = {"a": {"ratio": _interval(0.3, 0.2, 0.5), "n_facts": 4, "n_relations": 2},
+                 "b": {"ratio": _interval(1.1, 0.8, 1.4), "n_facts": 4, "n_relations": 2},
+                 "c": {"ratio": _interval(np.nan, np.nan, np.nan), "n_facts": 0, "n_relations": 0}}
+    degenerate = {"a": pd.DataFrame({"neuron_set": ["knowledge", "random-layer"], "degenerate": [0.4, 0.0], "degenerate_low": [0.2, 0.0],
+                                     "degenerate_high": [0.6, 0.1], "n_facts": [5, 5], "n_relations": [2, 2]})}
+    differences = {"a": pd.DataFrame({"operation": ["suppress", "suppress", "amplify"], "control": ["random-layer", "activation-matched", "random-layer"],
+                                      "difference": [-40.0, 5.0, 1.0], "low": [-50.0, -2.0, 0.0], "high": [-30.0, 9.0, 2.0],
+                                      "n_facts": 5, "n_relations": 2})}
+    rows = nulls.null_rows(summaries, degenerate, differences)
+    assert list(rows["reading"]) == ["fewer on nonsense", "as many on nonsense (1 inside the interval)", "no data", "above both controls",
+                                     "the fall is larger than the control's", "no difference detected"]
+    shown = nulls.shown_null_rows(rows)
+    assert shown.loc[2, "ours [95% CI]"] == "—" and len(shown.columns) <= 7

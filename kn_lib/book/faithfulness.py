@@ -156,18 +156,27 @@ def _ci(estimate: float, low: float, high: float, digits: str = ".3g") -> str:
     return f"{estimate:{digits}} [{low:{digits}}, {high:{digits}}]"
 
 
-def shown_methods(table: pd.DataFrame, k: int = 10) -> pd.DataFrame:
-    """``method_table`` as a page shows it: one interval per cell, readable names, at most 6 columns."""
-    out = pd.DataFrame({
-        "method": [LABELS[m] for m in table["method"]],
-        f"recall@{k}": [_ci(r.recall, r.recall_low, r.recall_high, ".2f") for r in table.itertuples()],
-        f"drop of log p, top-{k}": [_ci(r.drop, r.drop_low, r.drop_high, ".2f") for r in table.itertuples()],
-        "Spearman, random neurons": [_ci(r.spearman, r.spearman_low, r.spearman_high, ".2f") if "spearman" in table and np.isfinite(r.spearman)
-                                     else "—" for r in table.itertuples()],
-        "s per prompt": [f"{r.seconds:.3g}" if "seconds" in table and np.isfinite(r.seconds) else "—" for r in table.itertuples()],
-        "n facts (relations)": [f"{r.n_facts} ({r.n_relations})" for r in table.itertuples()],
-    })
-    return out
+def shown_methods(table: pd.DataFrame, k: int = 10, part: str = "finding") -> pd.DataFrame:
+    """``method_table`` as a page shows it, one interval per cell: ``part="finding"`` (which neurons a method
+    names: recall@k, Spearman over random neurons, median seconds) or ``"removing"`` (what zeroing its top-k
+    does: drop of log p, the curve's area, flips)."""
+    def ci(row, name, digits=".2f"):
+        value = getattr(row, name, float("nan"))
+        return _ci(value, getattr(row, f"{name}_low"), getattr(row, f"{name}_high"), digits) if np.isfinite(value) else "—"
+
+    rows = list(table.itertuples())
+    out = {"method": [LABELS[r.method] for r in rows]}
+    if part == "finding":
+        out |= {f"recall@{k}": [ci(r, "recall") for r in rows],
+                "Spearman, random neurons": [ci(r, "spearman") if "spearman" in table else "—" for r in rows],
+                "s per prompt (median)": [f"{r.seconds:.3g}" if "seconds" in table and np.isfinite(r.seconds) else "—" for r in rows]}
+    elif part == "removing":
+        out |= {f"drop of log p, top-{k}": [ci(r, "drop") for r in rows], "curve area": [ci(r, "area") for r in rows],
+                f"flips, top-{k}": [ci(r, "flips") for r in rows]}
+    else:
+        raise ValueError(f"part must be 'finding' or 'removing', got {part!r}")
+    out["n facts (relations)"] = [f"{r.n_facts} ({r.n_relations})" for r in rows]
+    return pd.DataFrame(out)
 
 
 def shown_verdicts(rows: pd.DataFrame) -> pd.DataFrame:

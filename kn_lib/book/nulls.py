@@ -67,10 +67,17 @@ def degenerate_by_set(rows: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> 
     return pd.DataFrame(out)
 
 
+def _kept(table: pd.DataFrame) -> pd.DataFrame:
+    """The facts' own prompts, for facts that keep a neuron once the common ones are removed (the stage
+    averages officially: a fact left without any counts with zero change, which says nothing here)."""
+    own = table[table["scope"] == "own"] if "scope" in table else table
+    return own[own["n_kn"] > 0] if "n_kn" in own else own
+
+
 def filtered_changes(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Suppress / amplify with the common neurons filtered out: per neuron set and operation, the mean over
     facts of the relative change of p(answer) (each fact's prompts averaged first), in percent."""
-    own = table[table["scope"] == table["scope"].iloc[0]] if "scope" in table else table
+    own = _kept(table)
     own = own.assign(change=100 * (own["p_after"] - own["p_before"]) / own["p_before"])
     facts = own.groupby(["neuron_set", "operation", "relation", "fact_id"], as_index=False)["change"].mean()
     out = []
@@ -84,7 +91,8 @@ def filtered_changes(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> 
 def filtered_vs_controls(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Per operation and control: mean over facts of (knowledge neurons' change - the control's change) of
     p(answer) in percent, each fact paired with its own control; relations resampled."""
-    own = table.assign(change=100 * (table["p_after"] - table["p_before"]) / table["p_before"])
+    own = _kept(table)
+    own = own.assign(change=100 * (own["p_after"] - own["p_before"]) / own["p_before"])
     facts = own.groupby(["neuron_set", "operation", "relation", "fact_id"], as_index=False)["change"].mean()
     wide = facts.pivot_table(index=["operation", "relation", "fact_id"], columns="neuron_set", values="change").reset_index()
     out = []
@@ -96,3 +104,64 @@ def filtered_vs_controls(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0)
             out.append({"operation": operation, "control": control, "difference": ci.estimate, "low": ci.low, "high": ci.high,
                         "n_facts": g["fact_id"].nunique(), "n_relations": g["relation"].nunique()})
     return pd.DataFrame(out, columns=["operation", "control", "difference", "low", "high", "n_facts", "n_relations"])
+
+
+def null_rows(summaries: dict[str, dict], degenerate: dict[str, pd.DataFrame], differences: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The nulls' verdict rows, per model, for the claims chapter (directions, no published value):
+    nonsense prompts' refined neurons as a multiple of real prompts'; the share of degenerate facts, knowledge
+    neurons minus the larger of the two controls' shares (point estimate beside the knowledge neurons' interval);
+    suppression without common neurons against each control."""
+    rows = []
+    for model, s in summaries.items():
+        r = s["ratio"]
+        reading = ("no data" if not np.isfinite(r.low) else "fewer on nonsense" if r.high < 1 else
+                   "more on nonsense" if r.low > 1 else "as many on nonsense (1 inside the interval)")
+        rows.append({"model": model, "question": "refined neurons on nonsense prompts, × those on the fact's own",
+                     "estimate": r.estimate, "low": r.low, "high": r.high, "n": f"{s['n_facts']} facts ({s['n_relations']})", "reading": reading})
+    for model, frame in degenerate.items():
+        mine = frame.set_index("neuron_set")
+        if "knowledge" not in mine.index:
+            continue
+        kn = mine.loc["knowledge"]
+        top = max((mine.loc[c, "degenerate_high"] for c in mine.index if c != "knowledge"), default=float("nan"))
+        reading = "above both controls" if np.isfinite(top) and kn["degenerate_low"] > top else "not above the controls"
+        rows.append({"model": model, "question": "share of facts with degenerate knowledge neurons (Chen et al.)",
+                     "estimate": kn["degenerate"], "low": kn["degenerate_low"], "high": kn["degenerate_high"],
+                     "n": f"{int(kn['n_facts'])} facts ({int(kn['n_relations'])})", "reading": reading})
+    for model, frame in differences.items():
+        for r in frame[frame["operation"] == "suppress"].itertuples():
+            reading = "larger than the control's" if r.high < 0 else "smaller than the control's" if r.low > 0 else "not detected"
+            rows.append({"model": model, "question": f"suppression without common neurons minus {r.control}, points of p change",
+                         "estimate": r.difference, "low": r.low, "high": r.high, "n": f"{r.n_facts} facts ({r.n_relations})",
+                         "reading": f"the fall is {reading}" if reading != "not detected" else "no difference detected"})
+    return pd.DataFrame(rows, columns=["model", "question", "estimate", "low", "high", "n", "reading"])
+
+
+def shown_null_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """``null_rows`` as a page shows it."""
+    return pd.DataFrame({"model": rows["model"], "question": rows["question"],
+                         "ours [95% CI]": [f"{r.estimate:.2f} [{r.low:.2f}, {r.high:.2f}]" if np.isfinite(r.estimate) else "—"
+                                           for r in rows.itertuples()], "n": rows["n"], "reading": rows["reading"]})
+
+
+def committed_nulls(models, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Every committed null of ``models``: ``nonsense`` (tables), ``summaries`` (``nonsense_summary``),
+    ``filtered`` (tables), ``differences`` (``filtered_vs_controls``), ``degenerate`` (``degenerate_by_set``),
+    and ``missing``: a line per run not committed or not finished, with its command."""
+    out: dict[str, Any] = {"nonsense": {}, "summaries": {}, "filtered": {}, "differences": {}, "degenerate": {}, "missing": []}
+    for model in models:
+        for stage, table in (("nonsense", "table"), ("redundancy", "filtered"), ("redundancy", "degenerate")):
+            rows, status = committed(model, stage, table)
+            if rows is None or status:
+                line = f"{model}: {status} (`{command(model, stage)}`)"
+                if line not in out["missing"]:
+                    out["missing"].append(line)
+            if rows is None:
+                continue
+            if table == "table":
+                out["nonsense"][model], out["summaries"][model] = rows, nonsense_summary(rows, n_boot, seed)
+            elif table == "filtered":
+                out["filtered"][model], out["differences"][model] = rows, filtered_vs_controls(rows, n_boot, seed)
+            else:
+                out["degenerate"][model] = degenerate_by_set(rows, n_boot, seed)
+    return out

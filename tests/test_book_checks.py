@@ -19,7 +19,7 @@ from kn_lib.book import checks, student
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
-METHOD_CHAPTERS = ("attribution", "statistics", "manipulation", "bingrel", "updating", "erasing", "critiques", "claims")
+METHOD_CHAPTERS = ("attribution", "statistics", "manipulation", "bingrel", "updating", "erasing", "critiques", "faithfulness", "claims")
 
 
 # -- the library's own functions, in the students' signatures ---------------------------------------------
@@ -147,6 +147,20 @@ def linear_layer_fit(table):  # the layer as one number, not one effect per laye
     return r2(base), r2(np.column_stack([base, table["mass_share"].to_numpy(float)]))
 
 
+def library_grad_x_act(p_of, w_bar):
+    """Gradient x activation as the library computes it: one right-sum node of ``quadrature``."""
+    from kn_lib.attribution import quadrature
+
+    (alpha,), (weight,) = (t.tolist() for t in quadrature(1, "right"))
+    w = (alpha * w_bar).detach().requires_grad_(True)
+    return w_bar * weight * torch.autograd.grad(p_of(w), w)[0]
+
+
+def gradient_alone(p_of, w_bar):
+    w = w_bar.detach().clone().requires_grad_(True)
+    return torch.autograd.grad(p_of(w), w)[0]
+
+
 CASES = [
     (checks.integrated_gradients_layer, library_ig, left_riemann_ig, "alpha = k/m for k = 1..m"),
     (checks.refined_neurons, library_refine, strict_refine, "equality"),
@@ -156,6 +170,7 @@ CASES = [
     (checks.top_neurons, library_top, index_tie_top, "ties"),
     (checks.effect_verdict, library_verdict, touching_verdict, "does not exclude no effect"),
     (checks.layer_localization_r2, library_fit, linear_layer_fit, "the layer is a category"),
+    (checks.gradient_times_activation, library_grad_x_act, gradient_alone, "multiplies it by the neuron's own activation"),
 ]
 IDS = [c[0].__name__ for c in CASES]
 

@@ -498,9 +498,6 @@ def layer_localization_r2(student: Callable[[pd.DataFrame], tuple[float, float]]
          "fit y = a + b_layer (+ c * mass_share) by least squares; R^2 = 1 - SS_res / SS_tot.")
 
 
-CHECKS = {f.__name__: f for f in (integrated_gradients_layer, refined_neurons, change_ratio, table4_activation,
-                                  value_slot_update, top_neurons, effect_verdict,
-                                  layer_localization_r2)}
 
 
 # -- which neurons matter: gradient x activation --------------------------------------------------------------
@@ -525,3 +522,8 @@ def gradient_times_activation(student: Callable[[Callable, torch.Tensor], torch.
     cases = [Case(c.name.rsplit(", m =", 1)[0], c.args[:2], c.kwargs) for c in _ig_cases()]
     with _one_thread():
         _run("gradient_times_activation", lambda p, w, _at=None: student(p, w), cases, reference, _close(1e-6), mistakes, hint, _short)
+
+
+CHECKS = {f.__name__: f for f in (integrated_gradients_layer, refined_neurons, change_ratio, table4_activation,
+                                  value_slot_update, top_neurons, effect_verdict,
+                                  layer_localization_r2, gradient_times_activation)}

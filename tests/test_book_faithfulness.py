@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from kn_lib.book import faithfulness as F
+from kn_lib.book import faithfulness_text as T
 from kn_lib.book import nulls
 from kn_lib.book.claims import MIN_CLUSTERS, Interval
 
@@ -55,7 +56,7 @@ def test_verdicts_follow_the_paired_interval(ig_better, relations, expected):
     rows = F.verdict_rows({"m": curve_tables(relations, ig_better)}, k=10, n_boot=300)
     recall = rows[(rows["metric"] == "recall@10") & (rows["against"] == F.LABELS["grad-x-act"])].iloc[0]
     assert recall["IG is"] == expected
-    sentence = F.headline(rows, {"m": F.method_table(curve_tables(relations, ig_better), 10, 200)}, 10)
+    sentence = T.headline(rows, {"m": F.method_table(curve_tables(relations, ig_better), 10, 200)}, 10)
     phrase = {"more faithful": "IG is more faithful", "less faithful": "gradient × activation is more faithful",
               "no difference detected": "no difference is detected", "too few relations": "too few relations to tell"}[expected]
     assert phrase in sentence and f"{2 * relations} facts" in sentence
@@ -63,21 +64,21 @@ def test_verdicts_follow_the_paired_interval(ig_better, relations, expected):
 
 
 def test_headline_and_sentences_without_data():
-    assert F.headline(pd.DataFrame(), {}) == "No faithfulness run is committed yet, so this page has no answer to give."
-    assert F.cost_sentence({}) == "No method was timed."
-    assert F.curve_sentence({}) == "No faithfulness curve is committed."
-    assert F.nonsense_sentence({}).startswith("The nonsense-prompt runs are not committed")
-    assert F.filtered_sentence({}).startswith("The common-neuron runs are not committed")
-    assert F.degenerate_sentence({}).startswith("The degenerate-neuron runs are not committed")
+    assert T.headline(pd.DataFrame(), {}) == "No faithfulness run is committed yet, so this page has no answer to give."
+    assert T.cost_sentence({}) == "No method was timed."
+    assert T.curve_sentence({}) == "No faithfulness curve is committed."
+    assert T.nonsense_sentence({}).startswith("The nonsense-prompt runs are not committed")
+    assert T.filtered_sentence({}).startswith("The common-neuron runs are not committed")
+    assert T.degenerate_sentence({}).startswith("The degenerate-neuron runs are not committed")
 
 
 def test_cost_and_curve_sentences_name_each_method():
     table = F.method_table(curve_tables(), 10, 100)
-    cost = F.cost_sentence({"m": table})
+    cost = T.cost_sentence({"m": table})
     assert "IG at m = 20 took 2 s per prompt" in cost and "gradient × activation 0.1×" in cost
-    alone = F.cost_sentence({"m": table[table["method"] == "ig-m20"]})
+    alone = T.cost_sentence({"m": table[table["method"] == "ig-m20"]})
     assert alone == "Time per prompt, measured in the runs themselves: on m, IG at m = 20 took 2 s per prompt."
-    curve = F.curve_sentence({"m": table}, 10)
+    curve = T.curve_sentence({"m": table}, 10)
     assert "the exact top-10's by" in curve and "same-layer random neurons' by" in curve
 
 
@@ -93,7 +94,7 @@ def _interval(e, lo, hi, n=12):
 ])
 def test_nonsense_sentence_branches(ratio, own, says):
     summary = {"ratio": _interval(*ratio), "own": _interval(*own), "n_facts": 1, "n_relations": 1}
-    sentence = F.nonsense_sentence({"m": summary})
+    sentence = T.nonsense_sentence({"m": summary})
     assert says in sentence and "nan" not in sentence.lower()
     if np.isfinite(ratio[0]):
         assert "(1 fact)" in sentence
@@ -109,19 +110,19 @@ def test_filtered_sentence_branches(highs, says):
     controls = ["random-layer", "activation-matched"][: len(highs)]
     frame = pd.DataFrame({"operation": "suppress", "control": controls, "difference": [h - 1 for h in highs],
                           "low": [h - 2 for h in highs], "high": list(highs), "n_facts": 5, "n_relations": 2})
-    assert says in F.filtered_sentence({"m": frame})
+    assert says in T.filtered_sentence({"m": frame})
     empty = frame.iloc[0:0]
-    assert "no fact keeps a knowledge neuron" in F.filtered_sentence({"m": empty})
+    assert "no fact keeps a knowledge neuron" in T.filtered_sentence({"m": empty})
 
 
 def test_degenerate_sentence_branches():
     frame = pd.DataFrame({"neuron_set": ["knowledge", "random-layer"], "degenerate": [0.25, 0.0], "degenerate_low": [0.1, 0.0],
                           "degenerate_high": [0.4, 0.0], "n_facts": [1, 1]})
-    sentence = F.degenerate_sentence({"m": frame})
+    sentence = T.degenerate_sentence({"m": frame})
     assert "25% [10%, 40%] of 1 fact have degenerate" in sentence and "(controls: random-layer 0%)" in sentence
-    alone = F.degenerate_sentence({"m": frame.iloc[:1]})
+    alone = T.degenerate_sentence({"m": frame.iloc[:1]})
     assert "controls" not in alone
-    assert "no fact has two knowledge neurons" in F.degenerate_sentence({"m": frame.iloc[1:]})
+    assert "no fact has two knowledge neurons" in T.degenerate_sentence({"m": frame.iloc[1:]})
 
 
 def test_null_summaries_on_hand_made_tables():
@@ -145,8 +146,8 @@ def test_null_summaries_on_hand_made_tables():
 
 def test_summary_line_counts_each_verdict():
     rows = pd.DataFrame({"model": ["a", "a", "a", "b"], "IG is": ["more faithful", "less faithful", "more faithful", "no data"]})
-    assert F.summary_line(rows) == "a: IG more faithful in 2 of 3 comparisons, less faithful in 1; b: no data in 1 of 1 comparison"
-    assert F.summary_line(pd.DataFrame()) == "no faithfulness run is committed yet"
+    assert T.summary_line(rows) == "a: IG more faithful in 2 of 3 comparisons, less faithful in 1; b: no data in 1 of 1 comparison"
+    assert T.summary_line(pd.DataFrame()) == "no faithfulness run is committed yet"
 
 
 @pytest.mark.parametrize("direction,says", [
@@ -160,21 +161,21 @@ def test_cheap_sentence_branches(direction, says):
                              "estimate": [0.1], "low": [0.05], "high": [0.2], "IG is": [direction]})
     cost = pd.DataFrame({"model": ["m", "m"], "method": ["grad-x-act", "ig-m20"], "seconds_median": [0.2, 2.0],
                          "seconds_vs_ig_m20": [0.1, 1.0], "gflop": [1.0, 20.0], "gflop_vs_ig_m20": [0.05, 1.0]})
-    assert says in F.cheap_sentence(verdicts, cost)
-    assert "cheaper" in F.cheap_sentence(verdicts, None) or direction == "too few relations"
+    assert says in T.cheap_sentence(verdicts, cost)
+    assert "cheaper" in T.cheap_sentence(verdicts, None) or direction == "too few relations"
     shown = F.cost_table(cost)
     assert list(shown["× IG's time"]) == ["0.1", "1"] and shown.notna().all().all() and len(shown.columns) <= 7
-    assert F.cheap_sentence(pd.DataFrame(), cost).startswith("No faithfulness run")
+    assert T.cheap_sentence(pd.DataFrame(), cost).startswith("No faithfulness run")
 
 
 def test_refined_sentence_branches():
     tables = curve_tables()
     refined = tables["curve"][tables["curve"]["method"] == "ig-m20"].assign(method="refined", k=3)
     with_refined = {"curve": pd.concat([tables["curve"], refined.drop_duplicates("fact_id")]), "ranks": tables["ranks"]}
-    said = F.refined_sentence({"m": with_refined}, n_boot=100)
+    said = T.refined_sentence({"m": with_refined}, n_boot=100)
     assert "on m (24 facts, k = 3 to 3, mean 3.0) it lowers log p(answer) by" in said and "0% [0%, 0%] of the correct answers" in said
-    assert "no benchmarked fact has refined knowledge neurons" in F.refined_sentence({"m": tables}, n_boot=50)
-    assert F.refined_sentence({}) == ""
+    assert "no benchmarked fact has refined knowledge neurons" in T.refined_sentence({"m": tables}, n_boot=50)
+    assert T.refined_sentence({}) == ""
 
 
 def test_null_rows_read_each_interval():
@@ -191,3 +192,13 @@ def test_null_rows_read_each_interval():
                                      "the fall is larger than the control's", "no difference detected"]
     shown = nulls.shown_null_rows(rows)
     assert shown.loc[2, "ours [95% CI]"] == "—" and len(shown.columns) <= 7
+
+
+def test_a_run_missing_a_relation_shard_is_not_finished(monkeypatch):
+    from types import SimpleNamespace
+
+    settings = SimpleNamespace(sample=lambda: {"P1": [{"fact_id": "P1/0"}], "P2": [{"fact_id": "P2/0"}], "P3": []})
+    run = SimpleNamespace(settings=lambda: settings, manifest=lambda stage: {"shards": {"P1": {}}})
+    assert F.unfinished(run, "faithfulness") == "not finished: 1 of 2 relations"
+    run = SimpleNamespace(settings=lambda: settings, manifest=lambda stage: {"shards": {"P1": {}, "P2": {}}})
+    assert F.unfinished(run, "faithfulness") == ""

@@ -21,8 +21,13 @@ SETS = ("knowledge", "random-layer", "activation-matched")
 
 
 def committed(model: str, stage: str, table: str) -> tuple[pd.DataFrame | None, str]:
+    """A null's committed rows and what a page says of them (as ``faithfulness.committed``)."""
+    from .faithfulness import unfinished
+
     size, params = RUNS[model][stage]
-    return known_facts_sample(model, size, params=params).committed(stage, table)
+    run = known_facts_sample(model, size, params=params)
+    rows, status = run.committed(stage, table)
+    return rows, (status or unfinished(run, stage)) if rows is not None else status
 
 
 def command(model: str, stage: str) -> str:

@@ -202,3 +202,19 @@ def test_a_run_missing_a_relation_shard_is_not_finished(monkeypatch):
     assert F.unfinished(run, "faithfulness") == "not finished: 1 of 2 relations"
     run = SimpleNamespace(settings=lambda: settings, manifest=lambda stage: {"shards": {"P1": {}, "P2": {}}})
     assert F.unfinished(run, "faithfulness") == ""
+
+
+@pytest.mark.parametrize("model,at_least", [("smollm2-135m", 100), ("gemma3-270m", 50)])
+def test_the_committed_benchmark_covers_enough_known_facts(model, at_least):
+    """The committed runs (``kn faithfulness``, the chapter's): finished, enough facts, every method at every
+    k for every fact, recall in [0, 1] and the oracle's exactly 1."""
+    tables, status = F.committed(model)
+    assert tables is not None and status == "", status
+    curve = tables["curve"]
+    assert curve["fact_id"].nunique() >= at_least
+    ranked = curve[curve["method"] != "refined"]
+    methods = {"ig-m20", "ig-left-m20", "ig-converged", "grad-x-act", "activation", "exact", "random"}
+    assert methods <= set(ranked["method"])
+    per_fact = ranked.groupby("fact_id").apply(lambda g: len(g[["method", "k"]].drop_duplicates()), include_groups=False)
+    assert (per_fact == per_fact.max()).all()
+    assert ranked["recall"].between(0, 1).all() and (ranked.loc[ranked["method"] == "exact", "recall"] == 1).all()

@@ -45,8 +45,8 @@ def headline(verdicts: pd.DataFrame, method_tables: dict[str, pd.DataFrame], k: 
         ratio = ig.seconds / gxa.seconds if gxa.seconds > 0 else float("nan")
         sentences.append(
             f"On {model} ({plural(ig.n_facts, 'fact')} in {plural(ig.n_relations, 'relation')}), the paper's integrated gradients "
-            f"(m = 20) recovers {ig.recall:.0%} of the {k} neurons whose removal lowers the answer's probability most; "
-            f"gradient × activation, one gradient instead of twenty per layer ({ratio:.0f}× less time), recovers {gxa.recall:.0%}: "
+            f"(m = 20) names {ig.recall:.0%} of the {k} candidate neurons whose removal alone lowers the answer's probability most; "
+            f"gradient × activation, one gradient instead of twenty per layer ({ratio:.0f}× less time), names {gxa.recall:.0%}: "
             f"{_difference(*mine.iloc[0][['estimate', 'low', 'high', 'IG is']])}.")
     return " ".join(sentences)
 

@@ -79,17 +79,21 @@ def faithfulness_curves(curves: Mapping[str, pd.DataFrame], width: float = 6.9) 
 
 
 def recurrence_plot(recurrence: Mapping[str, pd.DataFrame], max_share: float = 0.05, width: float = 6.9) -> Figure:
-    """Per model: how many facts each refined knowledge neuron belongs to, sorted; the common-neuron
-    threshold (more than ``max_share`` of the facts) as a line."""
-    fig, axes = plt.subplots(1, len(recurrence), figsize=(width, 2.8), squeeze=False)
-    colour = sns.color_palette(PALETTE, 1)[0]
+    """Per model: the share of facts each refined knowledge neuron belongs to, neurons ranked most shared
+    first (log scale); the common-neuron threshold (more than ``max_share`` of the facts) dashed."""
+    fig, axes = plt.subplots(1, len(recurrence), figsize=(width, 2.9), squeeze=False)
+    colour = method_colours()["ig-m20"]
     for ax, (model, table) in zip(axes[0], recurrence.items()):
         shares = np.sort(table["share_facts"].to_numpy())[::-1]
-        ax.bar(np.arange(1, len(shares) + 1), 100 * shares, width=1.0, color=colour)
+        ax.step(np.arange(1, len(shares) + 1), 100 * shares, where="post", color=colour, lw=1.8)
         ax.axhline(100 * max_share, color="black", lw=1, ls="--")
+        ax.text(len(shares), 100 * max_share, f" {max_share:.0%}", va="bottom", ha="right", fontsize=8)
         ax.set_xscale("log")
-        ax.set_xlabel("knowledge neurons, most shared first (log scale)")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_title(model, fontsize=10)
+        ax.set_ylim(0, None)
     axes[0][0].set_ylabel("% of facts it belongs to")
+    fig.supxlabel("knowledge neurons ranked by how many facts share them (log scale)", fontsize=10)
     fig.tight_layout()
     return fig

@@ -79,7 +79,10 @@ def test_cost_and_curve_sentences_name_each_method():
     alone = T.cost_sentence({"m": table[table["method"] == "ig-m20"]})
     assert alone == "Time per prompt, measured in the runs themselves: on m, IG at m = 20 took 2 s per prompt."
     curve = T.curve_sentence({"m": table}, 10)
-    assert "the exact top-10's by" in curve and "same-layer random neurons' by" in curve
+    assert curve.startswith("With 10 neurons zeroed, log p(answer) falls by 0.80 (IG's top 10), 0.60 (gradient × activation's), ")
+    assert "(the exact top 10) and 0.00 (same-layer random neurons) on m" in curve and "-0.00" not in curve
+    one = T.curve_sentence({"m": table[table["method"] == "exact"]}, 10)
+    assert one == "With 10 neurons zeroed, log p(answer) falls by 1.00 (the exact top 10) on m (means over facts)."
 
 
 def _interval(e, lo, hi, n=12):

@@ -67,15 +67,22 @@ def cost_sentence(method_tables: dict[str, pd.DataFrame]) -> str:
     return "Time per prompt, measured in the runs themselves: " + "; ".join(parts) + "."
 
 
+def _number(x: float, digits: int = 2) -> str:
+    """A rounded number that never reads "-0.00"."""
+    text = f"{x:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
 def curve_sentence(method_tables: dict[str, pd.DataFrame], k: int = 10) -> str:
     """The drop of log p(answer) at k for IG, gradient x activation, the oracle and random neurons."""
     parts = []
     for model, table in method_tables.items():
-        rows = [(name, _row(table, m)) for name, m in (("IG's", "ig-m20"), ("gradient × activation's", "grad-x-act"),
-                                                        ("the exact top-k's", "exact"), ("same-layer random neurons'", "random"))]
-        said = ", ".join(f"{name} by {row.drop:.2f}" for name, row in rows if row is not None)
+        rows = [(f"{name}", _row(table, m)) for name, m in ((f"IG's top {k}", "ig-m20"), ("gradient × activation's", "grad-x-act"),
+                                                          (f"the exact top {k}", "exact"), ("same-layer random neurons", "random"))]
+        said = [f"{_number(row.drop)} ({name})" for name, row in rows if row is not None]
         if said:
-            parts.append(f"on {model}, zeroing {said.replace('top-k', f'top-{k}')}")
+            listed = said[0] if len(said) == 1 else ", ".join(said[:-1]) + " and " + said[-1]
+            parts.append(f"by {listed} on {model}")
     if not parts:
         return "No faithfulness curve is committed."
     return f"With {k} neurons zeroed, log p(answer) falls " + "; ".join(parts) + " (means over facts)."

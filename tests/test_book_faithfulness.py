@@ -96,9 +96,10 @@ def _interval(e, lo, hi, n=12):
     ((np.nan, np.nan, np.nan), (np.nan, np.nan, np.nan), "nothing to compare"),
 ])
 def test_nonsense_sentence_branches(ratio, own, says):
-    summary = {"ratio": _interval(*ratio), "own": _interval(*own), "n_facts": 1, "n_relations": 1}
+    summary = {"ratio": _interval(*ratio), "own": _interval(*own), "any": _interval(1.0, 1.0, 1.0), "n_facts": 1, "n_relations": 1}
     sentence = T.nonsense_sentence({"m": summary})
     assert says in sentence and "nan" not in sentence.lower()
+    assert ("100% of the facts get at least one" in sentence) == bool(np.isfinite(ratio[0]))
     if np.isfinite(ratio[0]):
         assert "(1 fact)" in sentence
 

@@ -102,8 +102,10 @@ def nonsense_sentence(summaries: dict[str, dict]) -> str:
         own = s["own"]
         own_text = (f"; {own.estimate:.0%} of them are the fact's own" if np.isfinite(own.estimate)
                     else "; none of the facts gets any on nonsense")
+        some = s.get("any")
+        some_text = f", {some.estimate:.0%} of the facts get at least one" if some is not None and np.isfinite(some.estimate) else ""
         parts.append(f"on {model} nonsense prompts get {ratio.estimate:.2f}× [{ratio.low:.2f}, {ratio.high:.2f}] the refined neurons "
-                     f"of the real ones, {size} real prompts ({plural(s['n_facts'], 'fact')}){own_text}")
+                     f"of the real ones, {size} real prompts ({plural(s['n_facts'], 'fact')}){some_text}{own_text}")
     return "The pipeline's answer to gibberish: " + "; ".join(parts) + "."
 
 

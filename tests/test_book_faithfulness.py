@@ -222,3 +222,13 @@ def test_the_committed_benchmark_covers_enough_known_facts(model, at_least):
     per_fact = ranked.groupby("fact_id").apply(lambda g: len(g[["method", "k"]].drop_duplicates()), include_groups=False)
     assert (per_fact == per_fact.max()).all()
     assert ranked["recall"].between(0, 1).all() and (ranked.loc[ranked["method"] == "exact", "recall"] == 1).all()
+
+
+def test_cost_note_branches():
+    quiet = pd.DataFrame({"model": ["a", "a", "b"], "shared_machine": [False, False, False]})
+    assert T.cost_note(quiet) == "Both runs had the machine to themselves."
+    one = quiet.assign(shared_machine=[False, True, False])
+    assert T.cost_note(one).startswith("The run of a shared the machine")
+    both = quiet.assign(shared_machine=[True, True, True])
+    assert T.cost_note(both).startswith("The runs of a and b shared the machine")
+    assert T.cost_note(None) == "The cost benchmark has not been run."

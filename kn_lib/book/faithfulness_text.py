@@ -203,3 +203,16 @@ def refined_sentence(tables: dict[str, pd.DataFrame], n_boot: int = 1000, seed: 
                      f"mean {rows['k'].mean():.1f}) it lowers log p(answer) by {drop.estimate:.2f} [{drop.low:.2f}, {drop.high:.2f}] "
                      f"and turns {flips.estimate:.0%} [{flips.low:.0%}, {flips.high:.0%}] of the correct answers wrong")
     return ("Zeroing a fact's refined knowledge neurons together: " + "; ".join(parts) + ".") if parts else ""
+
+
+def cost_note(cost: pd.DataFrame | None) -> str:
+    """Whether the cost benchmark ran on a quiet machine (its ``shared_machine`` column), per model."""
+    if cost is None or cost.empty:
+        return "The cost benchmark has not been run."
+    shared = cost.groupby("model", sort=False)["shared_machine"].any()
+    busy = [m for m, s in shared.items() if s]
+    if not busy:
+        return "Both runs had the machine to themselves."
+    which = busy[0] if len(busy) == 1 else " and ".join(busy)
+    return (f"The run{'s' if len(busy) > 1 else ''} of {which} shared the machine with another job (the file's `shared_machine` "
+            "column): the ratios, measured side by side in one run, are what to compare, not the seconds.")

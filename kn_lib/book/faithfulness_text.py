@@ -100,7 +100,7 @@ def nonsense_sentence(summaries: dict[str, dict]) -> str:
             continue
         size = ("as many as" if ratio.low <= 1 <= ratio.high else "more than" if ratio.low > 1 else "fewer than")
         own = s["own"]
-        own_text = (f"; {own.estimate:.0%} of them are the fact's own" if np.isfinite(own.estimate)
+        own_text = (f"; of the neurons gibberish gets, {own.estimate:.0%} are the fact's own" if np.isfinite(own.estimate)
                     else "; none of the facts gets any on nonsense")
         some = s.get("any")
         some_text = f", {some.estimate:.0%} of the facts get at least one" if some is not None and np.isfinite(some.estimate) else ""

@@ -59,7 +59,7 @@ def test_verdicts_follow_the_paired_interval(ig_better, relations, expected):
     sentence = T.headline(rows, {"m": F.method_table(curve_tables(relations, ig_better), 10, 200)}, 10)
     phrase = {"more faithful": "IG is more faithful", "less faithful": "gradient × activation is more faithful",
               "no difference detected": "no difference is detected", "too few relations": "too few relations to tell"}[expected]
-    assert phrase in sentence and f"{2 * relations} facts" in sentence
+    assert phrase in sentence and f"{2 * relations} facts" in sentence and sentence.startswith("- **m** (")
     assert "nan" not in sentence.lower()
 
 
@@ -232,3 +232,9 @@ def test_cost_note_branches():
     both = quiet.assign(shared_machine=[True, True, True])
     assert T.cost_note(both).startswith("The runs of a and b shared the machine")
     assert T.cost_note(None) == "The cost benchmark has not been run."
+
+
+def test_interval_text_never_reads_negative_zero():
+    assert F.interval_text(-0.001, -0.004, 0.01, ".2f") == "0.00 [0.00, 0.01]"
+    assert F.interval_text(-0.2, -0.28, -0.11, ".2f") == "-0.20 [-0.28, -0.11]"
+    assert F.interval_text(float("nan"), 0, 1) == "—"

@@ -159,11 +159,26 @@ def verdict_rows(tables_by_model: dict[str, dict[str, pd.DataFrame]], k: int = 1
     return pd.DataFrame(rows)
 
 
+def no_index(frame: pd.DataFrame):
+    """A table as a page shows it: no index column."""
+    return frame.style.hide(axis="index")
+
+
+def by_model(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per-model tables stacked under a first column ``model``."""
+    return pd.concat([f.assign(model=m)[["model", *f.columns]] for m, f in frames.items()], ignore_index=True) if frames else pd.DataFrame()
+
+
 def interval_text(estimate: float, low: float, high: float, digits: str = ".3g") -> str:
     """"0.71 [0.50, 0.77]"; "—" where there is no estimate."""
     if not np.isfinite(estimate):
         return "—"
-    return f"{estimate:{digits}} [{low:{digits}}, {high:{digits}}]"
+
+    def text(x: float) -> str:
+        out = f"{x:{digits}}"
+        return out[1:] if out.startswith("-") and float(out) == 0 else out  # never "-0.00"
+
+    return f"{text(estimate)} [{text(low)}, {text(high)}]"
 
 
 def shown_methods(table: pd.DataFrame, k: int = 10, part: str = "finding") -> pd.DataFrame:

@@ -30,25 +30,30 @@ def _difference(estimate: float, low: float, high: float, direction: str) -> str
 
 
 def headline(verdicts: pd.DataFrame, method_tables: dict[str, pd.DataFrame], k: int = 10) -> str:
-    """The chapter's answer: per model, recall@k of IG (m = 20) and of gradient × activation, their time
-    ratio, and which one the paired interval favours."""
+    """The chapter's answer as a Markdown list, one item per model: recall@k of IG (m = 20) and of gradient
+    × activation, their time ratio, and which one the paired interval favours."""
     if verdicts.empty or not method_tables:
         return "No faithfulness run is committed yet, so this page has no answer to give."
+    return "\n".join(f"- {line}" for line in headline_lines(verdicts, method_tables, k))
+
+
+def headline_lines(verdicts: pd.DataFrame, method_tables: dict[str, pd.DataFrame], k: int = 10) -> list[str]:
+    """``headline``'s sentences, one per model."""
     sentences = []
     for model, table in method_tables.items():
         ig, gxa = _row(table, "ig-m20"), _row(table, "grad-x-act")
         mine = verdicts[(verdicts["model"] == model) & (verdicts["against"] == LABELS["grad-x-act"]) &
                         (verdicts["metric"] == f"recall@{k}")]
         if ig is None or gxa is None or mine.empty:
-            sentences.append(f"On {model} the two methods were not both scored.")
+            sentences.append(f"**{model}**: the two methods were not both scored.")
             continue
         ratio = ig.seconds / gxa.seconds if gxa.seconds > 0 else float("nan")
         sentences.append(
-            f"On {model} ({plural(ig.n_facts, 'fact')} in {plural(ig.n_relations, 'relation')}), the paper's integrated gradients "
+            f"**{model}** ({plural(ig.n_facts, 'fact')} in {plural(ig.n_relations, 'relation')}): the paper's integrated gradients "
             f"(m = 20) names {ig.recall:.0%} of the {k} candidate neurons whose removal alone lowers the answer's probability most; "
             f"gradient × activation, one gradient instead of twenty per layer ({ratio:.0f}× less time), names {gxa.recall:.0%}: "
             f"{_difference(*mine.iloc[0][['estimate', 'low', 'high', 'IG is']])}.")
-    return " ".join(sentences)
+    return sentences
 
 
 def cost_sentence(method_tables: dict[str, pd.DataFrame]) -> str:
@@ -120,7 +125,7 @@ def filtered_sentence(differences: dict[str, pd.DataFrame]) -> str:
             parts.append(f"on {model} no fact keeps a knowledge neuron once the common ones are removed")
             continue
         below = [r.control for r in rows.itertuples() if r.high < 0]
-        spans = ", ".join(f"{r.difference:+.1f} [{r.low:+.1f}, {r.high:+.1f}] points against {r.control}" for r in rows.itertuples())
+        spans = ", ".join(f"{r.difference:+.1f} [{r.low:+.1f}, {r.high:+.1f}] percentage points against {r.control}" for r in rows.itertuples())
         if len(below) == len(rows):
             verdict = "it still lowers p(answer) more than " + ("both controls" if len(rows) == 2 else "its control")
         elif below:

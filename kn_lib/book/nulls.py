@@ -86,7 +86,9 @@ def filtered_changes(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> 
     own = own.assign(change=100 * (own["p_after"] - own["p_before"]) / own["p_before"])
     facts = own.groupby(["neuron_set", "operation", "relation", "fact_id"], as_index=False)["change"].mean()
     out = []
-    for (name, operation), g in facts.groupby(["neuron_set", "operation"]):
+    order = {name: i for i, name in enumerate(SETS)}
+    groups = sorted(facts.groupby(["neuron_set", "operation"]), key=lambda item: (item[0][1] != "suppress", order.get(item[0][0], 9)))
+    for (name, operation), g in groups:  # suppress first, knowledge neurons before their controls
         ci = _mean(g, "change", n_boot, seed)
         out.append({"neuron_set": name, "operation": operation, "change": ci.estimate, "low": ci.low, "high": ci.high,
                     "n_facts": g["fact_id"].nunique(), "n_relations": g["relation"].nunique()})

@@ -19,9 +19,9 @@ at a time (the benchmark's unit), all FFN layers, fp32:
   neurons drawn uniformly (seeded per prompt; all neurons when the model has fewer), and the derived row
   ``exact-ablation-per-neuron`` (its seconds and FLOPs divided by the number of candidates).
 
-Prompts: the first ``--facts`` facts of relation P36, each fact's first prompt the model answers top-1
+Prompts: the first ``--facts`` facts of relation P36 with a usable prompt, each fact's first prompt the model answers top-1
 (``FactPrompts``, ``answered_correctly``); a fact with none falls back to its first usable prompt (said in
-``note``); a fact with no usable prompt is skipped. Per prompt, each method first runs once under
+``note``); a fact with no usable prompt is skipped and the next one taken. Per prompt, each method first runs once under
 ``torch.utils.flop_counter.FlopCounterMode`` (untimed: the counter's per-operator overhead stays out of the
 timings; it also warms every method up), then ``--repeats`` timed runs, interleaved in rotating order (no
 method always runs first or right after the same one), so a change of the machine's load touches all of them.
@@ -192,7 +192,7 @@ def write(rows: list[dict], args, commit: str, load_start: float) -> pd.DataFram
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--facts", type=int, default=3, help=f"the first N facts of {RELATION}")
+    parser.add_argument("--facts", type=int, default=3, help=f"the first N facts of {RELATION} with a usable prompt")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (set explicitly)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each method per prompt (median)")
     parser.add_argument("--candidates", type=int, default=1000, help="neurons of the exact single-neuron ablation")
@@ -222,16 +222,19 @@ def main() -> None:
     rows = [row({"model": args.model, "fact_id": "", "template_id": None, "prompt_tokens": None}, "logprob-increase-setup",
                 setup, elementwise_ops=0 if logprob is not None else float("nan"))]
 
-    facts = data.load_facts([RELATION])
-    facts = [facts[i] for i in range(min(args.facts, len(facts)))]
+    facts = list(data.load_facts([RELATION]))
     prompts = FactPrompts(adapter, facts, data.load_relations([RELATION]), SkipLog("faithfulness-cost"))
     frame = None
+    done = 0
     for k, fact in enumerate(facts):
+        if done == args.facts:
+            break
         fact_id = fact["fact_id"]
         prompt, note = pick_prompt(adapter, prompts, fact_id)
-        if prompt is None:
+        if prompt is None:  # e.g. an answer of several tokens: the next fact takes its place
             print(f"{fact_id}: no usable prompt, skipped", flush=True)
             continue
+        done += 1
         rng = seeded_rng(config.seed, f"{fact_id}/{prompt.template_id}")
         ids = rng.sample(range(n_total), min(args.candidates, n_total))
         candidates = [(i // adapter.n_neurons, i % adapter.n_neurons) for i in ids]

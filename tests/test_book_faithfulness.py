@@ -169,6 +169,8 @@ def test_cheap_sentence_branches(direction, says):
     assert "cheaper" in T.cheap_sentence(verdicts, None) or direction == "too few relations"
     shown = F.cost_table(cost)
     assert list(shown["× IG's time"]) == ["0.1", "1"] and shown.notna().all().all() and len(shown.columns) <= 7
+    big = F.cost_table(cost.assign(gflop=[2609.4, 200.8]))
+    assert list(big["GFLOP"]) == ["2,609", "201"]  # no scientific notation
     assert T.cheap_sentence(pd.DataFrame(), cost).startswith("No faithfulness run")
 
 

@@ -227,6 +227,6 @@ def cost_table(cost: pd.DataFrame) -> pd.DataFrame:
         gflop_times=("gflop_vs_ig_m20", "median"), n=("seconds_median", "size")).reset_index()
     return pd.DataFrame({"model": out["model"], "method": [COST_LABELS[m] for m in out["method"]],
                          "s per prompt": [f"{v:.3g}" for v in out["seconds"]], "× IG's time": [f"{v:.2g}" for v in out["times"]],
-                         "GFLOP": [f"{v:.3g}" for v in out["gflop"]], "× IG's GFLOP": [f"{v:.2g}" for v in out["gflop_times"]],
+                         "GFLOP": [f"{v:,.0f}" if v >= 1000 else f"{v:.3g}" for v in out["gflop"]], "× IG's GFLOP": [f"{v:.2g}" for v in out["gflop_times"]],
                          "n prompts": out["n"]})
 

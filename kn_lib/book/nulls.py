@@ -138,7 +138,7 @@ def null_rows(summaries: dict[str, dict], degenerate: dict[str, pd.DataFrame], d
     for model, frame in differences.items():
         for r in frame[frame["operation"] == "suppress"].itertuples():
             reading = "larger than the control's" if r.high < 0 else "smaller than the control's" if r.low > 0 else "not detected"
-            rows.append({"model": model, "question": f"suppression without common neurons minus {r.control}, points of p change",
+            rows.append({"model": model, "question": f"suppression without common neurons minus {r.control}, percentage points of p change",
                          "estimate": r.difference, "low": r.low, "high": r.high, "n": f"{r.n_facts} facts ({r.n_relations})",
                          "reading": f"the fall is {reading}" if reading != "not detected" else "no difference detected"})
     return pd.DataFrame(rows, columns=["model", "question", "estimate", "low", "high", "n", "reading"])

@@ -160,7 +160,7 @@ def _redundancy_compute(ctx: StageContext, job: Job, adapter, on_fact=None) -> d
 
 
 REDUNDANCY = register_stage(Stage(
-    name="redundancy", help="common neurons (in > 5% of facts) and degenerate sets (Chen et al.) of knowledge neurons and their "
+    name="redundancy", help="common neurons (in more than 5 percent of the facts) and degenerate sets (Chen et al.) of knowledge neurons and their "
                             "controls; suppress/amplify without the common ones (needs refine)",
     tables=("degenerate", "filtered", "common", "skipped"), key_settings=_redundancy_key, plan=_plan_per_relation("redundancy"),
     compute=_redundancy_compute, needs_model=True, depends=("refine",),

@@ -24,7 +24,8 @@ from conftest import MIRROR, run_kn
 from kn_lib.attribution import IGConfig, integrated_gradients
 from kn_lib.experiments.attribution_methods import LogprobIncrease, grad_x_activation, left_from_right
 from kn_lib.experiments.exact_ablation import ablated_log_probs, single_neuron_effects
-from kn_lib.experiments.faithfulness import curve_area, recall_at_k, same_layer_random, spearman, top_neurons
+from kn_lib.experiments.controls import layer_matched_neurons
+from kn_lib.experiments.faithfulness import curve_area, recall_at_k, spearman, top_neurons
 
 os.environ.setdefault("KN_DATA_MIRROR", str(MIRROR))
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -144,7 +145,7 @@ def test_metric_helpers():
     assert curve_area([1, 10, 100], [0.0, 1.0, 2.0]) == pytest.approx(1.0)
     import random
 
-    picked = same_layer_random([(0, 1), (2, 3)], 5, random.Random(0))
+    picked = layer_matched_neurons([(0, 1), (2, 3)], 5, random.Random(0))  # the benchmark's same-layer random set
     assert [l for l, _ in picked] == [0, 2] and not set(picked) & {(0, 1), (2, 3)}
 
 

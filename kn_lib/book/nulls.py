@@ -79,12 +79,18 @@ def _kept(table: pd.DataFrame) -> pd.DataFrame:
     return own[own["n_kn"] > 0] if "n_kn" in own else own
 
 
+def _fact_changes(table: pd.DataFrame) -> pd.DataFrame:
+    """Per neuron set, operation and fact (``_kept``): the relative change of p(answer) in percent, the
+    fact's prompts averaged."""
+    own = _kept(table)
+    own = own.assign(change=100 * (own["p_after"] - own["p_before"]) / own["p_before"])
+    return own.groupby(["neuron_set", "operation", "relation", "fact_id"], as_index=False)["change"].mean()
+
+
 def filtered_changes(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Suppress / amplify with the common neurons filtered out: per neuron set and operation, the mean over
     facts of the relative change of p(answer) (each fact's prompts averaged first), in percent."""
-    own = _kept(table)
-    own = own.assign(change=100 * (own["p_after"] - own["p_before"]) / own["p_before"])
-    facts = own.groupby(["neuron_set", "operation", "relation", "fact_id"], as_index=False)["change"].mean()
+    facts = _fact_changes(table)
     out = []
     order = {name: i for i, name in enumerate(SETS)}
     groups = sorted(facts.groupby(["neuron_set", "operation"]), key=lambda item: (item[0][1] != "suppress", order.get(item[0][0], 9)))
@@ -98,9 +104,7 @@ def filtered_changes(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> 
 def filtered_vs_controls(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Per operation and control: mean over facts of (knowledge neurons' change - the control's change) of
     p(answer) in percent, each fact paired with its own control; relations resampled."""
-    own = _kept(table)
-    own = own.assign(change=100 * (own["p_after"] - own["p_before"]) / own["p_before"])
-    facts = own.groupby(["neuron_set", "operation", "relation", "fact_id"], as_index=False)["change"].mean()
+    facts = _fact_changes(table)
     wide = facts.pivot_table(index=["operation", "relation", "fact_id"], columns="neuron_set", values="change").reset_index()
     out = []
     for control in SETS[1:]:

@@ -92,12 +92,6 @@ class LogprobIncrease:
                 self._mixed[layer] = self.unembed @ (self.gain[:, None] * values)
         return self._mixed[layer]
 
-    def log_p(self, x: torch.Tensor, target: int) -> float:
-        """log p(target | x) read directly through the final norm and unembedding (the adapter's head)."""
-        with torch.no_grad():
-            logits = self.adapter.head(self.adapter.model.base_model.norm(x[None].to(self.adapter.model.dtype)))
-        return float(logits.float().log_softmax(-1)[0, target])
-
     @torch.no_grad()
     def scores(self, prompt: EncodedPrompt) -> torch.Tensor:
         """Imp [n_layers, n_neurons] of one prompt."""

@@ -23,7 +23,6 @@ as the Mechanistic Interpretability Benchmark's CPR summarises a curve) is one n
 from __future__ import annotations
 
 import contextlib
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
@@ -35,6 +34,7 @@ import torch
 from ..adapters import ModelAdapter
 from ..refine import Neuron
 from .attribution_methods import METHODS, LogprobIncrease, ig_scores
+from .controls import layer_matched_neurons
 from .evaluation import Prompt, seeded_rng
 from .exact_ablation import ablated_log_probs, single_neuron_effects
 
@@ -72,17 +72,6 @@ def top_neurons(scores: torch.Tensor, k: int) -> list[Neuron]:
     order = torch.argsort(-flat, stable=True)[:k]
     n = scores.shape[1]
     return [(int(i) // n, int(i) % n) for i in order]
-
-
-def same_layer_random(neurons: Sequence[Neuron], n_neurons: int, rng: random.Random) -> list[Neuron]:
-    """For each neuron a distinct random neuron of its layer, none of ``neurons``."""
-    taken, out = set(neurons), []
-    for layer, _ in neurons:
-        while (pick := (layer, rng.randrange(n_neurons))) in taken:
-            pass
-        taken.add(pick)
-        out.append(pick)
-    return out
 
 
 def recall_at_k(found: Sequence[Neuron], truth: Sequence[Neuron]) -> float:
@@ -153,7 +142,7 @@ def fact_faithfulness(adapter: ModelAdapter, prompt: Prompt, refined: Sequence[N
     sets: list[tuple[str, int, list[Neuron]]] = []
     for k in config.ks:
         sets += [(m, k, tops[m][:k]) for m in tops] + [("exact", k, exact[:k])]
-        sets.append(("random", k, same_layer_random(tops["ig-m20"][:k], adapter.n_neurons, rng)))
+        sets.append(("random", k, layer_matched_neurons(tops["ig-m20"][:k], adapter.n_neurons, rng)))
     if refined:
         sets.append(("refined", len(refined), list(refined)))
     set_log_p, set_top1 = ablated_log_probs(adapter, prompt.encoded, [s for _, _, s in sets])
@@ -164,17 +153,19 @@ def fact_faithfulness(adapter: ModelAdapter, prompt: Prompt, refined: Sequence[N
         out.curve.append({**base, "method": method, "k": k, "recall": recall_at_k(neurons, truth),
                           "delta_log_p": lp - log_p, "correct_after": bool(top1), "flip": bool(correct and not top1),
                           "log_p_before": log_p})
-    is_random = np.array([c in set(randoms) for c in candidates])
+    random_set = set(randoms)
+    is_random = np.array([c in random_set for c in candidates])
+    layers, indices = torch.tensor([l for l, _ in candidates]), torch.tensor([i for _, i in candidates])
     columns = {}
     for method, s in scores.items():
-        values = np.array([float(s[l, i]) for l, i in candidates])
+        values = s[layers, indices].double().numpy()
         columns[method] = values
         out.ranks.append({**base, "method": method, "spearman_candidates": spearman(values, drop),
                           "spearman_random": spearman(values[is_random], drop[is_random]), "seconds": seconds[method],
                           "n_candidates": len(candidates), "top_in_exact_top10": recall_at_k(tops[method][:10], exact[:10])})
     out.ranks.append({**base, "method": "exact", "spearman_candidates": 1.0, "spearman_random": 1.0, "seconds": exact_seconds,
                       "n_candidates": len(candidates), "top_in_exact_top10": 1.0})
-    out.effects = pd.DataFrame({**base, "layer": [l for l, _ in candidates], "neuron": [i for _, i in candidates],
+    out.effects = pd.DataFrame({**base, "layer": layers.numpy(), "neuron": indices.numpy(),
                                 "random_candidate": is_random, "drop": drop, "stays_top1": stays.numpy(), **columns})
     return out
 

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from conftest import MIRROR
-from kn_lib.experiments.controls import CONTROLS
+from kn_lib.experiments.controls import ALL_CONTROLS, CONTROLS
 from kn_lib.run import results
 from kn_lib.run.cli import main
 from kn_lib.run.experiment_stages import EXPERIMENT_STAGES
@@ -67,8 +67,9 @@ def test_every_experiment_stage_writes_its_tables(finished):
     for stage, summary in summaries.items():
         spec = stage_registry()[stage]
         assert spec.depends == ("refine",) and spec.tables[0] == "table" and spec.tables[-2:] == ("summary", "skipped")
-        # no baseline yet; suppress-amplify and erase also run on the two matched controls (one shard each)
-        shards = ({"ig", *CONTROLS} if stage in ("suppress-amplify", "erase") else {"ig"})
+        # no baseline yet; suppress-amplify and erase also run on the matched controls (one shard each),
+        # suppress-amplify on their non-KN forms too
+        shards = {"ig", *ALL_CONTROLS} if stage == "suppress-amplify" else {"ig", *CONTROLS} if stage == "erase" else {"ig"}
         assert (summary.shards, summary.shards_computed, summary.facts) == (len(shards), len(shards), 4 * len(shards)), stage
         store = store_of(root, settings, stage)
         assert set(store.entries()) == shards and set(store.tables()) == set(spec.tables)
@@ -101,7 +102,7 @@ def test_rerun_recomputes_nothing(finished):
     mtimes = {p: p.stat().st_mtime_ns for s in EXPERIMENT_STAGES for p in store_of(root, settings, s).dir.rglob("*.parquet")}
     for stage in EXPERIMENT_STAGES:
         again = run(stage, settings, root)
-        assert (again.shards_computed, again.shards_reused) == (0, 3 if stage in ("suppress-amplify", "erase") else 1), stage
+        assert (again.shards_computed, again.shards_reused) == (0, {"suppress-amplify": 5, "erase": 3}.get(stage, 1)), stage
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
 
 
@@ -153,7 +154,7 @@ def test_cli_options_and_preset(finished, capsys):
     assert main(["erase", *common, "--max-other-facts", "30"]) == 0 and "(0 computed, 3 reused)" in capsys.readouterr().out
     assert main(["suppress-amplify", *common, "--unrelated", "no", "--experiment-seed", "1"]) == 0
     out = capsys.readouterr().out
-    assert "(3 computed, 0 reused)" in out  # the knowledge neurons and their two matched controls
+    assert "(5 computed, 0 reused)" in out  # the knowledge neurons and their four matched controls
     table = results.load(settings.model, "suppress-amplify", root=root, preset="smoke", steps=2,
                          params={"unrelated": False, "experiment_seed": 1})
     assert set(table["scope"]) == {"own"} and set(table["seed"]) == {1}

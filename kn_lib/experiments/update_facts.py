@@ -63,7 +63,7 @@ from .evaluation import (
     FactPrompts, Prompt, SkipLog, answer_distribution, answer_readouts, log_perplexity, perplexity, seeded_rng, tag_of,
 )
 from .interventions import edited_value_slots, updated_value_slots
-from .controls import CONTROLS, matched_neurons, mean_answer_activations
+from .controls import ALL_CONTROLS, CONTROLS, base_kind, matched_neurons, mean_answer_activations
 from .neuron_sets import check_refined, neurons_by_fact, random_neurons
 
 
@@ -96,9 +96,9 @@ class UpdateConfig:
         for name in ("selection", "sampling"):
             if getattr(self, name) not in ("official", "ours"):
                 raise ValueError(f"{name} must be 'official' or 'ours', got {getattr(self, name)!r}")
-        unknown = [c for c in self.controls if c not in CONTROLS]
+        unknown = [c for c in self.controls if c not in ALL_CONTROLS]
         if unknown:
-            raise ValueError(f"unknown control(s) {unknown}; expected some of {', '.join(CONTROLS)}")
+            raise ValueError(f"unknown control(s) {unknown}; expected some of {', '.join(ALL_CONTROLS)}")
         if self.facts_per_relation < 1 or self.max_draws < 1:
             raise ValueError("facts_per_relation and max_draws must be >= 1")
 
@@ -208,6 +208,7 @@ def update_facts(
     pool_ids = {f["fact_id"] for f in pool}
     prompts = FactPrompts(adapter, pool + [f for f in facts if f["fact_id"] not in pool_ids], relations, skips)
     kns = neurons_by_fact(refined)
+    sample_kns = {tuple(n) for ns in kns.values() for n in ns}  # what a non-KN control never uses
     everything = prompts.by_relation()
     groups = {r: [f for f in ids if f in sample_ids] for r, ids in everything.items()}
     groups = {r: ids for r, ids in groups.items() if ids}
@@ -241,7 +242,8 @@ def update_facts(
             sets = [("knowledge", neurons)]
             if config.random_control:
                 sets.append(("random", random_neurons(len(neurons), adapter.n_layers, adapter.n_neurons, rng, kns[fact_id])))
-            sets += _matched_controls(adapter, fact_id, neurons, kns[fact_id], prompts, config, n_edit, mean_acts)
+            sets += _matched_controls(adapter, fact_id, neurons, kns[fact_id], prompts, config, n_edit, mean_acts, sample_kns,
+                                      prompt)
             acts = adapter.activations(prompt.encoded) if config.sign_aware else None
             for name, chosen in sets:
                 signs = {n: 1.0 if acts[n] >= 0 else -1.0 for n in chosen} if acts is not None else None
@@ -298,16 +300,24 @@ def update_facts(
 
 
 def _matched_controls(adapter: ModelAdapter, fact_id: str, neurons: list, fact_kns: list, prompts: FactPrompts,
-                      config: UpdateConfig, n_edit: int, mean_acts: dict) -> list[tuple[str, list]]:
-    """The edit's matched control sets, none of them a knowledge neuron of the fact. Their draws use their
-    own generator (per edit), so the edits drawn do not depend on which controls run."""
+                      config: UpdateConfig, n_edit: int, mean_acts: dict, sample_kns: set = frozenset(),
+                      prompt: Prompt | None = None) -> list[tuple[str, list]]:
+    """The edit's matched control sets, none of them a knowledge neuron of the fact (a non-KN control: of
+    any fact of the sample, ``sample_kns``). The activation-matched control matches the mean |activation|
+    over the fact's prompts; its non-KN form the signed activation on the edited ``prompt`` itself, since
+    a value-slot edit's effect scales with the signed activation there. Their draws use their own
+    generator (per edit), so the edits drawn do not depend on which controls run."""
     def activations():
         if fact_id not in mean_acts:
             mean_acts[fact_id] = mean_answer_activations(adapter, prompts, [fact_id])
         return mean_acts[fact_id]
 
+    def on_prompt():
+        return adapter.activations(prompt.encoded).float() if prompt is not None else activations()
+
     return [(kind, matched_neurons(kind, neurons, adapter.n_neurons, fact_kns,
-                                   lambda: seeded_rng(config.seed, f"random-layer/{fact_id}/{n_edit}"), activations))
+                                   lambda: seeded_rng(config.seed, f"random-layer/{fact_id}/{n_edit}"),
+                                   on_prompt if base_kind(kind)[1] else activations, sample_kns))
             for kind in config.controls]
 
 

@@ -11,6 +11,7 @@ Modules, each importing only those listed before it (``tests/test_import_graph.p
 * ``critique_stages``: the field's critiques (``edit-localization``, ``symmetry``, ``grammar``);
 * ``faithfulness_stage``: ``faithfulness``, attribution methods against exact ablation;
 * ``null_stages``: ``nonsense`` and ``redundancy``, the field's nulls against knowledge neurons;
+* ``held_out_stage``: ``held-out``, suppress/amplify of neurons chosen on half of each fact's prompts;
 * ``results``: reading a stage's table back by preset and options (``results.load``, for the book);
 * ``runner``: runs a stage's shards locally or on Ray, resuming finished ones;
 * ``cli``: the ``kn`` command.
@@ -26,3 +27,4 @@ from . import coverage_stages  # noqa: F401  (registers coverage)
 from . import critique_stages  # noqa: F401  (registers edit-localization, symmetry, grammar)
 from . import faithfulness_stage  # noqa: F401  (registers faithfulness)
 from . import null_stages  # noqa: F401  (registers nonsense, redundancy)
+from . import held_out_stage  # noqa: F401  (registers held-out)

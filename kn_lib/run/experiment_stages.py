@@ -137,6 +137,7 @@ class Experiment:
     # also runs on the matched controls of the knowledge neurons (``experiments.controls``), as shards
     # named after them (``random-layer``, ``activation-matched``)
     has_controls: bool = False
+    control_kinds: tuple[str, ...] = ("random-layer", "activation-matched")  # the control shards it plans
     # config fields added after results were committed, with the value that reproduces the code before
     # them: left out of the settings key at that value, so those results stay found (as that variant)
     legacy: Mapping[str, Any] = {}
@@ -193,6 +194,8 @@ class Statistics(Experiment):
 class SuppressAmplify(Experiment):
     name, help = "suppress-amplify", "suppress (x0) and amplify (x2) knowledge neurons: answer probability (Fig. 4, 5; needs refine)"
     tables, compares_baseline, has_controls = ("table", "by_relation", "by_relation_kn_only"), True, True
+    # and the non-KN controls (no knowledge neuron of any sampled fact; signed match), as their own shards
+    control_kinds = ("random-layer", "activation-matched", "random-layer-non-kn", "activation-matched-non-kn")
     options = (Option("unrelated", _bool, None, "also apply each fact's neurons to a fact of another relation, yes or no (default yes)"),
                Option("averaging", str, None, "official (default: facts without knowledge neurons count as zero change) "
                                               "or kn_only (ours: facts with knowledge neurons only)", choices=("official", "kn_only")),
@@ -263,8 +266,9 @@ class Update(Experiment):
         Option("intra_facts", int, None, "other facts of the relation for Delta intra-relation PPL (default 5)"),
         Option("inter_facts", int, None, "facts of other relations for Delta inter-relation PPL (default 5)"),
         Option("random_control", _bool, None, "repeat each edit on as many random neurons, yes or no (default yes)"),
-        Option("controls", _bool, None, "also repeat each edit on the matched controls (same-layer random, activation-"
-                                        "matched), yes or no (default yes)"),
+        Option("controls", str, None, "also repeat each edit on the matched controls: yes (default: same-layer random, "
+                                      "activation-matched), non-kn (instead their forms that avoid every knowledge neuron "
+                                      "of the sample, the signed match: the same edits) or no"),
         Option("sign_aware", _bool, None, "flip the edit of neurons with negative activation, yes or no (default no; not the paper's)"),
         Option("selection", str, None, "which neurons are edited: official (default, select_kn: count over the relation's "
                                        "bags, own included, at most 10%%) or ours (shared by fewer than 10%% of the other facts)",
@@ -287,7 +291,12 @@ class Update(Experiment):
             value = _option(self, name).check(settings)
             if value is not None:
                 given[name] = value
-        if settings.param("controls") is not None and not _bool(settings.param("controls")):
+        controls = settings.param("controls")
+        if controls is not None and str(controls).strip().lower() == "non-kn":
+            from ..experiments.controls import NON_KN_CONTROLS
+
+            given["controls"] = NON_KN_CONTROLS
+        elif controls is not None and not _bool(controls):
             given["controls"] = ()
         return UpdateConfig(seed=_experiment_seed(settings), **given)
 
@@ -511,9 +520,7 @@ def _plan(experiment: Experiment) -> Callable[[StageContext], list[Job]]:
             if baseline.exists() and not _missing_relations(baseline, settings):
                 jobs.append(Job(BASELINE, "*", facts))
         if experiment.has_controls and method != BASELINE:
-            from ..experiments.controls import CONTROLS
-
-            jobs += [Job(kind, "*", facts) for kind in CONTROLS]
+            jobs += [Job(kind, "*", facts) for kind in experiment.control_kinds]
         return jobs
 
     return plan
@@ -521,9 +528,9 @@ def _plan(experiment: Experiment) -> Callable[[StageContext], list[Job]]:
 
 def _compute(experiment: Experiment) -> Callable[..., dict]:
     def compute(ctx: StageContext, job: Job, adapter=None, on_fact=None) -> dict[str, pd.DataFrame]:
-        from ..experiments.controls import CONTROLS
+        from ..experiments.controls import ALL_CONTROLS, kn_overlap
 
-        control = job.shard if job.shard in CONTROLS else None  # a control shard: the run's own neurons, matched
+        control = job.shard if job.shard in ALL_CONTROLS else None  # a control shard: the run's own neurons, matched
         settings = ctx.settings if control else _with_method(ctx.settings, job.shard)
         relations = settings.relation_ids()
         refine = _refine_store(ctx, settings.config.method)
@@ -555,14 +562,20 @@ def _compute(experiment: Experiment) -> Callable[..., dict]:
             from ..bingrel import load_bags
 
             inputs["bags"] = load_bags(relations)
+        overlap = None
         if control:
             inputs["control"] = control
+            knowledge = refined
             refined = experiment.control(control, adapter, refined, list(job.facts), settings, inputs)
+            if experiment.name != "erase":  # erase matches relations' top neurons, avoiding all their KNs itself
+                overlap = kn_overlap(refined, knowledge)
         progress = job_progress(job, on_fact)
         inputs["progress"] = progress
         result = experiment.run(adapter, refined, list(job.facts), settings, inputs)
         tables = {name: _parquet_ready(frame) for name, frame in experiment.frames(result).items()}
         tables["summary"] = _summary_frame(experiment.summaries(result), settings, job.shard)
+        if overlap is not None:  # how many control neurons are knowledge neurons of the sample (any, same relation)
+            tables["summary"] = tables["summary"].assign(**{f"control_kn_{k}": v for k, v in overlap.items()})
         tables["skipped"] = _skipped_frame(result.skipped, settings, job.shard)
         progress(len(job.facts))  # whatever the experiment did not report (skipped facts, a shard without facts)
         if "partial" in inputs:

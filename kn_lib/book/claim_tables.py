@@ -65,13 +65,15 @@ def load_table(sample: BookSample, name: str) -> pd.DataFrame:
 def with_absent_relations(by_relation: pd.DataFrame, relations: Iterable[str]) -> pd.DataFrame:
     """Table 4's per-relation means with a row of activation 0 for every (method, relation, type) of the
     run that has no data, so that a mean over the rows is the official ``8_plot_fig_distant.py`` mean
-    (``bingrel_activation.table4_means(..., "official")``) and a bootstrap resamples every relation."""
+    (``bingrel_activation.table4_means(..., "official")``); those rows are marked ``padded``, so that the
+    claim's interval resamples only the relations with data (``claims._table4_interval``)."""
     from ..experiments.bingrel_activation import TYPES
 
     rows = [{"method": m, "relation": r, "type": t, "activation": 0.0}
             for m in by_relation["method"].unique() for r in relations for t in TYPES
             if not ((by_relation["method"] == m) & (by_relation["relation"] == r) & (by_relation["type"] == t)).any()]
-    return pd.concat([by_relation, pd.DataFrame(rows, columns=["method", "relation", "type", "activation"])], ignore_index=True)
+    padding = pd.DataFrame(rows, columns=["method", "relation", "type", "activation"]).assign(padded=True)
+    return pd.concat([by_relation.assign(padded=False), padding], ignore_index=True)
 
 
 def official_then_earlier(sample: BookSample, earlier: tuple = EARLIER_DEFINITIONS) -> dict[str, BookSample]:

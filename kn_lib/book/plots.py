@@ -402,11 +402,13 @@ def share_plot(
 
 def verdict_colours() -> dict[str, tuple]:
     """One colour per verdict of ``kn_lib.book.claims`` (colour-blind palette): "holds" green, a
-    confirmed direction of another size blue (larger) or orange (smaller), "reversed" and "exceeded"
-    vermillion and pink (warnings), undecided verdicts in greys and brown."""
+    confirmed direction of another size blue (larger) or orange (smaller), of a size the interval cannot
+    tell light blue, "within ceiling" yellow, "reversed" and "exceeded" vermillion and pink (warnings),
+    undecided verdicts in greys and brown."""
     c = sns.color_palette(PALETTE, 10)
-    return {"holds": c[2], "confirmed, larger": c[0], "confirmed, smaller": c[1], "not detected": c[7],
-            "reversed": c[3], "exceeded": c[4], "inconclusive": c[5], "no data": (0.8, 0.8, 0.8)}
+    return {"holds": c[2], "confirmed, larger": c[0], "confirmed, smaller": c[1], "confirmed, size undetermined": c[9],
+            "not detected": c[7], "reversed": c[3], "borderline": c[6], "within ceiling": c[8], "exceeded": c[4],
+            "inconclusive": c[5], "no data": (0.8, 0.8, 0.8)}
 
 
 WIDE_SPAN = 100  # a row whose values span more than this factor gets a log axis (claims_forest)

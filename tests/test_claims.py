@@ -176,10 +176,10 @@ def test_an_end_within_its_monte_carlo_error_of_a_boundary_is_borderline():
         return Interval((low + high) / 2, low, high, 20, 10_000, 0.95, 0, "bca", mc, mc)
 
     assert verdict(31.0, iv(0.5, 40.0, 1.0)) == "borderline" and direction(31.0, iv(0.5, 40.0, 1.0)) == "borderline"
-    assert verdict(31.0, iv(0.5, 40.0, 0.4)) == "confirmed, size undetermined"  # 0.5 is more than 0.4 from 0
+    assert verdict(31.0, iv(0.5, 40.0, 0.2)) == "confirmed, size undetermined"  # 0.5 is more than 2 x 0.2 from 0
     assert verdict(31.0, iv(30.5, 46.0, 1.0)) == "borderline"  # 46 + 1 leaves the margin: same size or undetermined
-    assert verdict(31.0, iv(30.5, 45.0, 1.0)) == "holds"
-    assert ceiling_verdict(4.9, iv(1.0, 4.5, 0.5)) == "borderline" and ceiling_verdict(4.9, iv(1.0, 4.3, 0.5)) == "within ceiling"
+    assert verdict(31.0, iv(30.5, 44.0, 1.0)) == "holds"
+    assert ceiling_verdict(4.9, iv(1.0, 4.5, 0.5)) == "borderline" and ceiling_verdict(4.9, iv(1.0, 3.8, 0.5)) == "within ceiling"
 
 
 def test_verdict_is_symmetric_in_size_and_sign():

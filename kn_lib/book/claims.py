@@ -90,9 +90,15 @@ def _towards_paper(paper: float, ours: Interval, null: float) -> tuple[float, fl
     return null - ours.high, null - ours.low, ours.mc_high, ours.mc_low, -effect
 
 
+BORDERLINE_FACTOR = 2.0  # a boundary within this many Monte Carlo errors (99% bands) of an end: borderline
+
+
 def _robust(category: Callable[[float, float], str], low: float, high: float, mc_low: float, mc_high: float) -> str:
-    """``category(low, high)``, or "borderline" when moving either end by its Monte Carlo error (another
-    seed's resamples) could change it: the verdict is then the same for every seed."""
+    """``category(low, high)``, or "borderline" when moving either end by ``BORDERLINE_FACTOR`` times its
+    Monte Carlo error could change it. Another seed moves an end by about a third of one error (the error
+    is a 99% band's half-width), so no seed's end crosses a boundary that the doubled band does not reach:
+    the verdict is the same for every seed."""
+    mc_low, mc_high = BORDERLINE_FACTOR * mc_low, BORDERLINE_FACTOR * mc_high
     found = {category(l, h) for l in (low - mc_low, low, low + mc_low) for h in (high - mc_high, high, high + mc_high) if l <= h}
     return found.pop() if len(found) == 1 else BORDERLINE
 

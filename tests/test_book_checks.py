@@ -124,13 +124,14 @@ def index_tie_top(bags, k):
 def touching_verdict(paper, low, high):  # ">=" for ">": an interval ending at 0 taken to exclude it
     sign = 1 if paper > 0 else -1
     low, high = sorted((sign * low, sign * high))
+    e = abs(paper)
     if high <= 0:
         return "reversed"
     if low < 0:
         return "not detected"
-    if high < abs(paper):
-        return "confirmed, smaller"
-    return "confirmed, larger" if low > abs(paper) else "holds"
+    if 0.5 * e <= low and high <= 1.5 * e:
+        return "holds"
+    return "confirmed, larger" if low > e else ("confirmed, smaller" if high < e else "confirmed, size undetermined")
 
 
 def linear_layer_fit(table):  # the layer as one number, not one effect per layer
@@ -326,13 +327,14 @@ def my_verdict(paper: float, low: float, high: float) -> str:
     """The verdict of an effect claim."""
     sign = 1 if paper > 0 else -1
     low, high = sorted((sign * low, sign * high))
+    e = abs(paper)
     if high < 0:
         return "reversed"
     if low <= 0:
         return "not detected"
-    if high < abs(paper):
-        return "confirmed, smaller"
-    return "confirmed, larger" if low > abs(paper) else "holds"
+    if 0.5 * e <= low and high <= 1.5 * e:
+        return "holds"
+    return "confirmed, larger" if low > e else ("confirmed, smaller" if high < e else "confirmed, size undetermined")
 ```
 
 The direction first, then the size.

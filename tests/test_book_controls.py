@@ -8,14 +8,14 @@ from kn_lib.book.controls import beats_control, control_claims, effect_text, eff
 
 
 def _table():
-    """Twelve facts, two prompts each; suppressing the KNs halves p and loses the answer on one prompt,
+    """Twelve facts of twelve relations (the resampled unit), two prompts each; suppressing the KNs halves p and loses the answer on one prompt,
     the random-layer control changes nothing, the activation-matched one lowers p by 10 %."""
     rows = []
     for i in range(12):
         for t in range(2):
             for method, factor in (("ig", 0.5), ("random-layer", 1.0), ("activation-matched", 0.9)):
                 lost = method == "ig" and t == 0
-                rows.append({"fact_id": f"P1/{i}", "relation": "P1", "scope": "own", "operation": "suppress", "n_kn": 2,
+                rows.append({"fact_id": f"P1/{i}", "relation": f"P{i + 1}", "scope": "own", "operation": "suppress", "n_kn": 2,
                              "method": method, "p_before": 0.4, "p_after": 0.4 * factor, "correct_before": True,
                              "correct_after": not lost, "flip": lost})
     rows.append({**rows[0], "fact_id": "P1/99", "n_kn": 0, "p_after": 0.4, "flip": False})  # no KNs: left out
@@ -34,6 +34,7 @@ def test_paired_differences_and_verdicts():
     claims = control_claims({"m": {"suppress": _table()}}, n_boot=200).set_index(["measure", "control"])
     change = claims.loc[("p(answer) change", "random-layer")]
     assert change.estimate == pytest.approx(-50.0) and change.n == 12 and change.verdict == "beats its control"
+    assert change.n_unit == "relations"  # facts of a relation are correlated: relations are resampled
     assert claims.loc[("p(answer) change", "activation-matched")].estimate == pytest.approx(-40.0)
     assert claims.loc[("correct answers lost", "random-layer")].estimate == pytest.approx(50.0)
     eff = effects({"m": {"suppress": _table()}}, n_boot=200)

@@ -320,7 +320,7 @@ def test_critique_claims_judge_each_finding_by_its_rule(monkeypatch):
     assert list(out["model"]) == ["m"] * 3 and set(out["kind"]) == {critiques.CRITIQUE}
     local = out.loc["localization adds at most this to the layer's R^2 of edit success"]
     assert local.paper == critic_value("hase_max_added_r2") and local.test == "ceiling"
-    assert local.ours == pytest.approx(0.0, abs=1e-9) and local.verdict == "holds"
+    assert local.ours == pytest.approx(0.0, abs=1e-9) and local.verdict == "within ceiling"
     agreement = out.loc["suppressing agreement neurons changes BLiMP accuracy by this many points"]
     assert agreement.ours == pytest.approx(-25.0) and agreement.direction == "confirmed"
     assert agreement.verdict == "confirmed, larger"  # -25 points lies wholly beyond the published -5.2

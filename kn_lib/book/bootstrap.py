@@ -102,7 +102,7 @@ def _ends(draws: np.ndarray, level: float, k: int, z0: float, accel: float, smal
     errors = []
     for q in quantiles:
         spread = half * math.sqrt(b * q * (1 - q))
-        lo, hi = int(max(math.floor(b * q - spread), 0)), int(min(math.ceil(b * q + spread), b - 1))
+        lo, hi = int(min(max(math.floor(b * q - spread), 0), b - 1)), int(min(max(math.ceil(b * q + spread), 0), b - 1))
         errors.append(float(draws[hi] - draws[lo]) / 2)
     return float(low), float(high), errors[0], errors[1]
 

@@ -408,14 +408,15 @@ def top_neurons(student: Callable[[list[list[Neuron]], int], list[tuple[Neuron, 
 
 def _verdict_cases() -> list[Case]:
     cases = [(-29.03, -35, -15), (-29.03, -20, -10), (-29.03, -60, -35), (-29.03, -40, 3), (-29.03, 1, 7),
-             (-29.03, -40, 0.0), (-29.03, -29.03, -20), (31.17, 20, 40), (31.17, 0.0, 12), (31.17, -9, -2),
-             (31.17, 35, 50), (31.17, 5, 25)]
+             (-29.03, -40, 0.0), (-29.03, -29.03, -20), (-29.03, -50, -12), (31.17, 20, 40), (31.17, 0.0, 12), (31.17, -9, -2),
+             (31.17, 35, 50), (31.17, 5, 25), (31.17, 20, 60), (31.17, 15.585, 46.755)]
     return [Case(f"paper {p:+}, our interval [{lo}, {hi}]", (p, lo, hi)) for p, lo, hi in cases]
 
 
 def effect_verdict(student: Callable[[float, float, float], str]) -> None:
-    """``student(paper, low, high)`` -> "holds", "confirmed, smaller", "confirmed, larger", "not detected" or
-    "reversed" for an effect claim against no effect = 0; against ``claims.verdict``."""
+    """``student(paper, low, high)`` -> "holds", "confirmed, smaller", "confirmed, larger", "confirmed, size
+    undetermined", "not detected" or "reversed" for an effect claim against no effect = 0 (margin 0.5, no
+    Monte Carlo error); against ``claims.verdict``."""
     from .claims import Interval, verdict
 
     def reference(paper, low, high):
@@ -424,24 +425,29 @@ def effect_verdict(student: Callable[[float, float, float], str]) -> None:
     def unsigned(paper, low, high):  # forgets to turn the axis for a negative claim
         return reference(abs(paper), low, high)
 
-    def touching(paper, low, high):  # ">=" for ">": an interval that ends at a bound is taken to exclude it
+    def touching(paper, low, high):  # ">=" for ">": an interval that ends at 0 is taken to exclude it
         sign = 1.0 if paper > 0 else -1.0
         a, b = sorted((sign * low, sign * high))
-        def side(target):
-            return -1 if b <= target else (1 if a >= target else 0)
-        found = {1: "confirmed", 0: "not detected", -1: "reversed"}[side(0.0)]
-        if found != "confirmed":
-            return found
-        return {-1: "confirmed, smaller", 0: "holds", 1: "confirmed, larger"}[side(abs(paper))]
+        if a >= 0 and a == 0:
+            return reference(abs(paper), 1e-9, b)
+        return reference(paper, low, high)
+
+    def containment(paper, low, high):  # the old rule: "holds" whenever the interval contains the paper's value
+        found = reference(paper, low, high)
+        sign = 1.0 if paper > 0 else -1.0
+        a, b = sorted((sign * low, sign * high))
+        return "holds" if found == "confirmed, size undetermined" and a <= abs(paper) <= b else found
 
     mistakes = [
         Mistake(unsigned, "the paper's effect can be negative (suppression lowers p): read the interval in the "
                           "paper's direction, so that 'smaller' means closer to no effect."),
         Mistake(touching, "an interval that reaches 0 (or ends exactly at it) does not exclude no effect."),
+        Mistake(containment, "an interval that contains the paper's value but is wider than the margin is no evidence "
+                             "of the same size: 'holds' needs the whole interval within half the paper's effect of it."),
     ]
     _run("effect_verdict", student, _verdict_cases(), reference, lambda e, g: e == g, mistakes,
-                "first the direction (does the interval exclude 0 on the paper's side?), then the size (does it "
-                "contain the paper's value, or lie wholly short of or beyond it?).")
+                "first the direction (does the interval exclude 0 on the paper's side?), then the size (does it lie "
+                "within the paper's effect x (1 ± 0.5)? else wholly short of it, wholly beyond it, or neither?).")
 
 
 # -- critiques: how much the edit layer and the localization explain ------------------------------------------

@@ -103,13 +103,15 @@ MEASURES = (
 
 
 def _units(intervention: str, measure: str, frames: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, str, str, str] | None:
-    """(rows with one value per unit and set, value column, unit id column, cluster column), or None."""
+    """(rows with one value per unit and set, value column, unit id column, cluster column), or None. Facts of
+    a relation are correlated (they share templates and often neurons), so facts and edits are resampled
+    by relation, as the paper's relation-averaged claims are."""
     if intervention in ("suppress", "amplify") and "manipulation" in frames:
         f = frames["manipulation"]
         column = "change" if "change" in measure else "flip"
-        return f[f["operation"] == intervention], column, "fact_id", "fact_id"
+        return f[f["operation"] == intervention], column, "fact_id", "relation"
     if intervention == "update" and "update" in frames:
-        return frames["update"], "success" if measure == "success" else "changed", "edit", "fact_id"
+        return frames["update"], "success" if measure == "success" else "changed", "edit", "relation"
     if intervention == "erase" and "erase" in frames:
         column = {"perplexity change": "ppl_change", "accuracy change": "accuracy_change"}.get(measure, "flip")
         return frames["erase"], column, "erased_relation", "erased_relation"
@@ -164,7 +166,7 @@ def effect_text(effects: pd.DataFrame, model: str, intervention: str, measure: s
 
 
 def _unit_name(cluster: str) -> str:
-    return {"fact_id": "facts", "erased_relation": "erased relations"}[cluster]
+    return {"fact_id": "facts", "relation": "relations", "erased_relation": "erased relations"}[cluster]
 
 
 def beats_control(ours: Interval, expected: int) -> str:
@@ -255,10 +257,39 @@ def with_definitions(frame: pd.DataFrame) -> pd.DataFrame:
 _STAGES = {"suppress": "suppress-amplify", "update": "update", "erase": "erase"}
 
 
+NON_KN, OWN_ONLY = "non-KN", "own KNs avoided"  # which control definition a comparison uses (``control_definition``)
+_USED: dict[tuple[str, str], str] = {}
+
+
+def control_definition(model: str, experiment: str) -> str:
+    """Which controls ``stored_control_tables`` compared ``experiment`` (suppress, update, erase) with on
+    ``model``: ``NON_KN`` (no knowledge neuron of any fact of the sample; signed activation match) or
+    ``OWN_ONLY`` (the fact's own knowledge neurons avoided, |activation| matched; the runs committed before)."""
+    return _USED.get((model, _EXPERIMENT_OF.get(experiment, experiment)), OWN_ONLY)
+
+
+def _prefer_non_kn(table: pd.DataFrame, column: str, extra: pd.DataFrame | None = None) -> tuple[pd.DataFrame, bool]:
+    """``table`` with its non-KN control rows (its own, or ``extra``'s: a run that repeated the same edits on
+    them) under the controls' names, in place of the controls that avoid only the fact's own knowledge
+    neurons; unchanged when it has none."""
+    from ..experiments.controls import NON_KN_CONTROLS
+
+    if extra is not None and set(NON_KN_CONTROLS) & set(extra[column]):
+        table = pd.concat([table, extra[extra[column].isin(NON_KN_CONTROLS)]], ignore_index=True)
+    if not set(NON_KN_CONTROLS) <= set(table[column]):
+        return table, False
+    table = table[~table[column].isin(CONTROL_SETS)]
+    return table.assign(**{column: table[column].replace({f"{c}-non-kn": c for c in CONTROL_SETS})}), True
+
+
 def stored_control_tables(runs: dict[str, dict[str, int | None]] | None = None) -> tuple[dict[str, dict[str, pd.DataFrame]], list[str]]:
     """The committed tables of ``runs`` (default ``CONTROL_RUNS``; each read from ``control_sample``) that
     hold control rows, as ``effects`` and ``control_claims`` take them, and a line for each one that does
-    not (not run yet)."""
+    not (not run yet). Where the non-KN controls are committed (``experiments.controls``; for an update, by
+    the run with ``--controls non-kn``, whose knowledge-neuron edits are the same) they replace the earlier
+    controls under the same names; ``control_definition`` says which served."""
+    import dataclasses
+
     tables: dict[str, dict[str, pd.DataFrame]] = {}
     missing = []
     for model, experiments in (runs or CONTROL_RUNS).items():
@@ -266,6 +297,12 @@ def stored_control_tables(runs: dict[str, dict[str, int | None]] | None = None) 
             stage = _STAGES[name]
             sample = control_sample(model, name, size)
             table, status = sample.committed(stage)
+            if table is not None and name != "erase":  # the erasure avoids every KN of its relation already
+                extra = None
+                if name == "update":
+                    extra, _ = dataclasses.replace(sample, params=sample.params + (("controls", "non-kn"),)).committed(stage)
+                table, used = _prefer_non_kn(table, "neuron_set" if name == "update" else "method", extra)
+                _USED[(model, name)] = NON_KN if used else OWN_ONLY
             if table is None:
                 missing.append(f"{model}: {stage} on known facts {status}")
                 continue

@@ -78,3 +78,22 @@ def test_two_way_bootstrap_weights_a_pair_by_both_relations():
                            n_boot=300, seed=0, method="percentile")
     assert iv.estimate == pytest.approx(1.0 - 5.0 * 22 / 132)
     assert iv.n_clusters == 12 and (iv.high - iv.low) > (one_way.high - one_way.low)  # both roles vary: wider
+
+
+def test_the_old_rule_rewarded_containment_and_holm_keeps_the_familys_directions():
+    from kn_lib.book.claims import Interval, claim_row, containment_verdict, holm_family
+
+    wide = Interval(40.0, 20.0, 60.0, 14, 1000, 0.95, 0)
+    row = claim_row("amplify", "Figure 5", 31.17, wide)
+    assert containment_verdict(row) == "holds" and row["verdict"] == "confirmed, size undetermined"
+    assert containment_verdict(claim_row("c", "Table 5", 4.9, Interval(0, 0.5, 4.0, 12, 1000, 0.95, 0), ceiling=True)) == "holds"
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, centre in enumerate((30.0, 28.0, 0.5)):
+        draws = np.sort(rng.normal(centre, 5.0, 10_000))
+        iv = Interval(centre, *np.quantile(draws, [0.025, 0.975]), 20, 10_000, 0.95, 0, "percentile", draws=draws)
+        rows.append(claim_row(f"c{i}", "Figure 4", 31.0, iv))
+    claims = pd.DataFrame(rows)
+    family = holm_family(claims, claims["claim"] != "none")
+    assert list(family["holm_confirmed"]) == [True, True, False]
+    assert (family["holm_high"] - family["holm_low"] >= claims["ci_high"] - claims["ci_low"] - 1e-9).all()  # wider, never narrower

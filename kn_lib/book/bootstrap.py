@@ -297,12 +297,16 @@ def bootstrap_ci(
 
 
 def two_way_mean_diff_ci(frame: pd.DataFrame, column: str, by: str, a: object, b: object, cluster_a: str, cluster_b: str,
-                         n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Interval:
+                         n_boot: int = 1000, level: float = 0.95, seed: int = 0, method: str = "bca") -> Interval:
     """Interval of (mean of ``column`` where ``by`` is ``a``) − (the same where it is ``b``) over rows that
     belong to two clusters at once (a pair of facts: its two relations). Clusters (the union of both
     columns' values) are drawn once per resample; a row weighs count(its first) × count(its second), so
     a relation left out removes every pair it is part of (Owen's pigeonhole bootstrap, one index set).
-    The jackknife of the BCa leaves out one cluster from both roles."""
+    The jackknife of the BCa leaves out one cluster from both roles. ``method="percentile"``: the old
+    reading, one-way over ``cluster_a`` (``bootstrap_ci``), kept to show what the two-way bootstrap moved."""
+    if method == "percentile":
+        return bootstrap_ci(frame, group_mean_diff(column, by, a, b), cluster_a, n_boot=n_boot, level=level, seed=seed,
+                            method="percentile")
     if frame.empty:
         return Interval(float("nan"), float("nan"), float("nan"), 0, n_boot, level, seed, "bca")
     codes, uniques = pd.factorize(pd.concat([frame[cluster_a], frame[cluster_b]], ignore_index=True))

@@ -290,7 +290,7 @@ def _table4_interval(ig: pd.DataFrame, other: str, boot: dict) -> Interval:
     return _scaled(iv, n_present / n_all) if n_all else iv
 
 
-def paper_claims(tables: dict[str, pd.DataFrame], n_boot: int = VERDICT_BOOT, seed: int = 0) -> pd.DataFrame:
+def paper_claims(tables: dict[str, pd.DataFrame], n_boot: int = VERDICT_BOOT, seed: int = 0, method: str = "bca") -> pd.DataFrame:
     """One row per claim of the paper that the stored results can test, with the paper's number
     (``kn_lib.paper``), ours, a 95% bootstrap interval and the verdict (``claim_row``).
 
@@ -310,7 +310,7 @@ def paper_claims(tables: dict[str, pd.DataFrame], n_boot: int = VERDICT_BOOT, se
 
     p = paper.value
     rows = []
-    boot = dict(n_boot=n_boot, seed=seed)
+    boot = dict(n_boot=n_boot, seed=seed, method=method)
     if "pairs" in tables:
         pairs = tables["pairs"].assign(relation=lambda f: f["fact_a"].str.split("/").str[0],
                                        relation_b=lambda f: f["fact_b"].str.split("/").str[0])
@@ -415,7 +415,8 @@ def edit_reach(paraphrases: pd.DataFrame, ppl_prompts: pd.DataFrame, n_boot: int
     return pd.DataFrame(rows)
 
 
-def claims_by_sample(groups: dict[str, dict[str, pd.DataFrame]], n_boot: int = VERDICT_BOOT, seed: int = 0) -> pd.DataFrame:
+def claims_by_sample(groups: dict[str, dict[str, pd.DataFrame]], n_boot: int = VERDICT_BOOT, seed: int = 0,
+                     method: str = "bca") -> pd.DataFrame:
     """``paper_claims`` of a design that draws each claim's tables from the sample that serves it best
     (e.g. Table 2 from a wide uniform sample, Figures 4-5 from known facts): ``groups`` maps a sample's
     label to the tables taken from it, and each row says in ``sample`` where its data came from. A
@@ -423,8 +424,37 @@ def claims_by_sample(groups: dict[str, dict[str, pd.DataFrame]], n_boot: int = V
     names = [name for tables in groups.values() for name in tables]
     if len(names) != len(set(names)):
         raise ValueError(f"a table is taken from two samples: {sorted(n for n in set(names) if names.count(n) > 1)}")
-    frames = [paper_claims(tables, n_boot=n_boot, seed=seed).assign(sample=label) for label, tables in groups.items() if tables]
+    frames = [paper_claims(tables, n_boot=n_boot, seed=seed, method=method).assign(sample=label)
+              for label, tables in groups.items() if tables]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*CLAIM_COLUMNS, "sample"])
+
+
+def containment_verdict(row: Mapping) -> str:
+    """The rule this book used before the equivalence test, on one claims row: "holds" when the interval
+    excludes the null and *contains* the paper's value (a ceiling: when its upper end is at most it); no
+    data below ``MIN_CLUSTERS``. Kept only to show what the new rule moved (``rule_changes``)."""
+    low, high, paper, null = row["ci_low"], row["ci_high"], row["paper"], row["null"]
+    if not (np.isfinite(low) and np.isfinite(high)) or row["n_clusters"] < MIN_CLUSTERS:
+        return "no data"
+    if row["test"] == "ceiling":
+        return "holds" if high <= paper else ("exceeded" if low > paper else "inconclusive")
+    sign = 1.0 if paper > null else -1.0
+    low, high = sorted((sign * (low - null), sign * (high - null)))
+    effect = abs(paper - null)
+    if high < 0 or low <= 0:
+        return "reversed" if high < 0 else "not detected"
+    return "confirmed, smaller" if high < effect else ("confirmed, larger" if low > effect else "holds")
+
+
+def rule_changes(groups: dict[str, dict[str, pd.DataFrame]], n_boot: int = VERDICT_BOOT, seed: int = 0) -> pd.DataFrame:
+    """Each claim of ``claims_by_sample(groups)`` under the old rule (1,000 percentile resamples, one-way
+    clusters for Table 2, containment: ``containment_verdict``) and the new one (``paper_claims``'s
+    defaults): claim, where, n, ``old rule``, ``new rule`` and whether it ``changed``."""
+    new = claims_by_sample(groups, n_boot=n_boot, seed=seed)
+    old = claims_by_sample(groups, n_boot=1000, seed=seed, method="percentile")
+    out = new[["claim", "where", "n_clusters", "verdict"]].rename(columns={"n_clusters": "n", "verdict": "new rule"})
+    out.insert(3, "old rule", [containment_verdict(r) for _, r in old.iterrows()])
+    return out.assign(changed=out["old rule"] != out["new rule"]).reset_index(drop=True)
 
 
 def compare_designs(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:

@@ -126,7 +126,7 @@ COLUMN_LABELS = {
     "n_pairs": "held-out pairs", "reverse_before": "reverse holds before (%)",
     "reverse_after": "reverse holds after (%)", "old_reverse_after": "old reverse still holds after (%)",
     # claims (kn_lib.book.claims): bootstrap intervals
-    "ci_low": "95% CI low", "ci_high": "95% CI high", "n_clusters": "n (clusters)",
+    "ci_low": "95% CI low", "ci_high": "95% CI high", "n_clusters": "n (clusters)", "p_value": "p (bootstrap)", "mc_error": "Monte Carlo error",
     # performance (benchmarks/attribution_speed.py, aggregated per path in the performance chapter)
     "seconds_per_prompt": "wall time per prompt (s)", "seconds_9_prompts": "wall time per 9 prompts (s)",
     "cpu_seconds_per_prompt": "CPU time per prompt (s, all threads)",

@@ -428,7 +428,7 @@ def effect_verdict(student: Callable[[float, float, float], str]) -> None:
     def touching(paper, low, high):  # ">=" for ">": an interval that ends at 0 is taken to exclude it
         sign = 1.0 if paper > 0 else -1.0
         a, b = sorted((sign * low, sign * high))
-        if a >= 0 and a == 0:
+        if a == 0:  # an interval that starts at 0, read as if it excluded it
             return reference(abs(paper), 1e-9, b)
         return reference(paper, low, high)
 

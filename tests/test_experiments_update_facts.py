@@ -1,6 +1,7 @@
 """Table 6 mechanics on tiny models: which facts and neurons are edited, the control, the metrics,
 seeds, and weights restored bit for bit; then one real edit."""
 
+import pandas as pd
 import pytest
 import torch
 
@@ -123,6 +124,30 @@ def test_edits_controls_and_restore(tiny):
     # same seed, same run; every skipped fact has its reason
     assert result.table.equals(update_facts(tiny, refined, facts, RELATIONS, config).table)
     assert "only 2 of 2" not in " ".join(result.skipped.reason)
+
+
+def test_a_run_resumed_from_saved_relations_equals_one_run(tiny, tmp_path):
+    """Relations saved as they finish (``on_relation``, written to Parquet by ``PartialShard`` and read back)
+    and given to a rerun as ``resume`` are taken, not edited again; the edits after them keep their numbers
+    and their control draws, so the resumed result equals one uninterrupted run, non-KN controls included."""
+    from kn_lib.experiments.controls import NON_KN_CONTROLS
+    from kn_lib.run.partial import PartialShard
+
+    facts = learned_facts(tiny)
+    config = UpdateConfig(**OURS, facts_per_relation=2, intra_facts=2, inter_facts=2, seed=4, controls=NON_KN_CONTROLS)
+    partial = PartialShard.of(tmp_path, "ig")
+    whole = update_facts(tiny, _kns(facts), facts, RELATIONS, config, on_relation=partial.save)
+    saved = partial.finished()
+    assert sorted(saved) == ["P19", "P36"] and set(whole.table.relation) <= set(saved)  # a relation without edits too
+    first = whole.table.relation.iloc[0]
+    marked = {**saved[first], "table": saved[first]["table"].assign(p_new_after=0.125)}  # resumed, not remeasured
+    resumed = update_facts(tiny, _kns(facts), facts, RELATIONS, config, resume={first: marked})
+    assert (resumed.table[resumed.table.relation == first].p_new_after == 0.125).all()
+    expected = whole.table.assign(p_new_after=whole.table.p_new_after.where(whole.table.relation != first, 0.125))
+    pd.testing.assert_frame_equal(resumed.table, expected)
+    pd.testing.assert_frame_equal(resumed.ppl_prompts, whole.ppl_prompts)
+    pd.testing.assert_frame_equal(resumed.skipped, whole.skipped)
+    assert set(whole.table.neuron_set) == {"knowledge", "random", *NON_KN_CONTROLS}
 
 
 def test_zero_lambdas_change_nothing(tiny_bert):

@@ -60,7 +60,7 @@ import pandas as pd
 from ..adapters import ModelAdapter
 from ..data import Relation
 from .evaluation import (
-    FactPrompts, Prompt, SkipLog, answer_distribution, answer_readouts, log_perplexity, perplexity, seeded_rng, tag_of,
+    SKIP_COLUMNS, FactPrompts, Prompt, SkipLog, answer_distribution, answer_readouts, log_perplexity, perplexity, seeded_rng, tag_of,
 )
 from .interventions import edited_value_slots, updated_value_slots
 from .controls import ALL_CONTROLS, CONTROLS, base_kind, matched_neurons, mean_answer_activations
@@ -191,6 +191,8 @@ def update_facts(
     population: Iterable[Mapping] | None = None,
     bags: Mapping[str, Mapping[str, list]] | None = None,
     progress: Callable[[int], object] | None = None,
+    resume: Mapping[str, Mapping[str, pd.DataFrame]] | None = None,
+    on_relation: Callable[[str, Mapping[str, pd.DataFrame]], object] | None = None,
 ) -> UpdateResult:
     """Table 6 for one refined table; ``facts`` are the analysed sample whose facts are edited.
 
@@ -199,7 +201,12 @@ def update_facts(
     facts. ``population`` (default: ``facts``): every fact the official sampling draws t' and the
     perplexity facts from; ``relations`` must hold its relations' templates. ``bags`` (relation -> fact ->
     neurons, empty bags included; default: the sample's own bags) are what the official ``select_kn``
-    counts over."""
+    counts over.
+
+    Long runs: ``on_relation`` gets each relation's tables (``table``, ``ppl_prompts``, ``paraphrases``,
+    ``skipped``) as soon as its edits are measured, and a rerun given them as ``resume`` takes them instead
+    of editing again: every draw is seeded per relation and per edit number, and a resumed relation
+    advances the edit number by its edits, so the result equals one uninterrupted run."""
     check_refined(refined)
     skips = SkipLog("update_facts")
     facts = list(facts)
@@ -217,10 +224,21 @@ def update_facts(
     population_ids = groups if searched is None else {
         r: sorted(set(g["fact_id"]) | set(groups.get(r, ()))) for r, g in searched.groupby("relation")
     }
-    rows, ppl_rows, para_rows = [], [], []
+    parts: list[dict[str, pd.DataFrame]] = []  # each relation's tables, measured now or resumed
+    resume = resume or {}
     mean_acts: dict[str, object] = {}  # fact -> mean answer-position activations (activation-matched control)
     n_edit = 0
     for relation, ids in groups.items():
+        if relation in resume:
+            part = {name: _as_lists(frame) for name, frame in resume[relation].items()}
+            parts.append(part)
+            n_edit += int(part["table"]["edit"].nunique()) if len(part["table"]) else 0
+            skips.rows += [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+                           for r in part["skipped"].to_dict("records")]
+            if progress is not None:
+                progress(len(ids))
+            continue
+        rows, ppl_rows, para_rows, first_skip = [], [], [], len(skips.rows)
         rng = seeded_rng(config.seed, relation)
         if not any(f in kns for f in ids):
             skips.add("relation without knowledge neurons", relation)
@@ -283,20 +301,39 @@ def update_facts(
                 ]
         if done < config.facts_per_relation:
             skips.add(f"only {done} of {config.facts_per_relation} facts could be edited", relation)
+        part = {"table": pd.DataFrame(rows, columns=TABLE_COLUMNS), "ppl_prompts": pd.DataFrame(ppl_rows, columns=PPL_COLUMNS),
+                "paraphrases": pd.DataFrame(para_rows, columns=PARA_COLUMNS),
+                "skipped": pd.DataFrame(skips.rows[first_skip:], columns=SKIP_COLUMNS)}
+        parts.append(part)
+        if on_relation is not None:
+            on_relation(relation, part)
         if progress is not None:
             progress(len(ids))  # a relation's facts are done
     skips.rows = [r for r in skips.rows if r["fact_id"] is None or r["fact_id"] in sample_ids]  # not the population's
     tag = tag_of(refined)
-    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-    ppl_prompts = pd.DataFrame(ppl_rows, columns=["edit", "fact_id", "neuron_set", "scope", "eval_fact_id", "template_id", "p_before",
-                                                  "p_after", "top1_changed", "correct_before", "correct_after", "new_after",
-                                                  "logp_before", "logp_after"])
-    para = pd.DataFrame(para_rows, columns=["edit", "fact_id", "neuron_set", "template_id", "correct_before", "changed", "success"])
+
+    def joined(name: str, columns: list[str]) -> pd.DataFrame:
+        frames = [p[name] for p in parts if len(p[name])]
+        return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+    table, ppl_prompts, para = joined("table", TABLE_COLUMNS), joined("ppl_prompts", PPL_COLUMNS), joined("paraphrases", PARA_COLUMNS)
     names = ["knowledge"] + (["random"] if config.random_control else []) + list(config.controls)
     summary = [_summarise(table, ppl_prompts, para, name, tag, config.seed) for name in names]
     for frame in (table, ppl_prompts, para):
         frame["model"], frame["method"], frame["seed"] = tag["model"], tag["method"], config.seed
     return UpdateResult(table, ppl_prompts, para, summary, skips.frame(), config)
+
+
+PPL_COLUMNS = ["edit", "fact_id", "neuron_set", "scope", "eval_fact_id", "template_id", "p_before", "p_after", "top1_changed",
+               "correct_before", "correct_after", "new_after", "logp_before", "logp_after"]
+PARA_COLUMNS = ["edit", "fact_id", "neuron_set", "template_id", "correct_before", "changed", "success"]
+
+
+def _as_lists(frame: pd.DataFrame) -> pd.DataFrame:
+    """A saved relation's table as measured: Parquet gives the neuron lists back as arrays."""
+    if "neurons" not in frame.columns:
+        return frame
+    return frame.assign(neurons=[[[int(x) for x in n] for n in v] for v in frame["neurons"]])
 
 
 def _matched_controls(adapter: ModelAdapter, fact_id: str, neurons: list, fact_kns: list, prompts: FactPrompts,

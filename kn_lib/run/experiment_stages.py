@@ -305,9 +305,11 @@ class Update(Experiment):
 
         config = self.config(settings)
         official = config.sampling == "official"
+        partial = inputs.get("partial")  # a long shard's relations, saved as each one's edits are measured
         return update_facts(adapter, refined, facts, _relations_of_all() if official else settings.load_relations(), config,
                             inputs.get("searched"), population=all_facts() if official else None,
-                            bags=inputs.get("bags") if config.selection == "official" else None, progress=inputs.get("progress"))
+                            bags=inputs.get("bags") if config.selection == "official" else None, progress=inputs.get("progress"),
+                            resume=partial.finished() if partial else None, on_relation=partial.save if partial else None)
 
     def summaries(self, result):
         return list(result.summary)
@@ -548,6 +550,7 @@ def _compute(experiment: Experiment) -> Callable[..., dict]:
             inputs["searched"] = searched[["fact_id", "relation"]].drop_duplicates().reset_index(drop=True)
         if experiment.name == "update":
             inputs["bags"] = largest_bags(ctx, settings, relations, refined, inputs["searched"])
+            inputs["partial"] = PartialShard.of(ctx.inputs(ctx.stage).dir, job.shard)
         if experiment.name == "erase":
             attribute = StageContext("attribute", settings, ctx.root).inputs("attribute")
             shards = [s for s in attribute.entries() if s.split("/")[0] in set(relations)]

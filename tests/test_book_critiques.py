@@ -11,7 +11,7 @@ import pytest
 
 from kn_lib.book.claims import MIN_CLUSTERS, Interval
 from kn_lib.book.critiques import (
-    GRAMMAR_MEASURES, OUTCOMES, RANDOM_LAYER, SYMMETRY_MEASURES, TOP_IG, by_layer, grammar_by_group, grammar_effects,
+    GRAMMAR_MEASURES, LAYER_MATCHED, LOCALIZATIONS, OUTCOMES, RANDOM_LAYER, VERSUS_RANDOM, SYMMETRY_MEASURES, TOP_IG, by_layer, grammar_by_group, grammar_effects,
     interval_of, kn_layer_comparison, localization_fit, stored_critique_tables, symmetry_effects,
 )
 from kn_lib.experiments.controls import CONTROLS
@@ -64,9 +64,12 @@ def r2_of_layer_means(y: pd.Series, layers: pd.Series) -> float:
 
 def test_localization_fit_finds_a_planted_localization():
     table = planted_localization()
-    fit = localization_fit(table, n_boot=N_BOOT).set_index("outcome")
-    assert list(fit.index) == list(OUTCOMES.values())
-    assert list(fit.columns) == ["r2_layer", "r2_layer_localization", "r2_increment", "ci_low", "ci_high", "n_facts", "n_rows"]
+    both = localization_fit(table, n_boot=N_BOOT)
+    assert both[["outcome", "localization"]].apply(tuple, axis=1).tolist() == [
+        (o, loc) for o in OUTCOMES.values() for loc in LOCALIZATIONS.values()]
+    fit = both[both["localization"] == LOCALIZATIONS["mass_share"]].set_index("outcome")
+    assert list(fit.columns) == ["localization", "r2_layer", "r2_layer_localization", "r2_increment", "ci_low", "ci_high",
+                                 "n_facts", "n_rows"]
     top = table[table["neuron_set"] == TOP_IG]
     for column, label in OUTCOMES.items():
         row = fit.loc[label]
@@ -81,8 +84,8 @@ def test_localization_fit_when_the_layer_explains_everything():
     rows = [edit_row(f, layer, success=layer >= 2, mass_share=float(np.random.default_rng(f * 10 + layer).random()),
                      delta_p_new=0.1 * layer) for f in range(12) for layer in range(4)]
     fit = localization_fit(frame(rows, EDIT_COLUMNS), n_boot=N_BOOT)
-    assert fit["r2_layer"].tolist() == pytest.approx([1.0, 1.0])
-    assert fit["r2_increment"].tolist() == pytest.approx([0.0, 0.0], abs=1e-9)
+    assert fit["r2_layer"].tolist() == pytest.approx([1.0] * 4)
+    assert fit["r2_increment"].tolist() == pytest.approx([0.0] * 4, abs=1e-9)
     assert fit["ci_low"].abs().max() < 1e-9 and fit["ci_high"].abs().max() < 1e-9
 
 
@@ -113,13 +116,33 @@ def test_kn_layer_comparison_by_hand():
     table = comparison_table(top={0: [0, 0, 1], 1: [1, 1, 0], 2: [0, 1, 1], 3: [0, 0, 0]}, kn_layers={0: 2, 1: 1, 2: 0, 3: 2},
                              random_at_kn={0: 0, 1: 1, 2: 0, 3: 0})
     out = kn_layer_comparison(table, n_boot=N_BOOT).set_index("comparison")
-    own, versus = out.loc["own layer vs other layers"], out.loc["top-ig vs random-layer at the own layer"]
-    # own layer minus the mean of the others: 1 - 0, 1 - 1/2, 0 - 1, 0 - 0
-    assert own.estimate == pytest.approx(100 * (1 + 0.5 - 1 + 0) / 4) and own.n == 4
+    own, versus = out.loc[LAYER_MATCHED], out.loc[VERSUS_RANDOM]
+    # at the own layer, minus the other facts edited there whose layer is elsewhere (fact 3 shares fact 0's
+    # layer 2, so neither counts for the other): 1 - 1/2, 1 - 1/3, 0 - 1/3, 0 - 1/2
+    assert own.estimate == pytest.approx(100 * (1 / 2 + 2 / 3 - 1 / 3 - 1 / 2) / 4) and own.n == 4
     # at the kn layer, top-ig minus random-layer: 1 - 0, 1 - 1, 0 - 0, 0 - 0
     assert versus.estimate == pytest.approx(100 * 1 / 4) and versus.n == 4
     assert set(out["verdict"]) == {"no data"}  # 4 < MIN_CLUSTERS facts
     assert own.ci_low <= own.estimate <= own.ci_high
+
+
+def test_the_layer_matched_contrast_is_not_fooled_by_depth():
+    """Edits work in the top layers for every fact, whatever its knowledge-neuron layer; knowledge-neuron
+    layers sit in the top layers too. A fact's own layer against its other layers then "wins" by depth
+    alone; against the other facts edited at the same layer it does not."""
+    from kn_lib.experiments.edit_localization_fit import kn_layer_advantage, layer_matched_advantage
+
+    n, layers = 2 * MIN_CLUSTERS, 6
+    top = {f: [int(layer >= 3) for layer in range(layers)] for f in range(n)}
+    table = comparison_table(top, kn_layers={f: 3 + f % 3 for f in range(n)}, random_at_kn={})
+    naive = kn_layer_advantage(table)
+    assert naive["difference"].mean() == pytest.approx(1 - 2 / 5)  # 1 at its layer, 2 of 5 other layers work
+    matched = layer_matched_advantage(table)
+    assert len(matched) == n and matched["difference"].abs().max() == 0.0
+    same = {layer: sum(3 + g % 3 == layer for g in range(n)) for layer in (3, 4, 5)}
+    assert matched["n_others"].tolist() == [n - same[layer] for layer in matched["kn_layer"]]  # facts of other layers
+    row = kn_layer_comparison(table, n_boot=N_BOOT).set_index("comparison").loc[LAYER_MATCHED]
+    assert row.estimate == 0.0 and row.verdict == "does not beat its control"
 
 
 def test_kn_layer_comparison_verdicts_from_enough_facts():
@@ -127,15 +150,16 @@ def test_kn_layer_comparison_verdicts_from_enough_facts():
     top = {f: [int(layer == f % 3) if f % 6 else 1 for layer in range(3)] for f in range(n)}  # every 6th fact: all layers work
     table = comparison_table(top, kn_layers={f: f % 3 for f in range(n)}, random_at_kn={f: int(f < 2) for f in range(n)})
     out = kn_layer_comparison(table, n_boot=N_BOOT).set_index("comparison")
-    own, versus = out.loc["own layer vs other layers"], out.loc["top-ig vs random-layer at the own layer"]
-    assert own.estimate == pytest.approx(100 * 10 / 12) and own.n == n and own.ci_low > 0
+    own, versus = out.loc[LAYER_MATCHED], out.loc[VERSUS_RANDOM]
+    # own layer 1; the other facts at it work only when all their layers do (facts 0 and 6, both at layer 0)
+    assert own.estimate == pytest.approx(100 * (4 * 1 + 8 * (1 - 2 / 8)) / 12) and own.n == n and own.ci_low > 0
     assert versus.estimate == pytest.approx(100 * 10 / 12) and versus.ci_low > 0
     assert set(out["verdict"]) == {"beats its control"}
     # without the random control (--layer-controls no), only the second comparison has no data
     alone = kn_layer_comparison(table[table["neuron_set"] == TOP_IG], n_boot=N_BOOT).set_index("comparison")
-    assert alone.loc["own layer vs other layers", "verdict"] == "beats its control"
-    assert alone.loc["top-ig vs random-layer at the own layer", "n"] == 0
-    assert alone.loc["top-ig vs random-layer at the own layer", "verdict"] == "no data"
+    assert alone.loc[LAYER_MATCHED, "verdict"] == "beats its control"
+    assert alone.loc[VERSUS_RANDOM, "n"] == 0
+    assert alone.loc[VERSUS_RANDOM, "verdict"] == "no data"
 
 
 # -- grammar ------------------------------------------------------------------------------------------
@@ -289,7 +313,8 @@ def test_stored_critique_tables_says_what_is_not_run(tmp_path, monkeypatch):
     assert tables == {}
     assert missing == ["smollm2-135m: `kn edit-localization` on known facts not run", "smollm2-135m: `kn symmetry` on known facts not run",
                        "smollm2-135m: `kn symmetry --sign-aware yes` on known facts not run",
-                       "smollm2-135m: `kn grammar --paradigms determiner-noun` not run"]
+                       "smollm2-135m: `kn grammar --paradigms determiner-noun` not run",
+                       "smollm2-135m: `kn grammar --paradigms subject-verb` not run"]
 
 
 # -- the claims rows, the comparison with facts, the figure's rows ---------------------------------------
@@ -302,6 +327,50 @@ def test_symmetry_given_success_counts_only_knowledge_edits_that_succeeded():
             symmetry_row(2, "knowledge", False, 0.0, 1.0), symmetry_row(3, CONTROLS[0], True, 0.0, 1.0)]
     ours = symmetry_given_success(frame(rows, SYMMETRY_COLUMNS), n_boot=N_BOOT)
     assert ours.estimate == pytest.approx(25.0) and ours.n_clusters == 2
+    # an edit whose reverse the model never answered before cannot be asked to carry over: not testable
+    rows[1] = {**rows[1], "old_reverse_before": 0.5}  # half its reverse prompts: not more than half
+    assert symmetry_given_success(frame(rows, SYMMETRY_COLUMNS), n_boot=N_BOOT).n_clusters == 1
+    assert symmetry_given_success(frame(rows, SYMMETRY_COLUMNS), n_boot=N_BOOT, testable=False).n_clusters == 2
+
+
+def test_symmetry_reading_reads_right_in_every_branch():
+    from kn_lib.book.critiques import symmetry_reading
+
+    def iv(n, estimate=0.0):
+        return Interval(estimate, estimate, estimate, n, N_BOOT, 0.95, 0)
+
+    assert symmetry_reading(iv(0), iv(0)) == "no knowledge-neuron edit succeeded, so none can carry over to the reverse"
+    one = symmetry_reading(iv(1), iv(0))
+    assert one.startswith("1 knowledge-neuron edit succeeded, and afterwards the reverse holds on 0.0% [0.0, 0.0]")
+    assert one.endswith("none of it before the edit: not testable")
+    few = symmetry_reading(iv(4, 25.0), iv(2, 50.0))
+    assert few.startswith("4 knowledge-neuron edits succeeded") and few.endswith("for only 2 of them: not testable")
+    enough = symmetry_reading(iv(MIN_CLUSTERS + 3, 25.0), iv(MIN_CLUSTERS, 50.0))
+    assert enough.endswith(f"; among the {MIN_CLUSTERS} whose reverse the model answered before, 50.0% [50.0, 50.0]")
+
+
+def agreement_table(changes: dict[str, list[int]]) -> pd.DataFrame:
+    """Paradigm -> per group, how many of its 4 pairs (all correct before) the knowledge neurons flip;
+    the controls flip none."""
+    rows = []
+    for paradigm, flips in changes.items():
+        for g, n_flip in enumerate(flips):
+            for pair in range(4):
+                base = {**pair_row(f"g{g}", pair, "knowledge", True, pair >= n_flip, 0.5, 0.5),
+                        "paradigm": paradigm, "fact_id": f"{paradigm}/g{g}"}
+                rows += [base] + [{**base, "neuron_set": c, "correct_after": True, "flip": False} for c in CONTROLS]
+    return frame(rows, GRAMMAR_COLUMNS)
+
+
+def test_grammar_accuracy_changes_count_a_rise_as_much_as_a_fall():
+    from kn_lib.book.critiques import grammar_accuracy_changes
+
+    table = agreement_table({"a": [1, 0]})
+    table.loc[(table["fact_id"] == "a/g1") & (table["neuron_set"] == "knowledge") & (table["pair_id"] == 0),
+              ["correct_before", "flip"]] = [False, False]  # wrong before, right after: a rise of 25 points
+    out = grammar_accuracy_changes(table).set_index("fact_id")
+    assert out.loc["a/g0", "change"] == pytest.approx(-25.0) and out.loc["a/g1", "change"] == pytest.approx(25.0)
+    assert out["size"].tolist() == pytest.approx([25.0, 25.0]) and set(out["paradigm"]) == {"a"}
 
 
 def test_critique_claims_judge_each_finding_by_its_rule(monkeypatch):
@@ -311,21 +380,34 @@ def test_critique_claims_judge_each_finding_by_its_rule(monkeypatch):
     # localization that adds nothing beyond the layer (success follows the layer only): the ceiling holds
     edits = frame([edit_row(f, layer, success=layer == 1, mass_share=float(np.random.default_rng(f).random()))
                    for f in range(MIN_CLUSTERS + 5) for layer in range(3)], EDIT_COLUMNS)
-    # agreement: knowledge neurons flip one of four pairs in every group: accuracy -25 points
-    grammar = grammar_table(MIN_CLUSTERS + 2)
+    # agreement: 8 determiner-noun paradigms that lose 25 points in each group (DNA.2 among them), and
+    # 4 subject-verb paradigms that lose none: the mean over the 26 groups of 12 paradigms, 18 x 25 / 26 points
+    determiner = agreement_table({critiques.DNA2: [1, 1, 1, 1], **{f"dn{i}": [1, 1] for i in range(7)}})
+    subject_verb = agreement_table({f"sv{i}": [0, 0] for i in range(4)})
     # symmetry: three successful knowledge edits only (too few for a verdict)
     symmetry = frame([symmetry_row(f, "knowledge", f < 3, 0.0, 0.0) for f in range(MIN_CLUSTERS + 2)], SYMMETRY_COLUMNS)
-    tables = {"m": {"edit-localization": edits, "grammar": grammar, "symmetry": symmetry}}
-    out = critiques.critique_claims(tables, n_boot=N_BOOT).set_index("claim")
-    assert list(out["model"]) == ["m"] * 3 and set(out["kind"]) == {critiques.CRITIQUE}
+    tables = {"m": {"edit-localization": edits, "grammar": determiner, critiques.SUBJECT_VERB: subject_verb,
+                    "symmetry": symmetry}}
+    out = critiques.critique_claims(tables, n_boot=N_BOOT)
+    assert list(out["model"]) == ["m"] * 5 and set(out["kind"]) == {critiques.CRITIQUE} and set(out["test"]) == {"ceiling"}
+    out = out.set_index("claim")
     local = out.loc["localization adds at most this to the layer's R^2 of edit success"]
     assert local.paper == critic_value("hase_max_added_r2") and local.test == "ceiling"
     assert local.ours == pytest.approx(0.0, abs=1e-9) and local.verdict == "within ceiling"
-    agreement = out.loc["suppressing agreement neurons changes BLiMP accuracy by this many points"]
-    assert agreement.ours == pytest.approx(-25.0) and agreement.direction == "confirmed"
-    assert agreement.verdict == "confirmed, larger"  # -25 points lies wholly beyond the published -5.2
+    start = "zeroing agreement neurons changes BLiMP accuracy by at most this many points"
+    every = out.loc[f"{start} (12 agreement paradigms)"]
+    assert every.paper == pytest.approx(5.2) and every.n_clusters == 12
+    assert every.ours == pytest.approx(18 * 25 / 26) and every.verdict == "exceeded"
+    determiners = out.loc[f"{start} (8 determiner-noun paradigms)"]
+    assert determiners.ours == pytest.approx(25.0) and determiners.n_clusters == 8 and determiners.verdict == "no data"
+    dna2 = out.loc[f"{start} (DNA.2)"]
+    assert dna2.ours == pytest.approx(25.0) and dna2.n_clusters == 4 and dna2.verdict == "no data"
     reverse = out.loc["after a successful edit the reverse fact holds at most as often as for ROME"]
     assert reverse.n_clusters == 3 and reverse.verdict == "no data"
+    assert reverse.note.startswith("not testable: ") and "3 successful edits" in reverse.note
+    # without the subject-verb run, no 12-paradigm row
+    del tables["m"][critiques.SUBJECT_VERB]
+    assert not critiques.critique_claims(tables, n_boot=N_BOOT)["claim"].str.contains("agreement paradigms").any()
 
 
 def test_grammar_vs_facts_and_control_effect_rows():

@@ -15,7 +15,8 @@ from typing import Callable
 
 import pandas as pd
 
-from .claims import Interval, bootstrap_ci, row_mean
+from .claims import MIN_CLUSTERS, Interval, bootstrap_ci, row_mean
+from .wording import plural
 from .controls import CONTROL_SETS, KNOWLEDGE, beats_control, paired_differences
 
 # model -> known-facts run (facts per relation) each critique reads; grammar reads BLiMP, not a sample
@@ -25,14 +26,15 @@ CRITIQUE_RUNS: dict[str, dict[str, int | None]] = {
 }
 GRAMMAR_PARADIGMS = "determiner-noun"  # kn grammar --paradigms (the set the book runs)
 SIGNED = "symmetry, sign-aware"  # the symmetric edits again with our sign-aware edit (kn symmetry --sign-aware yes)
+SUBJECT_VERB = "grammar, subject-verb"  # BLiMP's subject-verb agreement paradigms (kn grammar --paradigms subject-verb)
 TOP_IG, RANDOM_LAYER = "top-ig", "random-layer"  # edit-localization's neuron sets
 OUTCOMES = {"success": "edit success (top-1 is t')", "delta_p_new": "rise of p(t')"}
 
 
 def stored_critique_tables(runs: dict[str, dict[str, int | None]] | None = None,
                            paradigms: str = GRAMMAR_PARADIGMS) -> tuple[dict[str, dict[str, pd.DataFrame]], list[str]]:
-    """model -> {"edit-localization": table, "symmetry": table, ``SIGNED``: table, "grammar": table} as
-    committed, and a line for each one that is not (yet)."""
+    """model -> {"edit-localization": table, "symmetry": table, ``SIGNED``: table, "grammar": table,
+    ``SUBJECT_VERB``: table} as committed, and a line for each one that is not (yet)."""
     from . import known_facts_sample
 
     tables: dict[str, dict[str, pd.DataFrame]] = {}
@@ -52,6 +54,7 @@ def stored_critique_tables(runs: dict[str, dict[str, int | None]] | None = None,
                 keep(model, SIGNED, committed(lambda: sample.load(stage, "table", params={"sign_aware": "yes"})),
                      "`kn symmetry --sign-aware yes` on known facts")
         keep(model, "grammar", grammar_table(model, paradigms), f"`kn grammar --paradigms {paradigms}`")
+        keep(model, SUBJECT_VERB, grammar_table(model, "subject-verb"), "`kn grammar --paradigms subject-verb`")
     return tables, missing
 
 
@@ -76,18 +79,26 @@ def grammar_table(model: str, paradigms: str = GRAMMAR_PARADIGMS, table: str = "
 # -- 1. does localization inform editing? -----------------------------------------------------------
 
 
+LOCALIZATIONS = {"mass_share": "attribution share of the layer", "is_kn_layer": "the fact's knowledge-neuron layer (0/1)"}
+
+
 def localization_fit(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Per outcome (``OUTCOMES``): R^2 of layer fixed effects alone, with the attribution share added,
-    the increment with its bootstrap interval over facts, and n (facts, (fact, layer) rows)."""
+    """Per outcome (``OUTCOMES``) and localization (``LOCALIZATIONS``: the attribution share, Hase et al.'s
+    tracing score's stand-in, and the 0/1 "this is the fact's knowledge-neuron layer"): R^2 of layer fixed
+    effects alone, with the localization added, the increment with its bootstrap interval over facts, and
+    n (facts, (fact, layer) rows)."""
     from ..experiments.edit_localization import layer_r2, r2_increment_interval
 
     rows = []
     top = table[table["neuron_set"] == TOP_IG]
+    top = top.assign(is_kn_layer=top["is_kn_layer"].astype(float))
     for outcome, label in OUTCOMES.items():
-        fit = layer_r2(top, outcome)
-        estimate, low, high = r2_increment_interval(top, outcome, n_boot=n_boot, seed=seed)
-        rows.append({"outcome": label, "r2_layer": fit["r2_layer"], "r2_layer_localization": fit["r2_layer_localization"],
-                     "r2_increment": estimate, "ci_low": low, "ci_high": high, "n_facts": fit["n_facts"], "n_rows": fit["n_rows"]})
+        for localization, where in LOCALIZATIONS.items():
+            fit = layer_r2(top, outcome, localization)
+            estimate, low, high = r2_increment_interval(top, outcome, localization, n_boot=n_boot, seed=seed)
+            rows.append({"outcome": label, "localization": where, "r2_layer": fit["r2_layer"],
+                         "r2_layer_localization": fit["r2_layer_localization"], "r2_increment": estimate, "ci_low": low,
+                         "ci_high": high, "n_facts": fit["n_facts"], "n_rows": fit["n_rows"]})
     return pd.DataFrame(rows)
 
 
@@ -101,20 +112,24 @@ def by_layer(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def kn_layer_comparison(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Two paired questions, each a mean over facts with a bootstrap interval over facts:
-    ``own layer vs other layers`` (top-ig success at the fact's knowledge-neuron layer minus its mean at
-    the other layers) and ``top-ig vs random-layer`` (at the knowledge-neuron layer, the fact's top
-    neurons minus as many random neurons of that layer), both in points of success."""
-    from ..experiments.edit_localization import kn_layer_advantage
+LAYER_MATCHED, VERSUS_RANDOM = "own layer vs other facts at that layer", "top-ig vs random-layer at the own layer"
 
-    advantage = kn_layer_advantage(table[table["neuron_set"] == TOP_IG], "success")
+
+def kn_layer_comparison(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Two paired questions, each a mean over facts with a bootstrap interval over facts, in points of
+    success: ``LAYER_MATCHED`` (top-ig success at the fact's knowledge-neuron layer minus that of the other
+    facts edited at the same layer, whose knowledge neurons lie elsewhere: ``layer_matched_advantage``;
+    a fact's own layer against its other layers would mix in depth, since the bottom layers take no edit)
+    and ``VERSUS_RANDOM`` (at the knowledge-neuron layer, the fact's top neurons minus as many random
+    neurons of that layer)."""
+    from ..experiments.edit_localization_fit import layer_matched_advantage
+
+    matched = layer_matched_advantage(table[table["neuron_set"] == TOP_IG], "success")
     own = table[table["is_kn_layer"].astype(bool)].pivot_table(index="fact_id", columns="neuron_set", values="success", aggfunc="mean")
     versus_random = ((own[TOP_IG] - own[RANDOM_LAYER]).dropna().rename("diff").reset_index()
                      if {TOP_IG, RANDOM_LAYER} <= set(own.columns) else pd.DataFrame(columns=["fact_id", "diff"]))
     rows = []
-    for name, frame, column in (("own layer vs other layers", advantage, "difference"),
-                                ("top-ig vs random-layer at the own layer", versus_random, "diff")):
+    for name, frame, column in ((LAYER_MATCHED, matched, "difference"), (VERSUS_RANDOM, versus_random, "diff")):
         ci = bootstrap_ci(frame, row_mean(column, scale=100), "fact_id", n_boot=n_boot, seed=seed)
         rows.append({"comparison": name, "estimate": ci.estimate, "ci_low": ci.low, "ci_high": ci.high, "n": ci.n_clusters,
                      "verdict": beats_control(ci, +1)})
@@ -223,29 +238,66 @@ def as_control_effects(effects: pd.DataFrame, intervention: str, unit: str, n_un
 CRITIQUE = "critique re-tested"  # the ``kind`` of these claim rows (beside the paper's metrics and our variants)
 
 
-def symmetry_given_success(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> Interval:
+REVERSE_KNOWN = 0.5  # share of the old reverse's prompts (Y r^-1 X) answered X before the edit: above it, testable
+DNA2 = "determiner_noun_agreement_2"  # the BLiMP paradigm of Niu et al.'s number
+
+
+def symmetry_given_success(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0, testable: bool = True) -> Interval:
     """The symmetry criterion proper: among knowledge-neuron edits that succeeded (the edited prompt now
     answers Y'), the mean share of reverse prompts (Y', r^-1) answering X after the edit (%), with a
-    bootstrap interval over those edits' facts."""
+    bootstrap interval over those edits' facts. ``testable`` keeps only the edits whose reverse the model
+    knew before (more than ``REVERSE_KNOWN`` of the old reverse's prompts, Y r^-1 X, answered X): a model
+    that never answered the reverse cannot be asked to carry an edit over to it."""
     done = table[(table["neuron_set"] == KNOWLEDGE) & table["success"].astype(bool)]
+    if testable:
+        done = done[done["old_reverse_before"] > REVERSE_KNOWN]
     return bootstrap_ci(done, row_mean("new_reverse_after", scale=100), "fact_id", n_boot=n_boot, seed=seed)
 
 
+def symmetry_reading(succeeded: Interval, testable: Interval) -> str:
+    """The chapter's clause on the reverse after successful edits: ``succeeded`` and ``testable`` are
+    ``symmetry_given_success`` without and with the testable filter."""
+    if succeeded.n_clusters == 0:
+        return "no knowledge-neuron edit succeeded, so none can carry over to the reverse"
+    n, t = succeeded.n_clusters, testable.n_clusters
+    text = (f"{plural(n, 'knowledge-neuron edit')} succeeded, and afterwards the reverse holds on "
+            f"{succeeded.estimate:.1f}% [{succeeded.low:.1f}, {succeeded.high:.1f}] of its prompts")
+    if t == 0:
+        return text + f"; but the model answered the reverse of none of {'it' if n == 1 else 'them'} before the edit: not testable"
+    if t < MIN_CLUSTERS:
+        return text + f"; but the model answered the reverse before the edit for only {t} of {'it' if n == 1 else 'them'}: not testable"
+    return text + (f"; among the {t} whose reverse the model answered before, "
+                   f"{testable.estimate:.1f}% [{testable.low:.1f}, {testable.high:.1f}]")
+
+
+def grammar_accuracy_changes(table: pd.DataFrame) -> pd.DataFrame:
+    """Per group of the knowledge-neuron rows: its paradigm, the change of accuracy when its neurons are
+    zeroed (after - before, points) and that change's size (a rise counts as much as a fall)."""
+    groups = grammar_by_group(table)
+    mine = groups[groups["neuron_set"] == KNOWLEDGE]
+    change = mine["accuracy_after"] - mine["accuracy_before"]
+    return mine[["paradigm", "group", "fact_id", "n_pairs"]].assign(change=change, size=change.abs()).reset_index(drop=True)
+
+
 def critique_claims(tables: dict[str, dict[str, pd.DataFrame]], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Per model, one claim row (``claims.claim_row``, kind ``CRITIQUE``) for each critique's published
-    finding, judged by the same rules as the paper's claims:
+    """Per model, claim rows (``claims.claim_row``, kind ``CRITIQUE``) for each critique's published finding,
+    judged by the same rules as the paper's claims. Every one is a ceiling claim: the critics found the
+    effect *small*, so ours supports them when its whole interval lies below their number.
 
     * Hase et al.: adding localization to the edit layer raises R^2 of edit success by at most their
-      largest increment (a ceiling claim; ours: the increment, facts resampled);
-    * Niu et al.: suppressing determiner-noun "knowledge neurons" overturns few agreement predictions (an
-      effect claim on the change of accuracy in points, groups resampled; theirs: DNA.2 on BERT);
+      largest increment (ours: the increment, facts resampled; it cannot be negative);
+    * Niu et al.: suppressing determiner-noun "knowledge neurons" changes agreement accuracy by at most the
+      5.2 points of their DNA.2 (ours: the mean size of each group's change, resampled by paradigm over
+      the 8 paradigms, and DNA.2 alone, resampled by group);
     * Niu et al.: after an edit that succeeds, the reverse fact follows at most as often as it did for ROME
-      in their Table 1 (a ceiling claim; they published no symmetry number for knowledge-neuron edits).
+      in their Table 1, among edits whose reverse the model answered before (they published no symmetry
+      number for knowledge-neuron edits).
     """
     from ..experiments.edit_localization import layer_r2, r2_increment_interval
     from .claims import CLAIM_COLUMNS, claim_row
     from .paper import CRITICS, critic_value
 
+    niu = CRITICS["niu_dna2_correct_change"]
     rows = []
     for model, found in tables.items():
         if "edit-localization" in found:
@@ -255,15 +307,23 @@ def critique_claims(tables: dict[str, dict[str, pd.DataFrame]], n_boot: int = 10
             ours = Interval(estimate, low, high, layer_r2(top)["n_facts"], n_boot, 0.95, seed)
             rows.append({"model": model, **claim_row("localization adds at most this to the layer's R^2 of edit success",
                                   CRITICS["hase_max_added_r2"].where, critic_value("hase_max_added_r2"), ours,
-                                  unit="R^2", kind=CRITIQUE, ceiling=True, note="theirs: ROME and fine-tuning, GPT-J")})
+                                  unit="R^2", kind=CRITIQUE, ceiling=True,
+                                  note="ours: binary success, attribution share; theirs: largest increment (FT-5, "
+                                       "Fact Forcing), rewrite score, GPT-J")})
         if "grammar" in found:
-            groups = grammar_by_group(found["grammar"])
-            mine = groups[groups["neuron_set"] == KNOWLEDGE].assign(
-                change=lambda f: f["accuracy_after"] - f["accuracy_before"])
-            ours = bootstrap_ci(mine, row_mean("change"), "fact_id", n_boot=n_boot, seed=seed)
-            rows.append({"model": model, **claim_row("suppressing agreement neurons changes BLiMP accuracy by this many points",
-                                  CRITICS["niu_dna2_correct_change"].where, critic_value("niu_dna2_correct_change"), ours,
-                                  unit="points", kind=CRITIQUE, note="ours: determiner-noun paradigms; theirs: DNA.2, BERT")})
+            changes = grammar_accuracy_changes(found["grammar"])
+            scopes = [(f"{changes['paradigm'].nunique()} determiner-noun paradigms", changes, "paradigm", "paradigms"),
+                      ("DNA.2", changes[changes["paradigm"] == DNA2], "fact_id", "groups")]
+            if SUBJECT_VERB in found:
+                every = pd.concat([changes, grammar_accuracy_changes(found[SUBJECT_VERB])], ignore_index=True)
+                scopes.insert(0, (f"{every['paradigm'].nunique()} agreement paradigms", every, "paradigm", "paradigms"))
+            for scope, part, cluster, unit in scopes:
+                ours = bootstrap_ci(part, row_mean("size"), cluster, n_boot=n_boot, seed=seed)
+                rows.append({"model": model, **claim_row(
+                    f"zeroing agreement neurons changes BLiMP accuracy by at most this many points ({scope})",
+                    niu.where, abs(niu.value), ours, unit="points", kind=CRITIQUE, ceiling=True,
+                    note=f"ours: zeroing each group's refined neurons, {unit} resampled; theirs: their KN edit, DNA.2, "
+                         "bert-base-cased")})
         for name, edit in (("symmetry", "the paper's edit"), (SIGNED, "our sign-aware edit")):
             if name not in found:
                 continue
@@ -271,7 +331,9 @@ def critique_claims(tables: dict[str, dict[str, pd.DataFrame]], n_boot: int = 10
             rows.append({"model": model, **claim_row("after a successful edit the reverse fact holds at most as often as for ROME",
                                   CRITICS["niu_rome_gpt2xl_p36_symmetry"].where, critic_value("niu_rome_gpt2xl_p36_symmetry"),
                                   ours, unit="%", kind=CRITIQUE, ceiling=True,
-                                  note=f"ours: {edit}; theirs: ROME on GPT-2 XL, P36 (no KN-edit number published)")})
+                                  note=("not testable: " if ours.n_clusters < MIN_CLUSTERS else "") +
+                                       f"ours: {edit}, {plural(ours.n_clusters, 'successful edit')} whose reverse "
+                                       "the model answered before; theirs: ROME on GPT-2 XL, P36")})
     return pd.DataFrame(rows, columns=["model", *CLAIM_COLUMNS])
 
 

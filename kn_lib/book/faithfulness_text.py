@@ -10,10 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .faithfulness import LABELS, fact_mean, per_fact
-
-def plural(n: int, word: str, many: str | None = None) -> str:
-    """"1 fact", "2 facts"."""
-    return f"{n} {word if n == 1 else (many or word + 's')}"
+from .wording import plural  # noqa: F401 (re-exported: the chapters' sentences)
 
 
 def _row(table: pd.DataFrame, method: str) -> Any:

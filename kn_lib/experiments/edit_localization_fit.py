@@ -110,3 +110,33 @@ def kn_layer_advantage(table: pd.DataFrame, outcome: str = "success") -> pd.Data
         out.append(row)
     columns = ["fact_id", "relation", "kn_layer", "at_kn_layer", "other_layers", "difference"]
     return pd.DataFrame(out, columns=columns + [c for c in ("model", "method", "seed") if c in rows.columns])
+
+
+def layer_matched_advantage(table: pd.DataFrame, outcome: str = "success") -> pd.DataFrame:
+    """Per fact (top-ig edits): the outcome when editing at its knowledge-neuron layer L, the mean outcome
+    of the *other* facts edited at that same layer L whose knowledge neurons lie elsewhere, and
+    at_kn_layer - same_layer_others.
+
+    ``kn_layer_advantage`` compares a fact's layer with its other layers, which mixes in depth: the other
+    layers include the bottom ones, where no edit works. Holding the layer fixed asks only whether the
+    fact's *own* layer is special for *it*. A fact whose layer no other fact is edited at (with its
+    knowledge neurons elsewhere) has no comparison and is left out."""
+    rows = _top_ig(table)
+    if rows.empty:
+        return pd.DataFrame(columns=["fact_id", "relation", "kn_layer", "at_kn_layer", "same_layer_others", "n_others",
+                                     "difference"])
+    values = rows.assign(value=rows[outcome].astype(float))
+    own = values[values["is_kn_layer"].astype(bool)].groupby("fact_id")["layer"].first()
+    cell = values.groupby(["layer", "fact_id"])["value"].mean()
+    out = []
+    for fact_id, layer in own.items():
+        at = cell.get((layer, fact_id))
+        others = [v for (lay, f), v in cell.loc[[layer]].items() if f != fact_id and own.get(f, -1) != layer]
+        if at is None or not others:
+            continue
+        relation = values.loc[values["fact_id"] == fact_id, "relation"].iloc[0] if "relation" in values else None
+        out.append({"fact_id": fact_id, "relation": relation, "kn_layer": int(layer), "at_kn_layer": float(at),
+                    "same_layer_others": float(np.mean(others)), "n_others": len(others),
+                    "difference": float(at) - float(np.mean(others))})
+    return pd.DataFrame(out, columns=["fact_id", "relation", "kn_layer", "at_kn_layer", "same_layer_others", "n_others",
+                                      "difference"])

@@ -63,6 +63,14 @@ def describe(name: str) -> str:
     return offline[name].description if name in offline else f"{name} (Hugging Face, float32)"
 
 
+SHORT_NAMES = {"smollm2-135m": "SmolLM2-135M", "gemma3-270m": "Gemma 3 270M"}
+
+
+def short_name(name: str) -> str:
+    """The model's name in running text ("SmolLM2-135M"); ``describe`` gives the full identity once per chapter."""
+    return SHORT_NAMES.get(name, name)
+
+
 def load_model(name: str = DEFAULT_MODEL, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> ModelAdapter:
     """Model, tokenizer and family adapter in one object (``adapter.model``, ``adapter.tokenizer``)."""
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer

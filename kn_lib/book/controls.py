@@ -268,6 +268,19 @@ def control_definition(model: str, experiment: str) -> str:
     return _USED.get((model, _EXPERIMENT_OF.get(experiment, experiment)), OWN_ONLY)
 
 
+def control_pool_text(model: str, experiment: str) -> str:
+    """The two matched controls ``experiment`` was compared with on ``model`` (``control_definition``), in
+    words: what each one matches and which neurons it may not use."""
+    where = "on the edited prompt" if experiment == "update" else "over the fact's prompts"
+    if control_definition(model, experiment) == NON_KN:
+        return ("for each knowledge neuron a random neuron **of the same layer**, and the neuron of the same layer "
+                f"whose signed activation {where} is **closest**; neither may be a knowledge neuron of any fact of "
+                "the sample")
+    return ("for each knowledge neuron a random neuron **of the same layer**, and the neuron of the same layer whose "
+            "mean activation over the fact's prompts is **closest in magnitude**; neither may be one of the fact's own "
+            "knowledge neurons, though either may be another fact's")
+
+
 def _prefer_non_kn(table: pd.DataFrame, column: str, extra: pd.DataFrame | None = None) -> tuple[pd.DataFrame, bool]:
     """``table`` with its non-KN control rows (its own, or ``extra``'s: a run that repeated the same edits on
     them) under the controls' names, in place of the controls that avoid only the fact's own knowledge

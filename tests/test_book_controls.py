@@ -174,3 +174,18 @@ def test_a_variant_control_run_is_read_under_its_own_options_and_named_in_tables
     assert list(named["definitions"]) == ["ours: selection, sampling", "official", "official"]
     assert definitions_of("gemma3-270m", "suppress") == "official"
     assert "definitions" not in claims  # the given frame is left as it was
+
+
+def test_control_definition_reads_the_committed_runs_whatever_was_loaded_first(monkeypatch):
+    """On the committed results: SmolLM2's update has its non-KN run, Gemma's update does not; the answer
+    does not depend on a page having loaded the tables first, and the words name each pool."""
+    from kn_lib.book import controls
+
+    monkeypatch.setattr(controls, "_USED", {})
+    assert controls.control_definition("smollm2-135m", "update") == controls.NON_KN
+    assert "any fact of the sample" in controls.control_pool_text("smollm2-135m", "update")
+    assert "on the edited prompt" in controls.control_pool_text("smollm2-135m", "update")
+    assert "over the fact's prompts" in controls.control_pool_text("smollm2-135m", "suppress")
+    monkeypatch.setattr(controls, "_USED", {("gemma3-270m", "update"): controls.OWN_ONLY})
+    words = controls.control_pool_text("gemma3-270m", "update")
+    assert "closest in magnitude" in words and "another fact's" in words

@@ -198,3 +198,23 @@ def test_matched_tables_leave_a_table_one_design_lacks_to_the_others():
     assert out == {"a": {"a, earlier definitions": {"update": out["a"]["a, earlier definitions"]["update"]}}, "b": {}}
     assert out["a"]["a, earlier definitions"]["update"]["x"][0] == "a"
     assert said == ["update: not committed for b"]
+
+
+def _by_relation(rows: list[tuple]) -> pd.DataFrame:
+    """suppress-amplify ``by_relation`` rows: (relation, method, operation, facts with KNs, change ratio)."""
+    return pd.DataFrame([{"relation": r, "scope": "own", "operation": op, "method": m, "n_facts": 4, "n_facts_with_kn": k,
+                          "change_ratio": c} for r, m, op, k, c in rows])
+
+
+def test_figure45_by_relation_and_the_relations_with_kns():
+    rows = [("P1", "ig", "suppress", 3, -0.5), ("P1", "ig", "amplify", 3, 0.25), ("P1", "activation", "suppress", 3, -0.1),
+            ("P1", "activation", "amplify", 3, 0.0), ("P2", "ig", "suppress", 0, 0.0), ("P2", "ig", "amplify", 0, 0.0),
+            ("P2", "activation", "suppress", 0, -0.2), ("P2", "activation", "amplify", 0, 0.1)]
+    table = _by_relation(rows)
+    shown = claim_tables.figure45_by_relation(table)
+    assert shown.columns.tolist() == ["relation", "facts with KNs", "suppress, KNs (%)", "amplify, KNs (%)",
+                                      "suppress, baseline (%)", "amplify, baseline (%)"]
+    assert shown.iloc[0].tolist() == ["P1", 3, -50.0, 25.0, -10.0, 0.0]
+    assert shown.iloc[1].tolist() == ["P2", 0, 0.0, 0.0, -20.0, 10.0]
+    kept = claim_tables.relations_with_kns(table)
+    assert set(kept["relation"]) == {"P1"} and len(kept) == 4  # both methods of P1, nothing of P2

@@ -272,3 +272,28 @@ def reach_value(reach: pd.DataFrame, quantity: str, neurons: str, column: str = 
         return float("nan")
     sel = reach[(reach["quantity"] == quantity) & (reach["neurons"] == neurons)]
     return float(sel[column].iloc[0]) if len(sel) else float("nan")
+
+
+def relations_with_kns(suppress: pd.DataFrame) -> pd.DataFrame:
+    """Figures 4-5's ``by_relation`` rows of the relations in which at least one fact has knowledge neurons
+    (the ``ig`` rows' ``n_facts_with_kn``), every method kept: the sensitivity check of a mean over relations
+    in which a relation without any knowledge neuron enters as a change of exactly 0%."""
+    ig = suppress[suppress["method"] == "ig"]
+    keep = set(ig.loc[ig["n_facts_with_kn"] > 0, "relation"])
+    return suppress[suppress["relation"].isin(keep)].reset_index(drop=True)
+
+
+def figure45_by_relation(suppress: pd.DataFrame) -> pd.DataFrame:
+    """Figures 4-5 per relation, the points the claims' relation bootstrap resamples: facts with knowledge
+    neurons, and the change of p(answer) (%) when suppressing / amplifying knowledge neurons and the
+    activation baseline's neurons, one row per relation (rounded to 3 significant figures by the caller)."""
+    own = suppress[suppress["scope"] == "own"]
+    wide = own.pivot_table(index="relation", columns=["method", "operation"], values="change_ratio", aggfunc="first") * 100
+    facts = own[(own["method"] == "ig") & (own["operation"] == "suppress")].set_index("relation")
+    out = pd.DataFrame({"relation": wide.index,
+                        "facts with KNs": facts["n_facts_with_kn"].reindex(wide.index).fillna(0).astype(int).to_numpy()})
+    for method, label in (("ig", "KNs"), ("activation", "baseline")):
+        for op in ("suppress", "amplify"):
+            column = (method, op)
+            out[f"{op}, {label} (%)"] = wide[column].to_numpy() if column in wide.columns else float("nan")
+    return out.reset_index(drop=True)

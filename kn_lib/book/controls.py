@@ -264,8 +264,13 @@ _USED: dict[tuple[str, str], str] = {}
 def control_definition(model: str, experiment: str) -> str:
     """Which controls ``stored_control_tables`` compared ``experiment`` (suppress, update, erase) with on
     ``model``: ``NON_KN`` (no knowledge neuron of any fact of the sample; signed activation match) or
-    ``OWN_ONLY`` (the fact's own knowledge neurons avoided, |activation| matched; the runs committed before)."""
-    return _USED.get((model, _EXPERIMENT_OF.get(experiment, experiment)), OWN_ONLY)
+    ``OWN_ONLY`` (the fact's own knowledge neurons avoided, |activation| matched; the runs committed before).
+    Read from the committed ``CONTROL_RUNS`` when no table of them was read yet, so the answer does not
+    depend on what a page loaded first."""
+    key = (model, _EXPERIMENT_OF.get(experiment, experiment))
+    if key not in _USED and key[1] != "erase" and key[1] in CONTROL_RUNS.get(model, {}):
+        stored_control_tables({model: {key[1]: CONTROL_RUNS[model][key[1]]}})
+    return _USED.get(key, OWN_ONLY)
 
 
 def control_pool_text(model: str, experiment: str) -> str:

@@ -278,11 +278,11 @@ def control_pool_text(model: str, experiment: str) -> str:
     words: what each one matches and which neurons it may not use."""
     where = "on the edited prompt" if experiment == "update" else "over the fact's prompts"
     if control_definition(model, experiment) == NON_KN:
-        return ("for each knowledge neuron a random neuron **of the same layer**, and the neuron of the same layer "
-                f"whose signed activation {where} is **closest**; neither may be a knowledge neuron of any fact of "
+        return ("for each knowledge neuron a random neuron of the same layer, and the neuron of the same layer "
+                f"whose signed activation {where} is closest; neither may be a knowledge neuron of any fact of "
                 "the sample")
-    return ("for each knowledge neuron a random neuron **of the same layer**, and the neuron of the same layer whose "
-            "mean activation over the fact's prompts is **closest in magnitude**; neither may be one of the fact's own "
+    return ("for each knowledge neuron a random neuron of the same layer, and the neuron of the same layer whose "
+            "mean activation over the fact's prompts is closest in magnitude; neither may be one of the fact's own "
             "knowledge neurons, though either may be another fact's")
 
 

@@ -218,3 +218,11 @@ def test_figure45_by_relation_and_the_relations_with_kns():
     assert shown.iloc[1].tolist() == ["P2", 0, 0.0, 0.0, -20.0, 10.0]
     kept = claim_tables.relations_with_kns(table)
     assert set(kept["relation"]) == {"P1"} and len(kept) == 4  # both methods of P1, nothing of P2
+
+
+@pytest.mark.parametrize("value, text", [(6.06e-05, "0.0000606"), (0.00116, "0.00116"), (12.25, "12.2"), (999.6, "1,000"),
+                                         (125732.4, "125,732"), (1.764445e9, "1,764,445,000"), (-0.5, "-0.5"), (0.0, "0"),
+                                         (float("nan"), "—")])
+def test_number_text_never_writes_scientific_notation(value, text):
+    assert claim_tables.number_text(value) == text
+    assert "e" not in claim_tables.number_text(value).lower()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Iterable, Mapping, Sequence, Union
 
+import numpy as np
 import pandas as pd
 
 from . import EARLIER_DEFINITIONS, BookSample, paper
@@ -227,8 +228,22 @@ def verdict_counts(claims: pd.DataFrame) -> dict[str, int]:
     return {verdict_slug(v): int(counts.get(v, 0)) for v in VERDICTS}
 
 
+def number_text(value: float) -> str:
+    """A number for a table cell: 3 significant figures, never scientific notation ("0.000061",
+    "125,732"), "—" when missing."""
+    if pd.isna(value):
+        return "—"
+    if value == 0 or abs(value) >= 1e-3 and abs(value) < 1e4:
+        text = f"{value:.3g}"
+        return f"{value:,.0f}" if "e" in text else text
+    if abs(value) >= 1e4:
+        return f"{value:,.0f}"
+    digits = -int(np.floor(np.log10(abs(value)))) + 2  # 3 significant figures after the leading zeros
+    return f"{value:.{digits}f}"
+
+
 def _interval(estimate: float, low: float, high: float) -> str:
-    return "" if pd.isna(estimate) else f"{estimate:.3g} [{low:.3g}, {high:.3g}]"
+    return "" if pd.isna(estimate) else f"{number_text(estimate)} [{number_text(low)}, {number_text(high)}]"
 
 
 def shown_claims(claims: pd.DataFrame) -> pd.DataFrame:

@@ -260,12 +260,13 @@ def symmetry_reading(succeeded: Interval, testable: Interval) -> str:
     if succeeded.n_clusters == 0:
         return "no knowledge-neuron edit succeeded, so none can carry over to the reverse"
     n, t = succeeded.n_clusters, testable.n_clusters
+    them = "it" if n == 1 else "them"
     text = (f"{plural(n, 'knowledge-neuron edit')} succeeded, and afterwards the reverse holds on "
             f"{succeeded.estimate:.1f}% [{succeeded.low:.1f}, {succeeded.high:.1f}] of its prompts")
     if t == 0:
-        return text + f"; but the model answered the reverse of none of {'it' if n == 1 else 'them'} before the edit: not testable"
+        return text + f"; but the model answered the reverse of none of {them} before the edit: not testable"
     if t < MIN_CLUSTERS:
-        return text + f"; but the model answered the reverse before the edit for only {t} of {'it' if n == 1 else 'them'}: not testable"
+        return text + f"; but the model answered the reverse before the edit for only {t} of {them}: not testable"
     return text + (f"; among the {t} whose reverse the model answered before, "
                    f"{testable.estimate:.1f}% [{testable.low:.1f}, {testable.high:.1f}]")
 
@@ -286,9 +287,10 @@ def critique_claims(tables: dict[str, dict[str, pd.DataFrame]], n_boot: int = 10
 
     * Hase et al.: adding localization to the edit layer raises R^2 of edit success by at most their
       largest increment (ours: the increment, facts resampled; it cannot be negative);
-    * Niu et al.: suppressing determiner-noun "knowledge neurons" changes agreement accuracy by at most the
-      5.2 points of their DNA.2 (ours: the mean size of each group's change, resampled by paradigm over
-      the 8 paradigms, and DNA.2 alone, resampled by group);
+    * Niu et al.: zeroing agreement "knowledge neurons" changes agreement accuracy by at most the 5.2 points
+      of their DNA.2 (ours: the mean size of each group's change, resampled by paradigm: over every
+      agreement paradigm when ``SUBJECT_VERB`` is committed, over the determiner-noun ones, and DNA.2
+      alone, resampled by group);
     * Niu et al.: after an edit that succeeds, the reverse fact follows at most as often as it did for ROME
       in their Table 1, among edits whose reverse the model answered before (they published no symmetry
       number for knowledge-neuron edits).

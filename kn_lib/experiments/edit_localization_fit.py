@@ -112,6 +112,9 @@ def kn_layer_advantage(table: pd.DataFrame, outcome: str = "success") -> pd.Data
     return pd.DataFrame(out, columns=columns + [c for c in ("model", "method", "seed") if c in rows.columns])
 
 
+LAYER_MATCHED_COLUMNS = ["fact_id", "relation", "kn_layer", "at_kn_layer", "same_layer_others", "n_others", "difference"]
+
+
 def layer_matched_advantage(table: pd.DataFrame, outcome: str = "success") -> pd.DataFrame:
     """Per fact (top-ig edits): the outcome when editing at its knowledge-neuron layer L, the mean outcome
     of the *other* facts edited at that same layer L whose knowledge neurons lie elsewhere, and
@@ -123,20 +126,19 @@ def layer_matched_advantage(table: pd.DataFrame, outcome: str = "success") -> pd
     knowledge neurons elsewhere) has no comparison and is left out."""
     rows = _top_ig(table)
     if rows.empty:
-        return pd.DataFrame(columns=["fact_id", "relation", "kn_layer", "at_kn_layer", "same_layer_others", "n_others",
-                                     "difference"])
+        return pd.DataFrame(columns=LAYER_MATCHED_COLUMNS)
     values = rows.assign(value=rows[outcome].astype(float))
     own = values[values["is_kn_layer"].astype(bool)].groupby("fact_id")["layer"].first()
     cell = values.groupby(["layer", "fact_id"])["value"].mean()
+    relation = values.groupby("fact_id")["relation"].first() if "relation" in values else None
     out = []
     for fact_id, layer in own.items():
         at = cell.get((layer, fact_id))
-        others = [v for (lay, f), v in cell.loc[[layer]].items() if f != fact_id and own.get(f, -1) != layer]
+        others = [v for (_, f), v in cell.loc[[layer]].items() if f != fact_id and own.get(f, -1) != layer]
         if at is None or not others:
             continue
-        relation = values.loc[values["fact_id"] == fact_id, "relation"].iloc[0] if "relation" in values else None
-        out.append({"fact_id": fact_id, "relation": relation, "kn_layer": int(layer), "at_kn_layer": float(at),
-                    "same_layer_others": float(np.mean(others)), "n_others": len(others),
-                    "difference": float(at) - float(np.mean(others))})
-    return pd.DataFrame(out, columns=["fact_id", "relation", "kn_layer", "at_kn_layer", "same_layer_others", "n_others",
-                                      "difference"])
+        mean_others = float(np.mean(others))
+        out.append({"fact_id": fact_id, "relation": None if relation is None else relation[fact_id], "kn_layer": int(layer),
+                    "at_kn_layer": float(at), "same_layer_others": mean_others, "n_others": len(others),
+                    "difference": float(at) - mean_others})
+    return pd.DataFrame(out, columns=LAYER_MATCHED_COLUMNS)

@@ -171,8 +171,8 @@ class ClusterSums:
 
     ``totals(frame, keys)`` gives one row per cluster (index: the cluster's key in ``keys``, one per
     row of ``frame``) of numeric columns; ``finish`` maps the columns' totals (arrays: one entry per
-    resample, or scalars) to the statistic. Build them with ``row_mean``, ``group_mean_diff`` and
-    ``cluster_mean``; ``bootstrap_ci`` also takes any plain ``frame -> float`` function (slower)."""
+    resample, or scalars) to the statistic. Build them with ``row_mean``, ``group_mean_diff``,
+    ``group_mean_ratio`` and ``cluster_mean``; ``bootstrap_ci`` also takes any plain ``frame -> float`` function (slower)."""
 
     totals: Callable[[pd.DataFrame, np.ndarray], pd.DataFrame]
     finish: Callable[[Mapping[str, np.ndarray]], np.ndarray]
@@ -188,8 +188,8 @@ def row_mean(column: str, scale: float = 1.0) -> ClusterSums:
     return ClusterSums(totals, lambda t: scale * _ratio(t["sum"], t["n"]))
 
 
-def group_mean_diff(column: str, by: str, a: object, b: object, scale: float = 1.0) -> ClusterSums:
-    """``scale`` × (mean of ``column`` over the rows where ``by`` is ``a`` − the same where it is ``b``)."""
+def _group_totals(column: str, by: str, a: object, b: object) -> Callable[[pd.DataFrame, np.ndarray], pd.DataFrame]:
+    """Per cluster: the sum and count of ``column`` over the rows where ``by`` is ``a`` and where it is ``b``."""
 
     def totals(frame: pd.DataFrame, keys: np.ndarray) -> pd.DataFrame:
         x = frame[column].astype(float).to_numpy()
@@ -200,7 +200,25 @@ def group_mean_diff(column: str, by: str, a: object, b: object, scale: float = 1
             cols[f"sum_{tag}"], cols[f"n_{tag}"] = np.where(sel, x, 0.0), sel
         return pd.DataFrame(cols, dtype=float).groupby(keys).sum()
 
-    return ClusterSums(totals, lambda t: scale * (_ratio(t["sum_a"], t["n_a"]) - _ratio(t["sum_b"], t["n_b"])))
+    return totals
+
+
+def group_mean_diff(column: str, by: str, a: object, b: object, scale: float = 1.0) -> ClusterSums:
+    """``scale`` × (mean of ``column`` over the rows where ``by`` is ``a`` − the same where it is ``b``)."""
+    return ClusterSums(_group_totals(column, by, a, b),
+                       lambda t: scale * (_ratio(t["sum_a"], t["n_a"]) - _ratio(t["sum_b"], t["n_b"])))
+
+
+def group_mean_ratio(column: str, by: str, a: object, b: object) -> ClusterSums:
+    """(mean of ``column`` where ``by`` is ``a``) / (the same where it is ``b``): how much of one effect
+    another keeps, whatever its sign (NaN where the second mean is 0)."""
+
+    def finish(t: Mapping[str, np.ndarray]) -> np.ndarray:
+        num, den = _ratio(t["sum_a"], t["n_a"]), _ratio(t["sum_b"], t["n_b"])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(den != 0, num / np.where(den != 0, den, 1.0), np.nan)
+
+    return ClusterSums(_group_totals(column, by, a, b), finish)
 
 
 def cluster_mean(value: Callable[[pd.DataFrame], float], strict: bool = False) -> ClusterSums:

@@ -13,12 +13,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Iterable, Mapping, Sequence, Union
 
-import numpy as np
 import pandas as pd
 
 from . import EARLIER_DEFINITIONS, BookSample, paper
 from ..run.results import ResultsNotFound
 from .claims import VERDICTS
+from .table_style import number_text
 
 # what ``claims.paper_claims`` calls each table -> (stage, table) of the kn results
 TABLES = {
@@ -226,20 +226,6 @@ def verdict_counts(claims: pd.DataFrame) -> dict[str, int]:
     keyed by ``verdict_slug``."""
     counts = claims["verdict"].value_counts()
     return {verdict_slug(v): int(counts.get(v, 0)) for v in VERDICTS}
-
-
-def number_text(value: float) -> str:
-    """A number for a table cell: 3 significant figures, never scientific notation ("0.000061",
-    "125,732"), "—" when missing."""
-    if pd.isna(value):
-        return "—"
-    if value == 0 or abs(value) >= 1e-3 and abs(value) < 1e4:
-        text = f"{value:.3g}"
-        return f"{value:,.0f}" if "e" in text else text
-    if abs(value) >= 1e4:
-        return f"{value:,.0f}"
-    digits = -int(np.floor(np.log10(abs(value)))) + 2  # 3 significant figures after the leading zeros
-    return f"{value:.{digits}f}"
 
 
 def _interval(estimate: float, low: float, high: float) -> str:

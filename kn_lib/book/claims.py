@@ -32,7 +32,11 @@ the paper's value, **exceeded** when its lower end lies above it, **inconclusive
 contains it. It is counted apart from "holds": an interval [0, 0] is within any ceiling, however
 little power it had. Its ``size`` says where the interval lies against the paper's value.
 
-Either kind is **no data** when fewer than ``MIN_CLUSTERS`` clusters were resampled
+A **retention** (``retention_verdict``: the effect on held-out prompts over the effect on the prompts
+the neurons were chosen on) is **kept held out** when its interval's lower end is at least
+1 − ``EQUIVALENCE_MARGIN``, **lost held out** when its upper end lies below that.
+
+Every kind is **no data** when fewer than ``MIN_CLUSTERS`` clusters were resampled
 (``HEAVY_TAIL_MIN_CLUSTERS`` for the perplexity changes of Table 5) or nothing could be estimated.
 
 Many intervals make some false verdicts likely: ``holm_family`` adjusts the declared primary family
@@ -162,6 +166,24 @@ def ceiling_verdict(paper: float, ours: Interval, min_clusters: int = MIN_CLUSTE
     if _no_data(ours, min_clusters):
         return "no data"
     return _robust(_ceiling_of(paper), ours.low, ours.high, ours.mc_low, ours.mc_high)
+
+
+RETENTION_VERDICTS = ("kept held out", "lost held out", "undetermined", BORDERLINE, "no data")
+
+
+def _retention_of(margin: float) -> Callable[[float, float], str]:
+    keep = 1 - margin
+    return lambda low, high: "kept held out" if low >= keep else ("lost held out" if high < keep else "undetermined")
+
+
+def retention_verdict(ours: Interval, margin: float = EQUIVALENCE_MARGIN, min_clusters: int = MIN_CLUSTERS) -> str:
+    """Does an effect survive on prompts its neurons were not chosen on? ``ours`` is the held-out effect
+    over the in-sample one (1: the same). A non-inferiority test with the margin of "same size": **kept
+    held out** when the interval's lower end is at least 1 − ``margin``, **lost held out** when its upper
+    end lies below it, else **undetermined**; "borderline" within Monte Carlo error of the boundary."""
+    if _no_data(ours, min_clusters):
+        return "no data"
+    return _robust(_retention_of(margin), ours.low, ours.high, ours.mc_low, ours.mc_high)
 
 
 def _ceiling_size(paper: float, ours: Interval, min_clusters: int = MIN_CLUSTERS) -> str:

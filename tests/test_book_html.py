@@ -19,6 +19,7 @@ so CI cannot pass without having looked at the pages.
 from __future__ import annotations
 
 import functools
+import re
 import http.server
 import os
 import shutil
@@ -212,3 +213,86 @@ def test_page_reads_well(site, browser, page):
     if page not in PAGES_WITHOUT_EXERCISES:
         assert found["exercises"] >= 2, f"{page}: {found['exercises']} exercises (at least 2)"
         assert found["solutions"] >= found["exercises"], f"{page}: {found['solutions']} solutions for {found['exercises']} exercises"
+
+
+# -- tables that look finished, math that renders offline -------------------------------------------------
+
+MAX_TABLE_COLUMNS = 7
+_BAD_CELL = {
+    "missing value shown": re.compile(r"^(nan|NaN|None|<NA>|NaT)$"),
+    "scientific notation": re.compile(r"\d(\.\d+)?e[+-]?\d+\b"),
+    "cut with an ellipsis": re.compile(r"(\.\.\.|…)$"),
+}
+# Every table in a page's article: its widest row's cell count, whether it scrolls sideways, and the text of
+# each cell (what a reader sees: visible text, trimmed).
+_TABLES_JS = """() => [...document.querySelectorAll('article table')].map(t => ({
+  columns: Math.max(0, ...[...t.rows].map(r => [...r.cells].filter(c => c.offsetParent !== null || c.getClientRects().length)
+                                               .reduce((n, c) => n + (c.colSpan || 1), 0))),
+  scrolls: t.scrollWidth > t.clientWidth + 2 || (t.parentElement && t.parentElement.scrollWidth > t.parentElement.clientWidth + 2),
+  cells: [...t.querySelectorAll('td, th')].filter(c => c.getClientRects().length).map(c => c.innerText.trim()),
+}))"""
+
+
+def table_problems(tables: list[dict], max_columns: int = MAX_TABLE_COLUMNS) -> list[str]:
+    """What a reader would see wrong in a page's tables (``_TABLES_JS``'s records): more than
+    ``max_columns`` columns, a table that scrolls sideways, and cells that show a missing value as
+    NaN/None, a number in scientific notation, or a text cut with "..."."""
+    problems = []
+    for i, table in enumerate(tables, 1):
+        if table["columns"] > max_columns:
+            problems.append(f"table {i}: {table['columns']} columns (at most {max_columns})")
+        if table["scrolls"]:
+            problems.append(f"table {i}: scrolls sideways")
+        for cell in table["cells"]:
+            for what, pattern in _BAD_CELL.items():
+                if pattern.search(cell):
+                    problems.append(f"table {i}: {what}: {cell[:80]!r}")
+    return problems
+
+
+def test_table_problems_on_planted_tables():
+    good = {"columns": 7, "scrolls": False, "cells": ["claim", "−64.6% [−81.0, −38.1]", "—", "✓", "1,764,445,000", "P19"]}
+    assert table_problems([good]) == []
+    planted = [{"columns": 8, "scrolls": True, "cells": ["NaN", "None", "1.764445e+09", "2e-05", "localization adds at most ..."]}]
+    found = table_problems(planted)
+    assert any("8 columns" in p for p in found) and any("scrolls sideways" in p for p in found)
+    for what in ("missing value shown", "scientific notation", "cut with an ellipsis"):
+        assert any(what in p for p in found), what
+    assert sum("missing value shown" in p for p in found) == 2 and sum("scientific notation" in p for p in found) == 2
+    # words that merely contain "e" and a digit, or a "nan" inside a word, are not flagged
+    assert table_problems([{"columns": 2, "scrolls": False, "cells": ["gemma3-270m", "nano", "P1e"]}]) == []
+
+
+def _offline(tab, site: str) -> None:
+    """Every request that does not go to the local site fails, as on a course machine without network."""
+    tab.route("**/*", lambda route: route.continue_() if route.request.url.startswith(site) else route.abort())
+
+
+_RAW_TEX_JS = """async () => {
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) { await MathJax.startup.promise; }
+  const text = document.querySelector('article').innerText;
+  return {mathjax: !!(window.MathJax && MathJax.startup), raw: (text.match(/\\\\\\(|\\\\\\[|\\$\\$/g) || []).length,
+          rendered: document.querySelectorAll('article mjx-container').length};
+}"""
+
+
+def test_planted_page_with_raw_tex_is_caught(browser):
+    tab = browser.new_page()
+    tab.set_content("<html><body><article><p>A fact \\(\\langle h, r, t \\rangle\\) unrendered.</p></article></body></html>")
+    found = tab.evaluate(_RAW_TEX_JS)
+    tab.close()
+    assert found["raw"] == 1 and found["rendered"] == 0  # one opening delimiter
+
+
+@pytest.mark.parametrize("page", toc_pages())
+def test_page_tables_look_finished_and_math_renders_offline(site, browser, page):
+    tab = browser.new_page(viewport={"width": 1280, "height": 900})
+    _offline(tab, site)
+    response = tab.goto(f"{site}/{page}.html", wait_until="load")
+    assert response is not None and response.status == 200
+    tab.wait_for_load_state("networkidle")
+    problems = table_problems(tab.evaluate(_TABLES_JS))
+    math = tab.evaluate(_RAW_TEX_JS)
+    tab.close()
+    assert not problems, f"{page}: " + "; ".join(problems[:12]) + (f" (+{len(problems) - 12} more)" if len(problems) > 12 else "")
+    assert math["raw"] == 0, f"{page}: {math['raw']} TeX delimiters shown raw with the network off (MathJax: {math['mathjax']})"

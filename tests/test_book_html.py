@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HTML = Path(os.environ.get("KN_BOOK_HTML", ROOT / "_build" / "html"))  # the built site
 SHOTS = HTML.parent / "screenshots"
 REQUIRED = os.environ.get("KN_REQUIRE_BOOK_HTML") == "1"
-PAGES_WITHOUT_FIGURES = {"book/intro", "book/references", "book/limitations"}
+PAGES_WITHOUT_FIGURES = {"book/intro", "book/references", "book/limitations", "book/variants"}  # tables only
 PAGES_WITHOUT_EXERCISES = {"book/references"}  # limitations has exercises too (what would change a verdict)
 PAGES_WITHOUT_OVERVIEW = {"book/references", "book/limitations"}  # limitations is one overview
 ERROR_MARKERS = ("Traceback (most recent call last)", "Error in callback", "ModuleNotFoundError", "NameError:")

@@ -1,0 +1,142 @@
+"""What changes if…: each option the paper's text or our own reading leaves open, against the headline
+design, for the claims of the main model. One function per option returns the two claims tables (the
+headline's and the option's); ``what_changes`` compares them with ``claims.compare_designs`` and writes
+one row per option; ``changed_claims`` lists the claims whose verdict an option moves.
+
+The chapters report the official definitions on their best design only; this is where a reader finds
+how much each choice matters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import pandas as pd
+
+from . import KNOWN_OFFICIAL, BookSample, known_facts_sample
+from .claim_tables import matched_tables, official_then_earlier, relations_with_kns
+from .claims import PAPER_METRIC, claims_by_sample, compare_designs
+from .table_style import number_text
+from .verdict_map import SMALL_RUNS, best_design_groups
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # what a reader would change
+    flag: str  # how to run it
+    claims: Callable[[str, int, int], tuple[pd.DataFrame, pd.DataFrame]]  # (model, n_boot, seed) -> (headline, option)
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _share_rule(model: str, n_boot: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    designs = matched_tables({rule: official_then_earlier(BookSample(model=model, share_rule=rule, params=KNOWN_OFFICIAL,
+                                                                     **SMALL_RUNS[model]))
+                              for rule in ("official", "paper")}, say=_quiet)
+    out = [claims_by_sample(designs[rule], n_boot=n_boot, seed=seed) for rule in ("official", "paper")]
+    return out[0], out[1]
+
+
+def _uniform(model: str, n_boot: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from .claim_tables import stored_tables
+
+    best = claims_by_sample(best_design_groups(model, _quiet), n_boot=n_boot, seed=seed)
+    small = stored_tables(official_then_earlier(BookSample(model=model, params=KNOWN_OFFICIAL, **SMALL_RUNS[model])),
+                          "uniform", _quiet)
+    return best, claims_by_sample(small, n_boot=n_boot, seed=seed)
+
+
+def _without_empty_relations(model: str, n_boot: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    groups = best_design_groups(model, _quiet)
+    suppress = next(t["suppress"] for t in groups.values() if "suppress" in t)
+    return (claims_by_sample({"all": {"suppress": suppress}}, n_boot=n_boot, seed=seed),
+            claims_by_sample({"with KNs": {"suppress": relations_with_kns(suppress)}}, n_boot=n_boot, seed=seed))
+
+
+def _held_out(model: str, n_boot: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from .held_out import HELD_OUT_RUNS, as_figure45, stored_held_out
+
+    groups = best_design_groups(model, _quiet)
+    suppress = next(t["suppress"] for t in groups.values() if "suppress" in t)
+    headline = claims_by_sample({"all prompts": {"suppress": suppress}}, n_boot=n_boot, seed=seed)
+    tables, _ = stored_held_out({model: HELD_OUT_RUNS.get(model)})
+    if model not in tables:
+        return headline, headline.iloc[:0]
+    held = claims_by_sample({"held-out": {"suppress": as_figure45(tables[model], "held-out")}}, n_boot=n_boot, seed=seed)
+    return headline, held[held["ours"].notna()]
+
+
+def _earlier(model: str, n_boot: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from . import KNOWN_EARLIER
+    from .verdict_map import KNOWN
+
+    known = known_facts_sample(model, KNOWN[model][0])
+    designs = {"official": {"official": known}, "earlier": {"official": known_facts_sample(model, KNOWN[model][0], KNOWN_EARLIER)}}
+    tables = {d: matched_tables({d: c}, names=("suppress", "erase"), say=_quiet)[d] for d, c in designs.items()}
+    out = [claims_by_sample(tables[d], n_boot=n_boot, seed=seed) for d in ("official", "earlier")]
+    return out[0], out[1]
+
+
+OPTIONS = (
+    Option("the paper text's refinement rule (more than p% of prompts) instead of the official scripts'",
+           "kn ... --share-rule paper", _share_rule),
+    Option("facts drawn uniformly (mostly unknown to the model) instead of facts it knows", "kn run --preset paper", _uniform),
+    Option("the earlier readings of the definitions instead of the official scripts' (known facts)",
+           "kn ... with the earlier stage options", _earlier),
+    Option("Figures 4-5 without the relations that have no knowledge neuron", "(a reading of the same run)",
+           _without_empty_relations),
+    Option("knowledge neurons chosen on half of each fact's prompts, measured on the other half", "kn held-out", _held_out),
+)
+WHAT_COLUMNS = ["if…", "claims compared", "verdicts changed", "largest move"]
+CHANGED_COLUMNS = ["if…", "claim", "headline", "with the option"]
+
+
+def _cell(ours: float, low: float, high: float, verdict: str) -> str:
+    if pd.isna(ours):
+        return str(verdict) if isinstance(verdict, str) else "not tested"
+    return f"{number_text(ours)} [{number_text(low)}, {number_text(high)}]: {verdict}"
+
+
+def comparisons(model: str, n_boot: int, seed: int = 0, options=OPTIONS) -> dict[str, pd.DataFrame]:
+    """Option name -> ``compare_designs`` of the headline's and the option's claims (the paper's metrics
+    only), for ``model``."""
+    out = {}
+    for option in options:
+        headline, variant = option.claims(model, n_boot, seed)
+        compared = compare_designs(headline[headline["kind"] == PAPER_METRIC], variant[variant["kind"] == PAPER_METRIC])
+        out[option.name] = compared[compared["both_data"]].reset_index(drop=True)
+    return out
+
+
+def what_changes(compared: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per option: how many claims both designs decide, how many verdicts change, and the claim
+    whose estimate moves most (relative to the headline's), from its headline value to the option's."""
+    rows = []
+    for name, c in compared.items():
+        if c.empty:
+            rows.append({"if…": name, "claims compared": 0, "verdicts changed": 0, "largest move": "—"})
+            continue
+        move = ((c["ours_after"] - c["ours_before"]).abs() / c["ours_before"].abs().where(c["ours_before"] != 0)).fillna(0)
+        top = c.loc[move.idxmax()]
+        largest = ("no estimate moves" if move.max() < 1e-9 else
+                   f"{top['claim']}: {number_text(top['ours_before'])} → {number_text(top['ours_after'])}")
+        rows.append({"if…": name, "claims compared": len(c), "verdicts changed": int(c["verdict_changed"].sum()),
+                     "largest move": largest})
+    return pd.DataFrame(rows, columns=WHAT_COLUMNS)
+
+
+def changed_claims(compared: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Every claim whose verdict an option changes: the option, the claim, and both sides' estimate,
+    interval and verdict."""
+    rows = [{"if…": name, "claim": r.claim, "headline": _cell(r.ours_before, r.ci_low_before, r.ci_high_before, r.verdict_before),
+             "with the option": _cell(r.ours_after, r.ci_low_after, r.ci_high_after, r.verdict_after)}
+            for name, c in compared.items() for r in c[c["verdict_changed"]].itertuples()]
+    return pd.DataFrame(rows, columns=CHANGED_COLUMNS)
+
+
+def option_flags(options=OPTIONS) -> pd.DataFrame:
+    """Each option and how to run it."""
+    return pd.DataFrame({"if…": [o.name for o in options], "run": [o.flag for o in options]})

@@ -40,10 +40,53 @@ def test_erase_changes_puts_the_paper_first_and_only_shared_relations():
 def test_table5_side_by_side():
     table = tables.table5(_by_relation(), erase=ERASE)
     assert table["relation"].tolist() == ["P19", "P27"]
-    assert table.loc[0, "paper: erased PPL before → after"] == "100.0 → 250.0"
-    assert table.loc[1, "paper: erased PPL before → after"] == ""  # the paper did not erase P27
-    assert table.loc[0, "ours: erased PPL before → after"] == "10.0 → 100.0"
+    assert table.loc[0, "paper: erased PPL before → after"] == "100 → 250"
+    assert table.loc[1, "paper: erased PPL before → after"] == "—"  # the paper did not erase P27
+    assert table.loc[0, "ours: erased PPL before → after"] == "10 → 100"
+    assert table.loc[1, "ours: other PPL before → after"] == "5 → 5.05"
     assert table.loc[0, "ours: erased accuracy before → after"] == "50% → 0%"
+
+
+def test_table5_writes_huge_perplexities_in_words():
+    by_relation = _by_relation().assign(erased_ppl_before=[69502.4, 20.0], erased_ppl_after=[11030288.2, 19.0])
+    table = tables.table5(by_relation, erase=ERASE)
+    assert table.loc[0, "ours: erased PPL before → after"] == "69,500 → 11 million"
+
+
+def test_large_number_text_has_three_significant_figures_and_no_exponent():
+    assert tables.large_number_text(8901748804435.32) == "8.9 trillion"
+    assert tables.large_number_text(1764444855.56) == "1.76 billion"
+    assert tables.large_number_text(-2_500_000.0) == "-2.5 million"
+    assert tables.large_number_text(4.3e21) == "4,300,000 quadrillion"
+    assert tables.large_number_text(497.72) == "498" and tables.large_number_text(-0.027) == "-0.027"
+    assert tables.large_number_text(12836.93) == "12,800" and tables.large_number_text(-268339.9) == "-268,000"
+    assert tables.large_number_text(999_999.0) == "1 million" and tables.large_number_text(4091.48) == "4,091"
+    assert tables.large_number_text(float("inf")) == "∞" and tables.large_number_text(float("-inf")) == "-∞"
+    assert tables.large_number_text(float("nan")) == "—" and tables.large_number_text(None) == "—"
+
+
+def test_interval_text_shares_the_decimals_of_the_largest_number():
+    assert tables.interval_text(-64.6, -81.04, -38.1) == "-64.6 [-81.0, -38.1]"
+    assert tables.interval_text(57.5, 27.4, 109.8, signed=True) == "+58 [+27, +110]"  # 3 figures at most
+    assert tables.interval_text(0.97, 0.92, 1.0) == "0.97 [0.92, 1.00]"
+    assert tables.interval_text(3.6, -0.9, 10.0, signed=True) == "+3.6 [-0.9, +10.0]"
+    assert tables.interval_text(20071.3, 8155.9, 42232.7) == "20,100 [8,200, 42,200]"
+    assert tables.interval_text(2071.3, 815.9, 4232.7, signed=True) == "+2,071 [+816, +4,233]"
+    assert tables.interval_text(-0.04, -0.5, 0.3) == "-0.040 [-0.500, 0.300]"
+    assert tables.interval_text(-0.0001, -0.5, 0.3, signed=True) == "0.000 [-0.500, +0.300]"  # no "-0.000"
+    assert tables.interval_text(5.0, float("nan"), float("nan")) == "5.00 [—, —]"
+    assert tables.interval_text(0.0, 0.0, 0.0) == "0 [0, 0]"
+
+
+def test_claim_table_puts_the_interval_in_one_cell():
+    claims = pd.DataFrame({"model": ["m", "m"], "measure": ["success", "change"], "control": ["random-layer"] * 2,
+                           "estimate": [28.2, 3.6], "ci_low": [13.6, -0.9], "ci_high": [56.2, 10.0], "n": [11, 11],
+                           "unit": ["relations"] * 2, "verdict": ["beats its control", "does not beat its control"],
+                           "expected": ["greater"] * 2}, index=[4, 7])  # a filtered frame's index
+    out = tables.claim_table(claims, ["model", "measure", "control"])
+    assert list(out.columns) == ["model", "measure", "control", "difference", "n", "verdict"]
+    assert out["difference"].tolist() == ["+28.2 [+13.6, +56.2]", "+3.6 [-0.9, +10.0]"]
+    assert out["n"].tolist() == [11, 11] and isinstance(out.index, pd.RangeIndex)
 
 
 def test_update_outcomes_counts_each_edit_once_in_order():

@@ -6,17 +6,79 @@ and returns a tidy table or a short string; none computes a new result.
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import pandas as pd
 
 from . import paper
+from .table_style import number_text
 
 
 def relation_list(frame: pd.DataFrame, value: str, labels: Mapping[str, str], fmt: str = "{:.0%}") -> str:
     """The rows of ``frame``, in its order, as "P413 (position played on team, 10%), P264 (...)":
     each row's ``relation``, its label from ``labels`` and its ``value`` formatted with ``fmt``."""
     return ", ".join(f"{r} ({labels.get(r, r)}, {fmt.format(v)})" for r, v in zip(frame["relation"], frame[value]))
+
+
+_LARGE_NUMBERS = ((1e15, "quadrillion"), (1e12, "trillion"), (1e9, "billion"), (1e6, "million"))
+
+
+def large_number_text(value: float) -> str:
+    """A measurement that may be astronomically large, for a table cell or a sentence, in 3 significant
+    figures: ``number_text`` below 10,000, then rounded ("268,000"), from a million on with a word ("1.76
+    billion", "8.9 trillion"); never scientific notation nor a 13-digit number; "∞" for an infinite value,
+    "—" when missing. Not for counts, which ``number_text`` writes in full."""
+    if value is None or pd.isna(value):
+        return "—"
+    value = float(value)
+    if math.isinf(value):
+        return "∞" if value > 0 else "-∞"
+    if abs(value) < 1e4:
+        return number_text(value)
+    value = round(value, 2 - math.floor(math.log10(abs(value))))  # 3 significant figures: 268,340 -> 268,000
+    for size, word in _LARGE_NUMBERS:
+        if abs(value) >= size:
+            scaled = value / size
+            text = f"{scaled:.3g}"
+            return f"{scaled:,.0f} {word}" if "e" in text else f"{text} {word}"
+    return f"{value:,.0f}"
+
+
+def interval_text(estimate: float, low: float, high: float, signed: bool = False) -> str:
+    """An estimate and its interval in one cell, "-64.6 [-81.0, -38.1]": the three with the same decimals,
+    as many as give the largest of them 3 significant figures (none from 100 on, and from 10,000 on rounded
+    to the largest's third figure: "20,100 [8,200, 42,200]"; thousands separated);
+    ``signed`` puts a "+" before positive numbers. A missing number reads "—"."""
+    values = [float(v) if v is not None and not pd.isna(v) else math.nan for v in (estimate, low, high)]
+    finite = [abs(v) for v in values if math.isfinite(v)]
+    top = max(finite, default=0.0)
+    decimals = 0 if top == 0 else min(2 - math.floor(math.log10(top)), 6)
+    if 0 > decimals > -2:  # 100 to 9,999: whole numbers, as number_text writes them
+        decimals = 0
+
+    def text(v: float) -> str:
+        if math.isnan(v):
+            return "—"
+        if math.isinf(v):
+            return "∞" if v > 0 else "-∞"
+        v = round(v, decimals) + 0.0  # no "-0.0"; from 10,000 on, rounded to 3 figures: 42,233 -> 42,200
+        return f"{v:{'+' if signed and v != 0 else ''},.{max(decimals, 0)}f}"
+
+    return f"{text(values[0])} [{text(values[1])}, {text(values[2])}]"
+
+
+def claim_table(claims: pd.DataFrame, keep: list[str], signed: bool = True) -> pd.DataFrame:
+    """``controls.control_claims`` rows as a page shows them: the columns ``keep`` (e.g. model, measure,
+    control), then ``difference`` (the estimate, knowledge neurons minus control, with its 95% interval in
+    one cell, ``interval_text``), ``n`` (the number of clusters, relations or erased relations) and the
+    ``verdict``."""
+    out = claims[list(keep)].reset_index(drop=True)
+    out["difference"] = [interval_text(e, lo, hi, signed)
+                         for e, lo, hi in zip(claims["estimate"], claims["ci_low"], claims["ci_high"])]
+    out["n"] = claims["n"].to_numpy()
+    out["verdict"] = claims["verdict"].to_numpy()
+    return out
 
 
 def percent_change(before: float, after: float) -> float:
@@ -50,17 +112,22 @@ def erase_changes(by_relation: pd.DataFrame, ours: str, theirs: str = "paper",
 
 def table5(by_relation: pd.DataFrame, erase: Mapping[str, Mapping[str, float]] | None = None) -> pd.DataFrame:
     """Table 5 side by side: per erased relation the paper's and our perplexities "before → after" (on
-    the relation's own prompts and the other relations'), and our top-1 accuracy before → after."""
+    the relation's own prompts and the other relations'; 3 significant figures, ``large_number_text``,
+    "—" where the paper did not erase the relation), and our top-1 accuracy before → after."""
     erase = paper.ERASE if erase is None else erase
+
+    def arrow(before: float, after: float) -> str:
+        return f"{large_number_text(before)} → {large_number_text(after)}"
+
     rows = []
     for _, r in by_relation.iterrows():
         p = erase.get(r["relation"])
         row = {"relation": r["relation"]}
         for scope, name in (("erased", "erased"), ("other", "other")):
             row[f"paper: {name} PPL before → after"] = (
-                f"{p[f'{scope}_before']:.1f} → {p[f'{scope}_after']:.1f}" if p else "")
+                arrow(p[f"{scope}_before"], p[f"{scope}_after"]) if p else "—")
         for scope, name in (("erased", "erased"), ("other", "other")):
-            row[f"ours: {name} PPL before → after"] = f"{r[f'{scope}_ppl_before']:.1f} → {r[f'{scope}_ppl_after']:.1f}"
+            row[f"ours: {name} PPL before → after"] = arrow(r[f"{scope}_ppl_before"], r[f"{scope}_ppl_after"])
         row["ours: erased accuracy before → after"] = (
             f"{r['erased_accuracy_before']:.0%} → {r['erased_accuracy_after']:.0%}")
         rows.append(row)

@@ -189,3 +189,14 @@ def test_control_definition_reads_the_committed_runs_whatever_was_loaded_first(m
     monkeypatch.setattr(controls, "_USED", {("gemma3-270m", "update"): controls.OWN_ONLY})
     words = controls.control_pool_text("gemma3-270m", "update")
     assert "closest in magnitude" in words and "another fact's" in words
+
+
+def test_a_perplexity_comparison_needs_as_many_erased_relations_as_table_5():
+    from kn_lib.book.claims import HEAVY_TAIL_MIN_CLUSTERS, MIN_CLUSTERS
+    from kn_lib.book.controls import _min_clusters
+
+    assert _min_clusters("erase", "perplexity change") == HEAVY_TAIL_MIN_CLUSTERS > MIN_CLUSTERS
+    assert _min_clusters("erase", "accuracy change") == MIN_CLUSTERS
+    ten = Interval(500.0, 200.0, 900.0, 10, 1000, 0.95, 0)
+    assert beats_control(ten, +1) == "beats its control"
+    assert beats_control(ten, +1, _min_clusters("erase", "perplexity change")) == "no data"

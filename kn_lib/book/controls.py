@@ -15,7 +15,8 @@ set (``knowledge``, ``random-layer``, ``activation-matched``; ``experiments.cont
 ``effects`` gives each set's mean with a bootstrap interval; ``control_claims`` the paired difference
 knowledge minus control, with the verdict ``beats its control`` only when the interval lies wholly on
 the side the paper's claim predicts (lower p for suppress, higher for amplify, more flips and edit
-successes, a larger perplexity rise). Fewer than ``claims.MIN_CLUSTERS`` units: no data.
+successes, a larger perplexity rise). Fewer than ``claims.MIN_CLUSTERS`` units (``claims.
+HEAVY_TAIL_MIN_CLUSTERS`` for a perplexity change): no data.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import pandas as pd
 
 from ..experiments.controls import CONTROLS
 from ..experiments.suppress_amplify import change_ratio, flip_eligible
-from .claims import MIN_CLUSTERS, Interval, bootstrap_ci, row_mean
+from .claims import HEAVY_TAIL_MIN_CLUSTERS, MIN_CLUSTERS, Interval, bootstrap_ci, row_mean
 
 if TYPE_CHECKING:
     from ..experiments.paraphrase_consistency import ConsistencyResult
@@ -169,11 +170,11 @@ def _unit_name(cluster: str) -> str:
     return {"fact_id": "facts", "relation": "relations", "erased_relation": "erased relations"}[cluster]
 
 
-def beats_control(ours: Interval, expected: int) -> str:
+def beats_control(ours: Interval, expected: int, min_clusters: int = MIN_CLUSTERS) -> str:
     """``beats its control`` when the interval of knowledge minus control lies wholly on the ``expected``
     side of 0 (+1: above, -1: below); ``control stronger`` when wholly on the other side; fewer than
-    ``MIN_CLUSTERS`` units or no interval: ``no data``."""
-    if not (np.isfinite(ours.low) and np.isfinite(ours.high)) or ours.n_clusters < MIN_CLUSTERS:
+    ``min_clusters`` units or no interval: ``no data``."""
+    if not (np.isfinite(ours.low) and np.isfinite(ours.high)) or ours.n_clusters < min_clusters:
         return "no data"
     low, high = (ours.low, ours.high) if expected > 0 else (-ours.high, -ours.low)
     if low > 0:
@@ -206,8 +207,14 @@ def control_claims(tables: dict[str, dict[str, pd.DataFrame]], n_boot: int = 100
                          "unit": "points" if unit_label.startswith("%") else unit_label,
                          "expected": "below 0" if expected < 0 else "above 0", "estimate": ci.estimate,
                          "ci_low": ci.low, "ci_high": ci.high, "n": ci.n_clusters, "n_unit": _unit_name(cluster),
-                         "verdict": beats_control(ci, expected)})
+                         "verdict": beats_control(ci, expected, _min_clusters(intervention, measure))})
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
+
+
+def _min_clusters(intervention: str, measure: str) -> int:
+    """A perplexity change is heavy-tailed (one erased relation can weigh 1000 times another): its
+    comparisons need ``claims.HEAVY_TAIL_MIN_CLUSTERS`` units, as Table 5's claims do."""
+    return HEAVY_TAIL_MIN_CLUSTERS if measure == "perplexity change" else MIN_CLUSTERS
 
 
 # The known-facts runs that carry the matched controls: model -> {experiment: facts per relation of its run}

@@ -152,3 +152,19 @@ def verdict_map(claims: dict[str, pd.DataFrame], controls: pd.DataFrame, critiqu
             for model, table in critiques.groupby("model", sort=False):
                 rows.append(_row(item, model, names.get(model, model), table, controls))
     return pd.DataFrame([r for r in rows if r is not None], columns=MAP_COLUMNS)
+
+
+def headline_map(n_boot: int, seed: int = 0, say=print) -> pd.DataFrame:
+    """The verdict map of every model of ``SMALL_RUNS`` on its best design, with the committed matched
+    controls and critiques, as the intro and the claims chapter show it (one function, so the two pages
+    cannot disagree)."""
+    from ..models import short_name
+    from . import controls as control_runs
+    from . import critiques
+
+    claims = {model: best_design_claims(model, n_boot, seed, say) for model in SMALL_RUNS}
+    control_tables, _ = control_runs.stored_control_tables()
+    control_claims = control_runs.control_claims(control_tables, n_boot=n_boot, seed=seed)
+    critique_tables, _ = critiques.stored_critique_tables()
+    critique_claims = critiques.critique_claims(critique_tables, n_boot=n_boot, seed=seed)
+    return verdict_map(claims, control_claims, critique_claims, {m: short_name(m) for m in SMALL_RUNS})

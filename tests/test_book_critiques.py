@@ -421,3 +421,20 @@ def test_grammar_vs_facts_and_control_effect_rows():
     shown = as_control_effects(grammar_effects(grammar, n_boot=N_BOOT), "m: suppress", "%", "groups")
     assert set(shown["neuron_set"]) == {"knowledge", *CONTROLS}  # the paired rows are not bars
     assert set(shown["intervention"]) == {"m: suppress"} and set(shown["n_unit"]) == {"groups"}
+
+
+def test_with_interval_puts_the_interval_in_one_cell_where_the_estimate_was():
+    from kn_lib.book import plots
+    from kn_lib.book.critiques import INTERVAL, with_interval
+
+    effects = pd.DataFrame({"measure": ["p", "flips"], "estimate": [-64.62, 2.0], "ci_low": [-81.04, np.nan],
+                            "ci_high": [-38.11, np.nan], "n": [12, 3], "unit": ["groups", "facts"], "verdict": ["", "no data"]},
+                           index=[5, 7])
+    out = with_interval(effects)
+    assert list(out.columns) == ["measure", INTERVAL, "n", "unit", "verdict"] and isinstance(out.index, pd.RangeIndex)
+    assert out[INTERVAL].tolist() == ["-64.6 [-81.0, -38.1]", "2.00 [—, —]"]
+    signed = with_interval(effects, signed=True, column="difference", n_unit="unit")
+    assert list(signed.columns) == ["measure", "difference", "n", "verdict"]
+    assert signed["difference"].tolist()[1] == "+2.00 [—, —]" and signed["n"].tolist() == ["12 groups", "3 facts"]
+    assert effects.columns.tolist()[1:4] == ["estimate", "ci_low", "ci_high"]  # the effects table is unchanged
+    plots.shown(signed).to_html()  # fits a page: at most 7 columns, no index

@@ -213,6 +213,27 @@ def symmetry_effects(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> 
     return pd.DataFrame(rows)
 
 
+INTERVAL = "estimate, 95% CI"  # the column ``with_interval`` writes
+
+
+def with_interval(frame: pd.DataFrame, signed: bool = False, column: str = INTERVAL, n_unit: str | None = None) -> pd.DataFrame:
+    """An effects table (``estimate``, ``ci_low``, ``ci_high``) as a page shows it: the three in one cell,
+    "-64.6 [-81.0, -38.1]" (``tables.interval_text``; "—" where there is no estimate), in the place of
+    ``estimate``. With ``n_unit`` (a column naming each row's unit, as ``grammar_vs_facts``'s ``unit``), ``n``
+    reads "12 groups" and the unit column goes. Only for a table about to be shown: code reads the numbers."""
+    from .tables import interval_text
+
+    out = frame.reset_index(drop=True)
+    cells = [interval_text(e, lo, hi, signed) for e, lo, hi in zip(out["estimate"], out["ci_low"], out["ci_high"])]
+    out = out.drop(columns=["ci_low", "ci_high"])
+    out.insert(out.columns.get_loc("estimate"), column, cells)
+    out = out.drop(columns=["estimate"])
+    if n_unit is not None:
+        out["n"] = [f"{int(n):,} {unit}" if pd.notna(n) else "—" for n, unit in zip(out["n"], out[n_unit])]
+        out = out.drop(columns=[n_unit])
+    return out
+
+
 def interval_of(frame: pd.DataFrame, **where) -> Interval:
     """The row of an effects table selected by column values, as an ``Interval`` (for ``claim_row``)."""
     sel = frame

@@ -42,3 +42,14 @@ def test_one_row_per_mapped_claim_and_model_in_seven_readable_columns():
 
 def test_claims_without_a_mapped_row_are_left_out():
     assert verdict_map({"m": _claims(where="Table 9", claim="something else")}, _controls([])).empty
+
+
+def test_map_reading_counts_every_kind_of_verdict():
+    from kn_lib.book.verdict_map import map_reading
+
+    table = pd.DataFrame({"verdict": ["holds", "confirmed, larger", "not detected", "no data", "within ceiling", "exceeded"]})
+    assert map_reading(table) == ("Of 6 rows (a claim on a model): direction confirmed: 2 (1 of them at the paper's size); "
+                                  "nothing detected: 1; too few clusters to decide: 1; within a published ceiling: 1; "
+                                  "a published ceiling exceeded: 1.")
+    assert map_reading(pd.DataFrame({"verdict": ["holds"]})) == (
+        "Of 1 row (a claim on a model): direction confirmed: 1 (1 of them at the paper's size).")

@@ -168,3 +168,18 @@ def headline_map(n_boot: int, seed: int = 0, say=print) -> pd.DataFrame:
     critique_tables, _ = critiques.stored_critique_tables()
     critique_claims = critiques.critique_claims(critique_tables, n_boot=n_boot, seed=seed)
     return verdict_map(claims, control_claims, critique_claims, {m: short_name(m) for m in SMALL_RUNS})
+
+
+def map_reading(table: pd.DataFrame) -> str:
+    """The map in one sentence: how many rows (a claim on a model) confirm the paper's direction (and how
+    many at its size), detect nothing, are reversed or borderline, lack the data, and how the ceiling
+    claims fare; a kind no row has is left out."""
+    v = table["verdict"]
+    confirmed = int((v.str.startswith("confirmed") | (v == "holds")).sum())
+    counts = [("direction confirmed", confirmed, f" ({int((v == 'holds').sum())} of them at the paper's size)"),
+              ("nothing detected", int((v == "not detected").sum()), ""), ("reversed", int((v == "reversed").sum()), ""),
+              ("borderline", int((v == "borderline").sum()), ""), ("too few clusters to decide", int((v == "no data").sum()), ""),
+              ("within a published ceiling", int((v == "within ceiling").sum()), ""),
+              ("a published ceiling exceeded", int((v == "exceeded").sum()), "")]
+    shown = [f"{label}: {n}{extra}" for label, n, extra in counts if n]
+    return f"Of {plural(len(table), 'row')} (a claim on a model): " + "; ".join(shown) + "."

@@ -26,7 +26,7 @@ def test_one_row_per_option_with_the_largest_move_and_the_changed_verdicts():
         "still": _compared({"a": (5.0, "holds")}, {"a": (5.0, "holds")}),
         "empty": _compared({"a": (5.0, "no data")}, {"a": (5.0, "holds")}),
     }
-    summary = what_changes(compared).set_index("if…")
+    summary = what_changes(compared).set_index("option")
     assert list(what_changes(compared).columns) == WHAT_COLUMNS
     assert summary.loc["moves", "verdicts changed"] == 1 and summary.loc["moves", "largest move"] == "b: 1 → 3"
     assert summary.loc["still", "largest move"] == "no estimate moves" and summary.loc["still", "verdicts changed"] == 0

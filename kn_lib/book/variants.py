@@ -90,8 +90,8 @@ OPTIONS = (
            _without_empty_relations),
     Option("knowledge neurons chosen on half of each fact's prompts, measured on the other half", "kn held-out", _held_out),
 )
-WHAT_COLUMNS = ["if…", "claims compared", "verdicts changed", "largest move"]
-CHANGED_COLUMNS = ["if…", "claim", "headline", "with the option"]
+WHAT_COLUMNS = ["option", "claims compared", "verdicts changed", "largest move"]
+CHANGED_COLUMNS = ["option", "claim", "headline", "with the option"]
 
 
 def _cell(ours: float, low: float, high: float, verdict: str) -> str:
@@ -117,13 +117,13 @@ def what_changes(compared: dict[str, pd.DataFrame]) -> pd.DataFrame:
     rows = []
     for name, c in compared.items():
         if c.empty:
-            rows.append({"if…": name, "claims compared": 0, "verdicts changed": 0, "largest move": "—"})
+            rows.append({"option": name, "claims compared": 0, "verdicts changed": 0, "largest move": "—"})
             continue
         move = ((c["ours_after"] - c["ours_before"]).abs() / c["ours_before"].abs().where(c["ours_before"] != 0)).fillna(0)
         top = c.loc[move.idxmax()]
         largest = ("no estimate moves" if move.max() < 1e-9 else
                    f"{top['claim']}: {number_text(top['ours_before'])} → {number_text(top['ours_after'])}")
-        rows.append({"if…": name, "claims compared": len(c), "verdicts changed": int(c["verdict_changed"].sum()),
+        rows.append({"option": name, "claims compared": len(c), "verdicts changed": int(c["verdict_changed"].sum()),
                      "largest move": largest})
     return pd.DataFrame(rows, columns=WHAT_COLUMNS)
 
@@ -131,7 +131,7 @@ def what_changes(compared: dict[str, pd.DataFrame]) -> pd.DataFrame:
 def changed_claims(compared: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Every claim whose verdict an option changes: the option, the claim, and both sides' estimate,
     interval and verdict."""
-    rows = [{"if…": name, "claim": r.claim, "headline": _cell(r.ours_before, r.ci_low_before, r.ci_high_before, r.verdict_before),
+    rows = [{"option": name, "claim": r.claim, "headline": _cell(r.ours_before, r.ci_low_before, r.ci_high_before, r.verdict_before),
              "with the option": _cell(r.ours_after, r.ci_low_after, r.ci_high_after, r.verdict_after)}
             for name, c in compared.items() for r in c[c["verdict_changed"]].itertuples()]
     return pd.DataFrame(rows, columns=CHANGED_COLUMNS)
@@ -139,4 +139,4 @@ def changed_claims(compared: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 def option_flags(options=OPTIONS) -> pd.DataFrame:
     """Each option and how to run it."""
-    return pd.DataFrame({"if…": [o.name for o in options], "run": [o.flag for o in options]})
+    return pd.DataFrame({"option": [o.name for o in options], "run": [o.flag for o in options]})

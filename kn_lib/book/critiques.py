@@ -18,6 +18,7 @@ import pandas as pd
 from .claims import MIN_CLUSTERS, Interval, bootstrap_ci, row_mean
 from .wording import plural
 from .controls import CONTROL_SETS, KNOWLEDGE, beats_control, paired_differences
+from .tables import INTERVAL, with_interval  # noqa: F401  (the critiques chapter calls them from here)
 
 # model -> known-facts run (facts per relation) each critique reads; grammar reads BLiMP, not a sample
 CRITIQUE_RUNS: dict[str, dict[str, int | None]] = {
@@ -211,27 +212,6 @@ def symmetry_effects(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> 
                 rows.append({"measure": label, "neuron_set": f"knowledge − {control}", "estimate": ci.estimate,
                              "ci_low": ci.low, "ci_high": ci.high, "n": ci.n_clusters, "verdict": beats_control(ci, +1)})
     return pd.DataFrame(rows)
-
-
-INTERVAL = "estimate, 95% CI"  # the column ``with_interval`` writes
-
-
-def with_interval(frame: pd.DataFrame, signed: bool = False, column: str = INTERVAL, n_unit: str | None = None) -> pd.DataFrame:
-    """An effects table (``estimate``, ``ci_low``, ``ci_high``) as a page shows it: the three in one cell,
-    "-64.6 [-81.0, -38.1]" (``tables.interval_text``; "—" where there is no estimate), in the place of
-    ``estimate``. With ``n_unit`` (a column naming each row's unit, as ``grammar_vs_facts``'s ``unit``), ``n``
-    reads "12 groups" and the unit column goes. Only for a table about to be shown: code reads the numbers."""
-    from .tables import interval_text
-
-    out = frame.reset_index(drop=True)
-    cells = [interval_text(e, lo, hi, signed) for e, lo, hi in zip(out["estimate"], out["ci_low"], out["ci_high"])]
-    out = out.drop(columns=["ci_low", "ci_high"])
-    out.insert(out.columns.get_loc("estimate"), column, cells)
-    out = out.drop(columns=["estimate"])
-    if n_unit is not None:
-        out["n"] = [f"{int(n):,} {unit}" if pd.notna(n) else "—" for n, unit in zip(out["n"], out[n_unit])]
-        out = out.drop(columns=[n_unit])
-    return out
 
 
 def interval_of(frame: pd.DataFrame, **where) -> Interval:

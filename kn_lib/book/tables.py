@@ -68,17 +68,31 @@ def interval_text(estimate: float, low: float, high: float, signed: bool = False
     return f"{text(values[0])} [{text(values[1])}, {text(values[2])}]"
 
 
+INTERVAL = "estimate, 95% CI"  # the column ``with_interval`` writes
+
+
+def with_interval(frame: pd.DataFrame, signed: bool = False, column: str = INTERVAL, n_unit: str | None = None) -> pd.DataFrame:
+    """An effects table (``estimate``, ``ci_low``, ``ci_high``) as a page shows it: the three in one cell,
+    "-64.6 [-81.0, -38.1]" (``interval_text``; "—" where there is no estimate), in the place of
+    ``estimate``. With ``n_unit`` (a column naming each row's unit, as ``grammar_vs_facts``'s ``unit``), ``n``
+    reads "12 groups" and the unit column goes. Only for a table about to be shown: code reads the numbers."""
+    out = frame.reset_index(drop=True)
+    cells = [interval_text(e, lo, hi, signed) for e, lo, hi in zip(out["estimate"], out["ci_low"], out["ci_high"])]
+    out = out.drop(columns=["ci_low", "ci_high"])
+    out.insert(out.columns.get_loc("estimate"), column, cells)
+    out = out.drop(columns=["estimate"])
+    if n_unit is not None:
+        out["n"] = [f"{int(n):,} {unit}" if pd.notna(n) else "—" for n, unit in zip(out["n"], out[n_unit])]
+        out = out.drop(columns=[n_unit])
+    return out
+
+
 def claim_table(claims: pd.DataFrame, keep: list[str], signed: bool = True) -> pd.DataFrame:
     """``controls.control_claims`` rows as a page shows them: the columns ``keep`` (e.g. model, measure,
     control), then ``difference`` (the estimate, knowledge neurons minus control, with its 95% interval in
-    one cell, ``interval_text``), ``n`` (the number of clusters, relations or erased relations) and the
+    one cell: ``with_interval``), ``n`` (the number of clusters, relations or erased relations) and the
     ``verdict``."""
-    out = claims[list(keep)].reset_index(drop=True)
-    out["difference"] = [interval_text(e, lo, hi, signed)
-                         for e, lo, hi in zip(claims["estimate"], claims["ci_low"], claims["ci_high"])]
-    out["n"] = claims["n"].to_numpy()
-    out["verdict"] = claims["verdict"].to_numpy()
-    return out
+    return with_interval(claims[[*keep, "estimate", "ci_low", "ci_high", "n", "verdict"]], signed, column="difference")
 
 
 def percent_change(before: float, after: float) -> float:

@@ -22,61 +22,70 @@ from .verdict_map import SMALL_RUNS, best_design_groups
 
 
 @dataclass(frozen=True)
+class Headline:
+    """The headline design of one model, loaded and judged once for every option (``comparisons``)."""
+    model: str
+    n_boot: int
+    seed: int
+    groups: dict[str, dict[str, pd.DataFrame]]  # ``verdict_map.best_design_groups``
+    claims: pd.DataFrame  # ``claims_by_sample`` of them
+
+    @property
+    def suppress(self) -> pd.DataFrame:
+        """Figures 4-5's table of the headline design."""
+        return next(t["suppress"] for t in self.groups.values() if "suppress" in t)
+
+
+@dataclass(frozen=True)
 class Option:
     name: str  # what a reader would change
     flag: str  # how to run it
-    claims: Callable[[str, int, int], tuple[pd.DataFrame, pd.DataFrame]]  # (model, n_boot, seed) -> (headline, option)
+    claims: Callable[[Headline], tuple[pd.DataFrame, pd.DataFrame]]  # -> (the claims it is compared with, the option's)
 
 
 def _quiet(_: str) -> None:
     pass
 
 
-def _share_rule(model: str, n_boot: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    designs = matched_tables({rule: official_then_earlier(BookSample(model=model, share_rule=rule, params=KNOWN_OFFICIAL,
-                                                                     **SMALL_RUNS[model]))
+def _share_rule(h: Headline) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both refinement rules on the small uniform run, each table under the same definitions for both."""
+    designs = matched_tables({rule: official_then_earlier(BookSample(model=h.model, share_rule=rule, params=KNOWN_OFFICIAL,
+                                                                     **SMALL_RUNS[h.model]))
                               for rule in ("official", "paper")}, say=_quiet)
-    out = [claims_by_sample(designs[rule], n_boot=n_boot, seed=seed) for rule in ("official", "paper")]
+    out = [claims_by_sample(designs[rule], n_boot=h.n_boot, seed=h.seed) for rule in ("official", "paper")]
     return out[0], out[1]
 
 
-def _uniform(model: str, n_boot: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _uniform(h: Headline) -> tuple[pd.DataFrame, pd.DataFrame]:
     from .claim_tables import stored_tables
 
-    best = claims_by_sample(best_design_groups(model, _quiet), n_boot=n_boot, seed=seed)
-    small = stored_tables(official_then_earlier(BookSample(model=model, params=KNOWN_OFFICIAL, **SMALL_RUNS[model])),
+    small = stored_tables(official_then_earlier(BookSample(model=h.model, params=KNOWN_OFFICIAL, **SMALL_RUNS[h.model])),
                           "uniform", _quiet)
-    return best, claims_by_sample(small, n_boot=n_boot, seed=seed)
+    return h.claims, claims_by_sample(small, n_boot=h.n_boot, seed=h.seed)
 
 
-def _without_empty_relations(model: str, n_boot: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    groups = best_design_groups(model, _quiet)
-    suppress = next(t["suppress"] for t in groups.values() if "suppress" in t)
-    return (claims_by_sample({"all": {"suppress": suppress}}, n_boot=n_boot, seed=seed),
-            claims_by_sample({"with KNs": {"suppress": relations_with_kns(suppress)}}, n_boot=n_boot, seed=seed))
+def _without_empty_relations(h: Headline) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return h.claims, claims_by_sample({"with KNs": {"suppress": relations_with_kns(h.suppress)}}, n_boot=h.n_boot, seed=h.seed)
 
 
-def _held_out(model: str, n_boot: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _held_out(h: Headline) -> tuple[pd.DataFrame, pd.DataFrame]:
     from .held_out import HELD_OUT_RUNS, as_figure45, stored_held_out
 
-    groups = best_design_groups(model, _quiet)
-    suppress = next(t["suppress"] for t in groups.values() if "suppress" in t)
-    headline = claims_by_sample({"all prompts": {"suppress": suppress}}, n_boot=n_boot, seed=seed)
-    tables, _ = stored_held_out({model: HELD_OUT_RUNS.get(model)})
-    if model not in tables:
-        return headline, headline.iloc[:0]
-    held = claims_by_sample({"held-out": {"suppress": as_figure45(tables[model], "held-out")}}, n_boot=n_boot, seed=seed)
-    return headline, held[held["ours"].notna()]
+    tables, _ = stored_held_out({h.model: HELD_OUT_RUNS.get(h.model)})
+    if h.model not in tables:
+        return h.claims, h.claims.iloc[:0]
+    held = claims_by_sample({"held-out": {"suppress": as_figure45(tables[h.model], "held-out")}}, n_boot=h.n_boot, seed=h.seed)
+    return h.claims, held[held["ours"].notna()]
 
 
-def _earlier(model: str, n_boot: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _earlier(h: Headline) -> tuple[pd.DataFrame, pd.DataFrame]:
     from . import KNOWN_EARLIER
     from .verdict_map import KNOWN
 
-    known = known_facts_sample(model, KNOWN[model][0])
-    designs = {"official": {"official": known}, "earlier": {"official": known_facts_sample(model, KNOWN[model][0], KNOWN_EARLIER)}}
+    known = known_facts_sample(h.model, KNOWN[h.model][0])
+    designs = {"official": {"official": known}, "earlier": {"official": known_facts_sample(h.model, KNOWN[h.model][0], KNOWN_EARLIER)}}
     tables = {d: matched_tables({d: c}, names=("suppress", "erase"), say=_quiet)[d] for d, c in designs.items()}
-    out = [claims_by_sample(tables[d], n_boot=n_boot, seed=seed) for d in ("official", "earlier")]
+    out = [claims_by_sample(tables[d], n_boot=h.n_boot, seed=h.seed) for d in ("official", "earlier")]
     return out[0], out[1]
 
 
@@ -102,10 +111,12 @@ def _cell(ours: float, low: float, high: float, verdict: str) -> str:
 
 def comparisons(model: str, n_boot: int, seed: int = 0, options=OPTIONS) -> dict[str, pd.DataFrame]:
     """Option name -> ``compare_designs`` of the headline's and the option's claims (the paper's metrics
-    only), for ``model``."""
+    only), for ``model``; the headline design is loaded and judged once (``Headline``)."""
+    groups = best_design_groups(model, _quiet)
+    h = Headline(model, n_boot, seed, groups, claims_by_sample(groups, n_boot=n_boot, seed=seed))
     out = {}
     for option in options:
-        headline, variant = option.claims(model, n_boot, seed)
+        headline, variant = option.claims(h)
         compared = compare_designs(headline[headline["kind"] == PAPER_METRIC], variant[variant["kind"] == PAPER_METRIC])
         out[option.name] = compared[compared["both_data"]].reset_index(drop=True)
     return out

@@ -4,8 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kn_lib.book import claim_tables
-from kn_lib.book.claims import compare_designs
+from kn_lib.book import claim_tables, table_style
 from kn_lib.run.results import ResultsNotFound
 
 
@@ -82,22 +81,31 @@ def test_verdict_counts_name_every_verdict():
     assert set(counts) >= {"larger", "not_detected", "exceeded", "inconclusive"}
 
 
-def test_shown_tables_put_n_and_interval_on_both_sides():
-    claims = pd.DataFrame([{"claim": "a", "where": "Table 2", "unit": "", "paper": 1.0, "ours": 0.5, "ci_low": 0.25,
+def test_shown_claims_put_interval_unit_and_n_in_readable_cells():
+    claims = pd.DataFrame([{"claim": "a", "where": "Table 2", "unit": "neurons", "paper": 1.0, "ours": 0.5, "ci_low": 0.25,
                             "ci_high": 0.75, "n_clusters": 12, "direction": "confirmed", "size": "smaller",
-                            "verdict": "confirmed, smaller", "note": "", "kind": "paper's metric"}])
+                            "verdict": "confirmed, smaller", "note": "", "kind": "paper's metric"},
+                           {"claim": "b", "where": "Table 6", "unit": "Δ perplexity", "paper": 8.4, "ours": 1.71e10,
+                            "ci_low": 7.47e6, "ci_high": 4.08e12, "n_clusters": 55, "direction": "", "size": "",
+                            "verdict": "borderline", "note": "from log-probabilities", "kind": "paper's metric"},
+                           {"claim": "c", "where": "Figure 4", "unit": "%", "paper": -29.03, "ours": float("nan"),
+                            "ci_low": float("nan"), "ci_high": float("nan"), "n_clusters": 3, "direction": "", "size": "",
+                            "verdict": "no data", "note": "", "kind": "paper's metric"}])
     shown = claim_tables.shown_claims(claims)
-    assert shown["ours, 95% CI"][0] == "0.5 [0.25, 0.75]" and shown["n (clusters)"][0] == 12
-    assert shown["paper (bert-base-cased)"][0] == "1" and claims["paper"][0] == 1.0  # the input is left alone
-    after = claims.assign(ours=np.nan, ci_low=np.nan, ci_high=np.nan, n_clusters=3, verdict="no data")
-    designs = claim_tables.shown_designs(compare_designs(claims.assign(sample="s1"), after.assign(sample="s2")),
-                                         "official", "paper's text")
-    row = designs.iloc[0]
-    assert row["official: sample"] == "s1" and row["paper's text: sample"] == "s2"
-    assert row["official: ours, 95% CI"] == "0.5 [0.25, 0.75]" and row["official: n"] == 12
-    assert row["paper's text: n"] == 3 and row["paper's text: verdict"] == "no data"
-    assert not row["both have data"] and not row["verdict changed"]
+    assert list(shown.columns) == ["claim", "where", "n", "ours [95% CI]", "paper (BERT)", "verdict", "note"]
+    assert shown["ours [95% CI]"].tolist() == ["0.500 [0.250, 0.750] neurons",
+                                                "17.1 billion [7.47 million, 4.08 trillion] Δ perplexity", "—"]
+    assert shown["paper (BERT)"].tolist() == ["1 neurons", "8.4 Δ perplexity", "-29%"]
+    assert shown["note"].tolist() == ["—", "from log-probabilities", "—"] and shown["n"].tolist() == [12, 55, 3]
+    assert claims["paper"][0] == 1.0  # the input is left alone
+    with_model = claim_tables.shown_claims(claims.assign(model="m", sample="s"))
+    assert list(with_model.columns[:4]) == ["model", "claim", "where", "sample"]
 
+
+def test_claim_cell_keeps_three_figures_where_shared_decimals_would_blur():
+    assert claim_tables.claim_cell(-64.6, -81.2, -37.3, "%") == "-64.6% [-81.2, -37.3]"
+    assert claim_tables.claim_cell(6.06e-5, 1.71e-7, 0.00112, "R^2") == "0.0000606 [0.000000171, 0.00112] R²"
+    assert "e" not in claim_tables.claim_cell(1e-9, 1e-12, 1e20)
 
 def test_reach_value_reads_one_number_or_nan():
     reach = pd.DataFrame([{"quantity": "q", "neurons": "knowledge", "percent": 20.0, "n_edits": 121}])
@@ -224,5 +232,5 @@ def test_figure45_by_relation_and_the_relations_with_kns():
                                          (125732.4, "125,732"), (1.764445e9, "1,764,445,000"), (-0.5, "-0.5"), (0.0, "0"),
                                          (float("nan"), "—")])
 def test_number_text_never_writes_scientific_notation(value, text):
-    assert claim_tables.number_text(value) == text
-    assert "e" not in claim_tables.number_text(value).lower()
+    assert table_style.number_text(value) == text
+    assert "e" not in table_style.number_text(value).lower()

@@ -35,7 +35,7 @@ def test_one_row_per_mapped_claim_and_model_in_seven_readable_columns():
                         _controls(["beats its control"] * 2), model_names={"m": "Model M"})
     assert list(table.columns) == MAP_COLUMNS and len(MAP_COLUMNS) == 7 and len(table) == 2
     first, second = table.iloc[0], table.iloc[1]
-    assert first["model"] == "Model M" and first["ours [95% CI]"] == "-64.6 [-81, -38.1]%" and first["paper"] == "-29%"
+    assert first["model"] == "Model M" and first["ours [95% CI]"] == "-64.6% [-81.0, -38.1]" and first["paper"] == "-29%"
     assert first["n"] == "14 relations" and first["vs both matched controls"] == "beats both"
     assert second["ours [95% CI]"] == "—" and second["n"] == "1 relation" and second["vs both matched controls"] == "not run"
 

@@ -11,14 +11,16 @@ Nothing here computes a result.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from typing import Callable, Iterable, Mapping, Sequence, Union
 
 import pandas as pd
 
-from . import EARLIER_DEFINITIONS, BookSample, paper
+from . import EARLIER_DEFINITIONS, BookSample
 from ..run.results import ResultsNotFound
 from .claims import VERDICTS
-from .table_style import number_text
+from .tables import interval_text, large_number_text
 
 # what ``claims.paper_claims`` calls each table -> (stage, table) of the kn results
 TABLES = {
@@ -228,42 +230,58 @@ def verdict_counts(claims: pd.DataFrame) -> dict[str, int]:
     return {verdict_slug(v): int(counts.get(v, 0)) for v in VERDICTS}
 
 
-def _interval(estimate: float, low: float, high: float) -> str:
-    return "" if pd.isna(estimate) else f"{number_text(estimate)} [{number_text(low)}, {number_text(high)}]"
+UNIT_TEXT = {"R^2": "R²"}  # a claim's unit as a cell writes it
+SHOWN_COLUMNS = ["model", "claim", "where", "sample", "n", "ours [95% CI]", "paper (BERT)", "verdict", "note"]
+
+
+def claim_cell(estimate: float, low: float, high: float, unit: str = "") -> str:
+    """An estimate with its 95% interval and unit in one cell: "-64.6% [-81.0, -38.1]", "0.56 [0.35, 0.90]
+    neurons" (``tables.interval_text``: the same decimals for the three). Where shared decimals would blur
+    a number by more than 5% (an interval over orders of magnitude), each gets its own 3 significant
+    figures, large ones in words (``tables.large_number_text``: "17.1 billion [7.47 million, 4.08 trillion]");
+    never scientific notation; "—" without an estimate."""
+    if pd.isna(estimate):
+        return "—"
+    unit = UNIT_TEXT.get(unit, unit or "")
+    values = [float(v) for v in (estimate, low, high)]
+    shared = interval_text(*values)
+    cells = re.split(r" \[|, (?=[-+0-9∞—])|\]", shared)[:3]
+
+    def blurred(value: float, cell: str) -> bool:
+        if not math.isfinite(value) or value == 0:
+            return False
+        return abs(value) >= 1e4 or abs(float(cell.replace(",", "")) - value) > 0.05 * abs(value)
+
+    if any(blurred(v, c) for v, c in zip(values, cells)):
+        cells = [large_number_text(v) for v in values]
+    if unit == "%":
+        return f"{cells[0]}% [{cells[1]}, {cells[2]}]"
+    return f"{cells[0]} [{cells[1]}, {cells[2]}]" + (f" {unit}" if unit else "")
+
+
+def paper_cell(value: float, unit: str = "") -> str:
+    """The paper's (or a critique's) value with its unit: "-29%", "0.032 R²"."""
+    unit = UNIT_TEXT.get(unit, unit or "")
+    if pd.isna(value):
+        return "—"
+    return f"{large_number_text(value)}%" if unit == "%" else large_number_text(value) + (f" {unit}" if unit else "")
 
 
 def shown_claims(claims: pd.DataFrame) -> pd.DataFrame:
-    """A claims table as a reader wants it: the interval in one cell, n beside it, the verdict and the
-    two readings it names (direction, size), readable headers."""
-    out = claims.assign(ours_ci=[_interval(*r) for r in claims[["ours", "ci_low", "ci_high"]].itertuples(index=False)])
-    columns = ["claim", "where", "unit", "paper", "ours_ci", "n_clusters", "direction", "size", "verdict", "note"]
-    if "sample" in claims:
-        columns.append("sample")
-    out["paper"] = [f"{v:.3g}" for v in out["paper"]]
-    return out[columns].rename(columns={
-        "paper": f"paper ({paper.MODEL})", "ours_ci": "ours, 95% CI", "n_clusters": "n (clusters)",
-        "size": "size vs paper"})
-
-
-def shown_designs(designs: pd.DataFrame, before: str = "before", after: str = "after") -> pd.DataFrame:
-    """A ``claims.compare_designs`` table as a reader wants it: per claim and side, n, the estimate with
-    its interval and the verdict, then whether both sides have data, whether the verdict changed, and
-    the width ratio. ``before`` and ``after`` name the two designs in the headers."""
-    out = pd.DataFrame({"claim": designs["claim"]})
-    if "model" in designs:
-        out.insert(0, "model", designs["model"])
-    for side, name in (("before", before), ("after", after)):
-        sample = "sample_before" if side == "before" else "sample"
-        if sample in designs:
-            out[f"{name}: sample"] = designs[sample].fillna("")
-        out[f"{name}: n"] = designs[f"n_clusters_{side}"].astype("Int64")
-        out[f"{name}: ours, 95% CI"] = [_interval(*r) for r in designs[
-            [f"ours_{side}", f"ci_low_{side}", f"ci_high_{side}"]].itertuples(index=False)]
-        out[f"{name}: verdict"] = designs[f"verdict_{side}"].fillna("not tested")
-    out["both have data"] = designs["both_data"]
-    out["verdict changed"] = designs["verdict_changed"]
-    out[f"CI width {after} / {before}"] = designs["width_ratio"]
-    return out
+    """A claims table's cells as a reader reads them (``SHOWN_COLUMNS``, those ``claims`` has): the estimate,
+    its interval and its unit in one cell, the paper's value with its unit, n the clusters resampled, the
+    verdict (which names the direction and the size), the note ("—" when empty). A page picks at most 7 of
+    them for ``plots.shown``; the numbers stay in ``claims`` for code."""
+    out = pd.DataFrame({
+        "model": claims["model"] if "model" in claims else None,
+        "claim": claims["claim"], "where": claims["where"],
+        "sample": claims["sample"] if "sample" in claims else None,
+        "n": claims["n_clusters"].astype("Int64"),
+        "ours [95% CI]": [claim_cell(*r) for r in claims[["ours", "ci_low", "ci_high", "unit"]].itertuples(index=False)],
+        "paper (BERT)": [paper_cell(v, u) for v, u in zip(claims["paper"], claims["unit"])],
+        "verdict": claims["verdict"], "note": claims["note"].replace("", "—").fillna("—") if "note" in claims else "—",
+    })
+    return out[[c for c in SHOWN_COLUMNS if c not in ("model", "sample") or c in claims]].reset_index(drop=True)
 
 
 def reach_value(reach: pd.DataFrame, quantity: str, neurons: str, column: str = "percent") -> float:

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from . import KNOWN_EARLIER, BookSample, known_facts_sample
-from .claim_tables import official_then_earlier, stored_tables, tables_by_sample
+from .claim_tables import DEFINITION_FREE, claim_cell, official_then_earlier, paper_cell, stored_tables, tables_by_sample
 from .claims import claims_by_sample
-from .table_style import number_text
 from .wording import plural
 
 # the designs behind the headline, per model (the claims chapter's parameters)
@@ -28,7 +27,7 @@ SMALL_RUNS = {"smollm2-135m": dict(facts_per_relation=10),
 WIDE_UNIFORM = {"smollm2-135m": 56, "gemma3-270m": 3}  # Table 2's sample: facts per relation, every relation
 KNOWN = {"smollm2-135m": (None, 48), "gemma3-270m": (8, 8)}  # known facts per relation: Figures 4-5 and Table 5; Table 6
 KNOWN_TABLES, EDIT_TABLES = ("suppress", "erase"), ("update", "ppl_prompts")
-NOT_RERUN = ("bingrel", "bingrel_abs", "update_signed")
+NOT_RERUN = ("bingrel", "bingrel_abs")  # from the small run; no option of the definitions changes their rows
 
 
 def best_design_groups(model: str, say=print) -> dict[str, dict[str, pd.DataFrame]]:
@@ -50,11 +49,14 @@ def best_design_groups(model: str, say=print) -> dict[str, dict[str, pd.DataFram
     else:
         sources[labels["edit"]] = (official_then_earlier(edit_sample, KNOWN_EARLIER), list(EDIT_TABLES))
     groups = tables_by_sample(sources, say)
+    small_label = f"uniform, {SMALL_RUNS[model]['facts_per_relation']} per relation"
     small = stored_tables(official_then_earlier(BookSample(model=model, params=KNOWN_OFFICIAL, **SMALL_RUNS[model])),
-                          f"uniform, {SMALL_RUNS[model]['facts_per_relation']} per relation", say)
+                          small_label, say)
     for group, found in small.items():
         if kept := {n: t for n, t in found.items() if n in NOT_RERUN}:
-            groups[f"{group} (not rerun)"] = kept
+            # a definition-free table reads the same under any definitions: its group does not name them
+            name = small_label if set(kept) <= set(DEFINITION_FREE) else group
+            groups.setdefault(f"{name} (not rerun)", {}).update(kept)
     return groups
 
 
@@ -119,19 +121,14 @@ def _controls_word(controls: pd.DataFrame, model: str, key: tuple[str, str] | No
     return "beats neither" if beats == 0 else f"beats {beats} of {len(rows)}"
 
 
-def _with_unit(value: str, unit: str) -> str:
-    return f"{value}%" if unit == "%" else value
-
-
 def _row(item: MapClaim, model: str, name: str, table: pd.DataFrame, controls: pd.DataFrame) -> dict | None:
     found = table[table["where"].str.startswith(item.where) & table["claim"].str.startswith(item.claim)]
     if found.empty:
         return None
     r = found.sort_values("n_clusters", ascending=False).iloc[0]  # the row with the most data (symmetry: testable edits)
-    ours = "—" if pd.isna(r["ours"]) or pd.isna(r["ci_low"]) else _with_unit(
-        f"{number_text(r['ours'])} [{number_text(r['ci_low'])}, {number_text(r['ci_high'])}]", r["unit"])
+    ours = "—" if pd.isna(r["ci_low"]) else claim_cell(r["ours"], r["ci_low"], r["ci_high"], r["unit"])
     return {"claim": item.words, "model": name, "ours [95% CI]": ours, "n": plural(int(r["n_clusters"]), item.n_unit),
-            "paper": _with_unit(number_text(r["paper"]), r["unit"]), "vs both matched controls": _controls_word(controls, model, item.control),
+            "paper": paper_cell(r["paper"], r["unit"]), "vs both matched controls": _controls_word(controls, model, item.control),
             "verdict": r["verdict"]}
 
 

@@ -218,9 +218,6 @@ def test_page_reads_well(site, browser, page):
 # -- tables that look finished, math that renders offline -------------------------------------------------
 
 MAX_TABLE_COLUMNS = 7
-# Pages whose tables still go through the claims tables' own formatter (``claim_tables.shown_claims``,
-# wider than 7 columns): only their math is checked until the verdict map replaces those tables there.
-TABLES_NOT_YET_FINISHED = {"book/claims", "book/intro"}
 _BAD_CELL = {
     "missing value shown": re.compile(r"^(nan|NaN|None|<NA>|NaT)$"),
     "scientific notation": re.compile(r"\d(\.\d+)?e[+-]?\d+\b"),
@@ -294,7 +291,7 @@ def test_page_tables_look_finished_and_math_renders_offline(site, browser, page)
     response = tab.goto(f"{site}/{page}.html", wait_until="load")
     assert response is not None and response.status == 200
     tab.wait_for_load_state("networkidle")
-    problems = [] if page in TABLES_NOT_YET_FINISHED else table_problems(tab.evaluate(_TABLES_JS))
+    problems = table_problems(tab.evaluate(_TABLES_JS))
     math = tab.evaluate(_RAW_TEX_JS)
     tab.close()
     assert not problems, f"{page}: " + "; ".join(problems[:12]) + (f" (+{len(problems) - 12} more)" if len(problems) > 12 else "")

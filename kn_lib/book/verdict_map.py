@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from . import KNOWN_EARLIER, BookSample, known_facts_sample
-from .claim_tables import DEFINITION_FREE, claim_cell, official_then_earlier, paper_cell, stored_tables, tables_by_sample
+from .claim_tables import DEFINITION_FREE, claim_cell, load_first, official_then_earlier, paper_cell, tables_by_sample
 from .claims import claims_by_sample
 from .wording import plural
 
@@ -50,8 +50,8 @@ def best_design_groups(model: str, say=print) -> dict[str, dict[str, pd.DataFram
         sources[labels["edit"]] = (official_then_earlier(edit_sample, KNOWN_EARLIER), list(EDIT_TABLES))
     groups = tables_by_sample(sources, say)
     small_label = f"uniform, {SMALL_RUNS[model]['facts_per_relation']} per relation"
-    small = stored_tables(official_then_earlier(BookSample(model=model, params=KNOWN_OFFICIAL, **SMALL_RUNS[model])),
-                          small_label, say)
+    small = load_first(official_then_earlier(BookSample(model=model, params=KNOWN_OFFICIAL, **SMALL_RUNS[model])),
+                       NOT_RERUN, small_label, say)
     for group, found in small.items():
         if kept := {n: t for n, t in found.items() if n in NOT_RERUN}:
             # a definition-free table reads the same under any definitions: its group does not name them

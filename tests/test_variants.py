@@ -25,11 +25,13 @@ def test_one_row_per_option_with_the_largest_move_and_the_changed_verdicts():
                            {"a": (-82.2, "confirmed, larger"), "b": (3.0, "confirmed, larger")}),
         "still": _compared({"a": (5.0, "holds")}, {"a": (5.0, "holds")}),
         "empty": _compared({"a": (5.0, "no data")}, {"a": (5.0, "holds")}),
+        "rounding": _compared({"a": (62.21, "holds")}, {"a": (62.24, "holds")}),
     }
     summary = what_changes(compared).set_index("option")
     assert list(what_changes(compared).columns) == WHAT_COLUMNS
     assert summary.loc["moves", "verdicts changed"] == 1 and summary.loc["moves", "largest move"] == "b: 1 → 3"
     assert summary.loc["still", "largest move"] == "no estimate moves" and summary.loc["still", "verdicts changed"] == 0
+    assert summary.loc["rounding", "largest move"] == "no estimate moves beyond rounding"
     assert summary.loc["empty", "claims compared"] == 0 and summary.loc["empty", "largest move"] == "—"
     changed = changed_claims(compared)
     assert list(changed.columns) == CHANGED_COLUMNS and len(changed) == 1

@@ -132,8 +132,9 @@ def what_changes(compared: dict[str, pd.DataFrame]) -> pd.DataFrame:
             continue
         move = ((c["ours_after"] - c["ours_before"]).abs() / c["ours_before"].abs().where(c["ours_before"] != 0)).fillna(0)
         top = c.loc[move.idxmax()]
+        before, after = number_text(top["ours_before"]), number_text(top["ours_after"])
         largest = ("no estimate moves" if move.max() < 1e-9 else
-                   f"{top['claim']}: {number_text(top['ours_before'])} → {number_text(top['ours_after'])}")
+                   "no estimate moves beyond rounding" if before == after else f"{top['claim']}: {before} → {after}")
         rows.append({"option": name, "claims compared": len(c), "verdicts changed": int(c["verdict_changed"].sum()),
                      "largest move": largest})
     return pd.DataFrame(rows, columns=WHAT_COLUMNS)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from typing import Callable, Iterable, Mapping, Sequence, Union
 
 import pandas as pd
@@ -20,7 +19,7 @@ import pandas as pd
 from . import EARLIER_DEFINITIONS, BookSample
 from ..run.results import ResultsNotFound
 from .claims import VERDICTS
-from .tables import interval_text, large_number_text
+from .tables import interval_parts, large_number_text
 
 # what ``claims.paper_claims`` calls each table -> (stage, table) of the kn results
 TABLES = {
@@ -236,7 +235,7 @@ SHOWN_COLUMNS = ["model", "claim", "where", "sample", "n", "ours [95% CI]", "pap
 
 def claim_cell(estimate: float, low: float, high: float, unit: str = "") -> str:
     """An estimate with its 95% interval and unit in one cell: "-64.6% [-81.0, -38.1]", "0.56 [0.35, 0.90]
-    neurons" (``tables.interval_text``: the same decimals for the three). Where shared decimals would blur
+    neurons" (``tables.interval_parts``: the same decimals for the three). Where shared decimals would blur
     a number by more than 5% (an interval over orders of magnitude), each gets its own 3 significant
     figures, large ones in words (``tables.large_number_text``: "17.1 billion [7.47 million, 4.08 trillion]");
     never scientific notation; "—" without an estimate."""
@@ -244,8 +243,7 @@ def claim_cell(estimate: float, low: float, high: float, unit: str = "") -> str:
         return "—"
     unit = UNIT_TEXT.get(unit, unit or "")
     values = [float(v) for v in (estimate, low, high)]
-    shared = interval_text(*values)
-    cells = re.split(r" \[|, (?=[-+0-9∞—])|\]", shared)[:3]
+    cells = interval_parts(*values)
 
     def blurred(value: float, cell: str) -> bool:
         if not math.isfinite(value) or value == 0:

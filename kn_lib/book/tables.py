@@ -50,6 +50,12 @@ def interval_text(estimate: float, low: float, high: float, signed: bool = False
     as many as give the largest of them 3 significant figures (none from 100 on, and from 10,000 on rounded
     to the largest's third figure: "20,100 [8,200, 42,200]"; thousands separated);
     ``signed`` puts a "+" before positive numbers. A missing number reads "—"."""
+    estimate_text, low_text, high_text = interval_parts(estimate, low, high, signed)
+    return f"{estimate_text} [{low_text}, {high_text}]"
+
+
+def interval_parts(estimate: float, low: float, high: float, signed: bool = False) -> list[str]:
+    """The three numbers of ``interval_text``, each as that cell writes it (the shared decimals)."""
     values = [float(v) if v is not None and not pd.isna(v) else math.nan for v in (estimate, low, high)]
     finite = [abs(v) for v in values if math.isfinite(v)]
     top = max(finite, default=0.0)
@@ -65,7 +71,7 @@ def interval_text(estimate: float, low: float, high: float, signed: bool = False
         v = round(v, decimals) + 0.0  # no "-0.0"; from 10,000 on, rounded to 3 figures: 42,233 -> 42,200
         return f"{v:{'+' if signed and v != 0 else ''},.{max(decimals, 0)}f}"
 
-    return f"{text(values[0])} [{text(values[1])}, {text(values[2])}]"
+    return [text(v) for v in values]
 
 
 INTERVAL = "estimate, 95% CI"  # the column ``with_interval`` writes

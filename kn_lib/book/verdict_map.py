@@ -52,11 +52,10 @@ def best_design_groups(model: str, say=print) -> dict[str, dict[str, pd.DataFram
     small_label = f"uniform, {SMALL_RUNS[model]['facts_per_relation']} per relation"
     small = load_first(official_then_earlier(BookSample(model=model, params=KNOWN_OFFICIAL, **SMALL_RUNS[model])),
                        NOT_RERUN, small_label, say)
-    for group, found in small.items():
-        if kept := {n: t for n, t in found.items() if n in NOT_RERUN}:
-            # a definition-free table reads the same under any definitions: its group does not name them
-            name = small_label if set(kept) <= set(DEFINITION_FREE) else group
-            groups.setdefault(f"{name} (not rerun)", {}).update(kept)
+    for group, kept in small.items():
+        # a definition-free table reads the same under any definitions: its group does not name them
+        name = small_label if set(kept) <= set(DEFINITION_FREE) else group
+        groups.setdefault(f"{name} (not rerun)", {}).update(kept)
     return groups
 
 

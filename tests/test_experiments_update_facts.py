@@ -240,3 +240,25 @@ def test_delta_ppl_averages_log_perplexities_per_edit_and_stays_finite_in_log_sp
     finite = delta_ppl(frame, "logp")
     assert math.isfinite(finite) and finite == pytest.approx(math.exp((math.log(4) + 200) / 2) - 8)
     assert median_delta_ppl(frame) == pytest.approx((0.0 + math.exp(200) - 16) / 2)
+
+
+@pytest.mark.parametrize("sampling", ["official", "ours"])
+def test_held_out_edits_are_judged_on_the_allowed_prompts_and_controls_avoid_the_given_neurons(tiny, sampling):
+    """``edit_templates`` limits the prompt an edit is drawn and judged on (a fact's selection half); every
+    other prompt of the fact is still read as a paraphrase; ``avoid`` keeps the non-KN controls off more
+    neurons than the sample's own knowledge neurons."""
+    from kn_lib.experiments.controls import NON_KN_CONTROLS
+
+    facts = learned_facts(tiny)
+    config = UpdateConfig(selection="ours", sampling=sampling, facts_per_relation=2, intra_facts=2, inter_facts=2, seed=1,
+                          controls=NON_KN_CONTROLS)
+    avoid = {(layer, n) for layer in range(tiny.n_layers) for n in range(0, tiny.n_neurons, 2)}  # every even neuron
+    allowed = {f["fact_id"]: [0] for f in facts}
+    result = update_facts(tiny, _kns(facts), facts, RELATIONS, config, edit_templates=allowed, avoid=avoid)
+    assert len(result.table) > 0 and set(result.table["template_id"]) == {0}
+    assert set(result.paraphrases["template_id"]) == {1}  # the other prompt, read after the same edit
+    controls = result.table[result.table["neuron_set"].isin(NON_KN_CONTROLS)]
+    used = {tuple(n) for ns in controls["neurons"] for n in ns}
+    assert used and not used & avoid
+    nothing = update_facts(tiny, _kns(facts), facts, RELATIONS, config, edit_templates={})  # no prompt allowed
+    assert len(nothing.table) == 0

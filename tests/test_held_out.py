@@ -85,3 +85,47 @@ def test_kn_held_out_tags_both_halves_and_keeps_controls_off_knowledge_neurons(t
     assert len(controls) == 2 * len(kns) > 0
     assert not set(zip(controls["layer"], controls["neuron"])) & every_kn
     assert run_kn(capsys, "held-out", *common)[1].count("(0 computed, 2 reused)") == 1
+
+
+def test_kn_held_out_update_edits_on_the_selection_half_and_tags_paraphrases(tmp_path, capsys, monkeypatch):
+    """The stage hands ``update_facts`` each fact's selection half as the prompts an edit may be judged on,
+    the half-refined knowledge neurons, every knowledge neuron of the sample to avoid, and the sample's bags
+    replaced by their halves'; the paraphrases come back tagged with their half."""
+    import kn_lib.experiments as experiments
+    from kn_lib.experiments import UpdateResult
+    from kn_lib.run import results
+
+    seen = {}
+    real = experiments.update_facts
+
+    def spy(adapter, refined, facts, relations, config, **kw):
+        result = real(adapter, refined, facts, relations, config, **kw)
+        seen[facts[0]["relation"]] = (refined, facts, kw)
+        fact = facts[0]["fact_id"]  # a planted paraphrase row per template, to check the tagging
+        planted = pd.DataFrame({"edit": 1, "fact_id": fact, "neuron_set": "knowledge", "template_id": range(8),
+                                "correct_before": True, "changed": False, "success": False})
+        return UpdateResult(result.table, result.ppl_prompts, planted, result.summary, result.skipped, result.config)
+
+    monkeypatch.setattr(experiments, "update_facts", spy)
+    common = ["--model", "tiny-random-llama", "--preset", "smoke", "--threads", "1", "--no-progress", "--out", str(tmp_path)]
+    assert run_kn(capsys, "run", *common)[0] == 0
+    code, out, err = run_kn(capsys, "held-out-update", *common)
+    assert code == 0, err
+    assert "(2 computed, 0 reused)" in out and set(seen) == {"P30", "P36"}
+    committed = results.load("tiny-random-llama", "refine", "refined", preset="smoke", root=tmp_path)
+    prompts = results.load("tiny-random-llama", "attribute", "prompts", preset="smoke", root=tmp_path)
+    for relation, (refined, facts, kw) in seen.items():
+        assert kw["avoid"] >= set(zip(committed["layer"], committed["neuron"]))
+        assert set(refined["relation"]) <= {relation}
+        for f in facts:
+            usable = prompts.loc[prompts["fact_id"] == f["fact_id"], "template_id"]
+            sel, held = split_templates(f["fact_id"], usable, seed=0)
+            assert kw["edit_templates"][f["fact_id"]] == sel
+            own = refined[refined["fact_id"] == f["fact_id"]]
+            assert set(kw["bags"][relation][f["fact_id"]]) == set(zip(own["layer"], own["neuron"]))
+    para = results.load("tiny-random-llama", "held-out-update", "paraphrases", preset="smoke", root=tmp_path)
+    for fact_id, rows in para.groupby("fact_id"):
+        usable = prompts.loc[prompts["fact_id"] == fact_id, "template_id"]
+        sel, held = split_templates(fact_id, usable, seed=0)
+        assert set(rows.loc[rows["half"] == "held-out", "template_id"]) == set(held)
+        assert set(rows.loc[rows["half"] == "selection", "template_id"]) == set(range(8)) - set(held)

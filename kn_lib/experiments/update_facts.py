@@ -193,6 +193,8 @@ def update_facts(
     progress: Callable[[int], object] | None = None,
     resume: Mapping[str, Mapping[str, pd.DataFrame]] | None = None,
     on_relation: Callable[[str, Mapping[str, pd.DataFrame]], object] | None = None,
+    edit_templates: Mapping[str, Iterable[int]] | None = None,
+    avoid: Iterable[tuple[int, int]] = (),
 ) -> UpdateResult:
     """Table 6 for one refined table; ``facts`` are the analysed sample whose facts are edited.
 
@@ -206,7 +208,12 @@ def update_facts(
     Long runs: ``on_relation`` gets each relation's tables (``table``, ``ppl_prompts``, ``paraphrases``,
     ``skipped``) as soon as its edits are measured, and a rerun given them as ``resume`` takes them instead
     of editing again: every draw is seeded per relation and per edit number, and a resumed relation
-    advances the edit number by its edits, so the result equals one uninterrupted run."""
+    advances the edit number by its edits, so the result equals one uninterrupted run.
+
+    Held-out prompts (``run.held_out_stage``): ``edit_templates`` (fact -> template ids) limits the prompt
+    each edit is drawn and judged on to those (a fact's selection half), so its other prompts include a
+    half the neurons were never chosen on; ``avoid`` adds neurons no non-KN control may use besides the
+    sample's knowledge neurons (those of other refinements)."""
     check_refined(refined)
     skips = SkipLog("update_facts")
     facts = list(facts)
@@ -215,7 +222,14 @@ def update_facts(
     pool_ids = {f["fact_id"] for f in pool}
     prompts = FactPrompts(adapter, pool + [f for f in facts if f["fact_id"] not in pool_ids], relations, skips)
     kns = neurons_by_fact(refined)
-    sample_kns = {tuple(n) for ns in kns.values() for n in ns}  # what a non-KN control never uses
+    sample_kns = {tuple(n) for ns in kns.values() for n in ns} | {tuple(n) for n in avoid}  # what a non-KN control never uses
+
+    def editable(fact_id: str) -> list[Prompt]:  # the prompts an edit of the fact may be judged on
+        own = prompts.of(fact_id)
+        if edit_templates is None:
+            return own
+        allowed = {int(t) for t in edit_templates.get(fact_id, ())}
+        return [p for p in own if p.template_id in allowed]
     everything = prompts.by_relation()
     groups = {r: [f for f in ids if f in sample_ids] for r, ids in everything.items()}
     groups = {r: ids for r, ids in groups.items() if ids}
@@ -244,10 +258,11 @@ def update_facts(
             skips.add("relation without knowledge neurons", relation)
             continue
         if config.sampling == "official":
-            plans = _official_plans(adapter, relation, ids, everything, prompts, kns, bags.get(relation, {}), config, rng, skips)
+            plans = _official_plans(adapter, relation, ids, everything, prompts, kns, bags.get(relation, {}), config, rng, skips,
+                                    editable)
         else:
             plans = _ours_plans(adapter, relation, ids, population_ids.get(relation, ids), groups, prompts, kns, bags.get(relation, {}),
-                                config, rng, skips)
+                                config, rng, skips, editable)
         done = 0
         for fact_id, edit in plans:
             done += 1
@@ -381,6 +396,7 @@ def _no_kn_reason(config: UpdateConfig) -> str:
 def _ours_plans(
     adapter: ModelAdapter, relation: str, ids: list[str], population: list[str], groups: dict[str, list[str]],
     prompts: FactPrompts, kns: dict, bags: Mapping[str, list], config: UpdateConfig, rng, skips: SkipLog,
+    editable: Callable[[str], list[Prompt]],
 ) -> Iterator[tuple[str, PlannedEdit]]:
     """Our sampling: the sample's facts in a seeded order, each at most once, until enough are edited."""
     candidates = [f for f in ids if f in kns]
@@ -389,7 +405,7 @@ def _ours_plans(
     for fact_id in candidates:
         if done == config.facts_per_relation:
             return
-        edit = _plan_edit(adapter, fact_id, relation, ids, population, groups, prompts, kns, bags, config, rng, skips)
+        edit = _plan_edit(adapter, fact_id, relation, ids, population, groups, prompts, kns, bags, config, rng, skips, editable)
         if edit is not None:
             done += 1
             yield fact_id, edit
@@ -397,7 +413,7 @@ def _ours_plans(
 
 def _official_plans(
     adapter: ModelAdapter, relation: str, ids: list[str], everything: dict[str, list[str]], prompts: FactPrompts,
-    kns: dict, bags: Mapping[str, list], config: UpdateConfig, rng, skips: SkipLog,
+    kns: dict, bags: Mapping[str, list], config: UpdateConfig, rng, skips: SkipLog, editable: Callable[[str], list[Prompt]],
 ) -> Iterator[tuple[str, PlannedEdit]]:
     """The official sampling (module docstring): draws with replacement until exactly
     ``facts_per_relation`` edits or ``max_draws`` draws; a skipped draw is logged once per fact and reason."""
@@ -417,7 +433,7 @@ def _official_plans(
             return
         fact_id = rng.choice(ids)
         old_object = prompts.facts[fact_id]["object"]
-        own = prompts.of(fact_id)
+        own = editable(fact_id)
         if not own:
             skip("no usable prompt", fact_id)
             continue
@@ -482,9 +498,10 @@ def _official_new_object(adapter: ModelAdapter, old_object: str, objects: list[s
 def _plan_edit(
     adapter: ModelAdapter, fact_id: str, relation: str, ids: list[str], population: list[str], groups: dict[str, list[str]],
     prompts: FactPrompts, kns: dict, bags: Mapping[str, list], config: UpdateConfig, rng, skips: SkipLog,
+    editable: Callable[[str], list[Prompt]],
 ) -> PlannedEdit | None:
     """Everything one edit needs under our sampling, or None (with the reason logged)."""
-    own = prompts.of(fact_id)
+    own = editable(fact_id)
     if not own:
         return None
     neurons = _selected(fact_id, kns, bags, population, config)

@@ -12,6 +12,7 @@ Modules, each importing only those listed before it (``tests/test_import_graph.p
 * ``faithfulness_stage``: ``faithfulness``, attribution methods against exact ablation;
 * ``null_stages``: ``nonsense`` and ``redundancy``, the field's nulls against knowledge neurons;
 * ``held_out_stage``: ``held-out``, suppress/amplify of neurons chosen on half of each fact's prompts;
+* ``held_out_update_stage``: ``held-out-update``, Table 6's edit through those neurons, read on both halves;
 * ``results``: reading a stage's table back by preset and options (``results.load``, for the book);
 * ``runner``: runs a stage's shards locally or on Ray, resuming finished ones;
 * ``cli``: the ``kn`` command.
@@ -28,3 +29,4 @@ from . import critique_stages  # noqa: F401  (registers edit-localization, symme
 from . import faithfulness_stage  # noqa: F401  (registers faithfulness)
 from . import null_stages  # noqa: F401  (registers nonsense, redundancy)
 from . import held_out_stage  # noqa: F401  (registers held-out)
+from . import held_out_update_stage  # noqa: F401  (registers held-out-update)

@@ -29,7 +29,7 @@ from kn_lib.book.claims import (
     _ERASE_CONTRAST, _delta_ppl, _paired_relation_diff, bootstrap_ci, group_mean_diff,
 )
 from kn_lib.experiments.evaluation import perplexity
-from kn_lib.experiments.update_facts import delta_ppl
+from kn_lib.experiments.update_summary import delta_ppl
 
 OUT = Path(__file__).parent / "results" / "bootstrap_speed.csv"
 

@@ -284,6 +284,24 @@ def test_student_edition_keeps_tasks_and_drops_solutions(chapter, editions):
     assert tasks and all(c.source.startswith("### Exercise") and "**Difficulty**" in c.source for c in tasks)
 
 
+@pytest.mark.parametrize("chapter", METHOD_CHAPTERS)
+def test_the_book_shows_each_implement_exercise_the_stub_its_student_gets(chapter, editions):
+    """The starter block above a chapter's hidden solution is the student edition's cell, character for
+    character, and the instructor edition leaves the book's copy out."""
+    text = (ROOT / "book" / f"{chapter}.md").read_text(encoding="utf-8")
+    source, released = editions[chapter]
+    stubs = [c.source for c in released.cells if c.metadata.get("nbgrader", {}).get("grade_id", "").endswith("-implement")]
+    assert stubs and text.count(student.STARTER_LEAD) == len(stubs)
+    for stub in stubs:
+        assert f"{student.STARTER_LEAD}\n\n```python\n{stub.strip()}\n```" in text
+    assert not any(student.STARTER_LEAD in c.source for c in source.cells)
+
+
+def test_starter_code_keeps_signature_and_docstring():
+    code = student.starter_code('import math\n\n\ndef f(x):\n    """Why."""\n    return math.sqrt(x)\n')
+    assert code == 'import math\n\n\ndef f(x):\n    """Why."""\n    # YOUR CODE HERE\n    raise NotImplementedError()\n'
+
+
 def test_function_bodies_are_wrapped_after_the_docstring():
     wrapped = student.wrap_function_bodies('import math\n\n\ndef f(x):\n    """Why."""\n    y = x\n    return y\n')
     assert wrapped.splitlines() == ["import math", "", "", "def f(x):", '    """Why."""', f"    {student.BEGIN}",

@@ -106,7 +106,7 @@ def test_strict_cluster_mean_is_undefined_where_a_drawn_cluster_is_and_infinite_
 
 def test_delta_ppl_interval_counts_a_fact_drawn_twice_as_two_facts_edits():
     from kn_lib.book.claims import _delta_ppl
-    from kn_lib.experiments.update_facts import delta_ppl
+    from kn_lib.experiments.update_summary import delta_ppl
 
     rng = np.random.default_rng(5)
     rows = []

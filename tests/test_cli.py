@@ -96,7 +96,7 @@ def test_known_facts_preset_runs_every_stage_on_facts_from_the_screen(tmp_path, 
     prompts = results.load("tiny-random-llama", "attribute", "prompts", preset="known-facts", known="any", relations="P30,P140",
                            facts_per_relation=2, steps=2, root=tmp_path)
     assert set(prompts["fact_id"]) and set(prompts["fact_id"]) <= known
-    from kn_lib.run.experiment_stages import EXPERIMENTS
+    from kn_lib.run.experiment_definitions import EXPERIMENTS
     from kn_lib.run.registry import settings_for
 
     settings = settings_for("tiny-random-llama", "known-facts", known="any", relations="P30,P140", facts_per_relation=2,
@@ -111,7 +111,8 @@ def test_known_sample_with_a_relation_the_model_does_not_know(tmp_path, capsys, 
     run on the other relation's facts only; the stores hold exactly the sampled facts (read unfiltered)."""
     from kn_lib.run import registry
     from kn_lib.run.registry import settings_for
-    from kn_lib.run.store import ResultStore, cache_key
+    from kn_lib.run.result_store import ResultStore
+    from kn_lib.run.store import cache_key
 
     args = ["--model", "tiny-random-llama", "--relations", "P30,P140", "--out", str(tmp_path), "--no-progress"]
     assert kn(capsys, "screen", "--preset", "paper", *args)[0] == 0

@@ -8,7 +8,7 @@ import torch
 from kn_lib.data import Relation
 from kn_lib.experiments import UpdateConfig, perplexity, update_facts
 from kn_lib.experiments.evaluation import answer_distribution
-from kn_lib.experiments.update_facts import draw_new_object, exclusive_neurons
+from kn_lib.experiments.update_plans import draw_new_object, exclusive_neurons
 from real_model import all_weights, describe, real_kn, same_weights, single_thread  # noqa: F401 (fixtures)
 from tiny_facts import refined_table
 
@@ -228,7 +228,7 @@ def test_delta_ppl_averages_log_perplexities_per_edit_and_stays_finite_in_log_sp
 
     import pandas as pd
 
-    from kn_lib.experiments.update_facts import delta_ppl, median_delta_ppl
+    from kn_lib.experiments.update_summary import delta_ppl, median_delta_ppl
 
     frame = pd.DataFrame({"fact_id": ["A", "A", "B"], "p_before": [0.5, 0.125, 0.0625], "p_after": [0.5, 0.125, 0.0],
                           "logp_before": [math.log(0.5), math.log(0.125), math.log(0.0625)],
@@ -262,3 +262,20 @@ def test_held_out_edits_are_judged_on_the_allowed_prompts_and_controls_avoid_the
     assert used and not used & avoid
     nothing = update_facts(tiny, _kns(facts), facts, RELATIONS, config, edit_templates={})  # no prompt allowed
     assert len(nothing.table) == 0
+
+
+def test_a_stored_edit_replays_to_its_stored_answer(tiny):
+    """``edit_replay.replay_edit`` redoes a table row of ``update_facts`` from the row alone (template,
+    subject, answers, neurons) and gives the stored top-1 answer, with every weight restored."""
+    from kn_lib.experiments.edit_replay import replay_edit
+
+    facts = learned_facts(tiny)
+    result = update_facts(tiny, _kns(facts), facts, RELATIONS, UpdateConfig(**OURS, facts_per_relation=2, seed=2))
+    by_id = {f["fact_id"]: f for f in facts}
+    before = all_weights(tiny)
+    assert len(result.table) > 0
+    for row in result.table.itertuples():
+        template = RELATIONS[row.relation].templates[row.template_id]
+        replayed = replay_edit(tiny, template, by_id[row.fact_id]["subject"], row.old_object, row.new_object, row.neurons)
+        assert (replayed.top1_after, replayed.changed, replayed.success) == (row.top1_after, row.changed, row.success)
+    assert same_weights(tiny, before)

@@ -172,7 +172,8 @@ def test_the_stage_accounts_for_every_fact_and_resumes_after_a_kill(tmp_path, ca
     assert {"ig-m20", "grad-x-act", "exact", "random", "logprob-increase"} <= methods
 
     from kn_lib.run.registry import settings_for, stage_registry
-    from kn_lib.run.store import ResultStore, cache_key
+    from kn_lib.run.result_store import ResultStore
+    from kn_lib.run.store import cache_key
 
     settings = settings_for("tiny-random-llama", "smoke")
     store = ResultStore(tmp_path / "killed", "tiny-random-llama", "faithfulness", cache_key(stage_registry()["faithfulness"].key_settings(settings)))

@@ -12,7 +12,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "kn_lib"
 
 SCIENCE = ("kn_lib.data", "kn_lib.sources", "kn_lib.model_files", "kn_lib.adapters", "kn_lib.models", "kn_lib.model_registry",
-           "kn_lib.attribution", "kn_lib.refine", "kn_lib.pipeline", "kn_lib.bingrel", "kn_lib.blimp", "kn_lib.experiments")
+           "kn_lib.attribution", "kn_lib.attribution_batched", "kn_lib.refine", "kn_lib.pipeline", "kn_lib.bingrel", "kn_lib.blimp",
+           "kn_lib.experiments")
 BOOK = ("kn_lib.book", "kn_lib.book.claims", "kn_lib.book.plots", "kn_lib.book.paper")
 STAGE_DEFINITIONS = ("kn_lib.run.search_stages", "kn_lib.run.experiment_stages", "kn_lib.run.critique_stages")
 

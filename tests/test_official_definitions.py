@@ -13,7 +13,7 @@ import torch
 from kn_lib.experiments import EraseConfig, ManipulationConfig, UpdateConfig, erase_relations, suppress_and_amplify, update_facts
 from kn_lib.experiments.controls import CONTROLS
 from kn_lib.experiments.neuron_sets import most_frequent, official_bag_order
-from kn_lib.experiments.update_facts import official_exclusive_neurons
+from kn_lib.experiments.update_plans import official_exclusive_neurons
 from test_experiments_update_facts import RELATIONS as UPDATE_RELATIONS, _kns, learned_facts
 from tiny_facts import FACTS, RELATIONS, refined_table
 

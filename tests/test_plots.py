@@ -24,7 +24,7 @@ from kn_lib.experiments.erase_relations import EraseSummary, table5  # noqa: E40
 from kn_lib.experiments.neuron_statistics import StatisticsSummary  # noqa: E402
 from kn_lib.experiments.suppress_amplify import ManipulationSummary  # noqa: E402
 from kn_lib.experiments.suppress_amplify import _by_relation as manipulation_by_relation  # noqa: E402
-from kn_lib.experiments.update_facts import UpdateSummary  # noqa: E402
+from kn_lib.experiments.update_summary import UpdateSummary  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

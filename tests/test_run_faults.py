@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import MIRROR, run_kn as kn
-from kn_lib.run import store as store_module
+from kn_lib.run import result_store, store as store_module
 from kn_lib.run.registry import KnUsageError, settings_for, stage_registry
 from kn_lib.run.results import DamagedManifest, ResultStore, cache_key, load
 
@@ -91,7 +91,7 @@ def test_truncated_manifest(finished, capsys):
 
 
 def _fail_after(monkeypatch, n_ok: int, error: BaseException, target: str = "write_parquet_atomic"):
-    real = getattr(store_module, target)
+    real = getattr(result_store, target)  # as ResultStore (kn_lib.run.result_store) finds it
     calls = {"n": 0}
 
     def failing(*args, **kwargs):
@@ -100,7 +100,7 @@ def _fail_after(monkeypatch, n_ok: int, error: BaseException, target: str = "wri
             raise error
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(store_module, target, failing)
+    monkeypatch.setattr(result_store, target, failing)
 
 
 @pytest.mark.parametrize("error, words", [

@@ -22,7 +22,7 @@ import torch
 
 from conftest import MIRROR, run_kn as kn
 from kn_lib.attribution import MAX_STEPS, IGConfig
-from kn_lib.run import store as store_module
+from kn_lib.run import result_store, store as store_module
 from kn_lib.run.registry import KnUsageError, settings_for, stage_registry
 from kn_lib.run.results import DamagedManifest, ResultStore, cache_key, load
 from kn_lib.run.runner import SHARD_DELAY_ENV, run_stage
@@ -132,6 +132,7 @@ def test_claims_are_renewed_and_one_not_renewed_is_taken_over(tmp_path, monkeypa
     store.create({"a": 1})
     assert store.claim("P30/chunk-00000", "run-a") == "mine"
     monkeypatch.setattr(store_module, "_HOST", "another-host")  # seen from another machine: its pid means nothing here
+    monkeypatch.setattr(result_store, "_HOST", "another-host")  # (the claims ResultStore writes name it too)
     assert store.claim("P30/chunk-00000", "run-b") == "theirs"
     time.sleep(0.7)
     assert store.renew(["P30/chunk-00000"], "run-a") == 1

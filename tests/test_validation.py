@@ -113,7 +113,7 @@ def test_an_experiment_option_with_choices_is_checked_once_for_library_and_comma
     """The choices live on the Option: the library (config from settings) and the command line (argparse) both
     refuse a value outside them, in one line, before anything runs."""
     from kn_lib.run.cli import main
-    from kn_lib.run.experiment_stages import EXPERIMENTS
+    from kn_lib.run.experiment_definitions import EXPERIMENTS
     from kn_lib.run.registry import KnUsageError, settings_for
 
     experiment = EXPERIMENTS[stage]

@@ -90,7 +90,8 @@ class BookSample:
         """Of a stage not finished yet, what its long shards saved so far, {shard: units} (the erase: erased
         relations; ``kn_lib.run.partial``), to say how far it got."""
         from ..run.partial import saved_units
-        from ..run.store import ResultStore, default_root
+        from ..run.result_store import ResultStore
+        from ..run.store import default_root
 
         return saved_units(ResultStore(default_root(), self.model, stage, self.key(stage)).dir)
 
@@ -235,8 +236,8 @@ def editable_by_relation(sample: BookSample, max_share: float = 0.1) -> pd.DataF
     (count over the bags, own included, at most ``max_share`` of them). With fewer than 20 bags no
     neuron can be kept. Reads committed refine results; computes no model output."""
     from ..experiments.neuron_sets import neurons_by_fact
-    from ..experiments.update_facts import official_selection
-    from ..run.experiment_stages import largest_bags
+    from ..experiments.update_plans import official_selection
+    from ..run.experiment_inputs import largest_bags
     from ..run.registry import StageContext
 
     settings = sample.settings()

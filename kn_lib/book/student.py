@@ -102,6 +102,32 @@ def wrap_function_bodies(source: str) -> str:
     return "\n".join(lines)
 
 
+def starter_code(source: str) -> str:
+    """An implement cell as the student edition hands it out: every function's signature and docstring,
+    its body the stub (what ``clear_solutions`` makes of ``wrap_function_bodies``); the book shows it in the
+    exercise, above the hidden solution."""
+    kept, inside = [], False
+    for line in wrap_function_bodies(source).splitlines():
+        if BEGIN in line:
+            inside = True
+            indent = line[: len(line) - len(line.lstrip())]
+            kept += [indent + s for s in CODE_STUB.splitlines()]
+        elif END in line:
+            inside = False
+        elif not inside:
+            kept.append(line)
+    return "\n".join(kept).strip() + "\n"
+
+
+STARTER_LEAD = "**Start from** (the student edition's cell; the solution below fills it in):"
+
+
+def starter_block(source: str) -> str:
+    """The markdown a chapter shows between an implement exercise and its solution: ``STARTER_LEAD`` and
+    ``starter_code`` in a Python block (``tests/test_lab.py`` checks that each matches its cell)."""
+    return f"{STARTER_LEAD}\n\n```python\n{starter_code(source)}```"
+
+
 def _nbgrader(grade_id: str, *, grade: bool = False, solution: bool = False, locked: bool = False,
               points: float | None = None) -> dict:
     meta = {"grade": grade, "solution": solution, "locked": locked, "grade_id": grade_id, "schema_version": 3}
@@ -146,6 +172,8 @@ def instructor_notebook(chapter: Path):
                 elif solution is not None:
                     new = nbformat.v4.new_markdown_cell(f"{BEGIN}\n\n{body}\n\n{END}")
                     new.metadata["nbgrader"] = _nbgrader(grade_id(f"{solution}-answer"), grade=True, solution=True, points=0)
+                elif body.startswith(STARTER_LEAD):  # the book's copy of the stub the implement cell becomes
+                    continue
                 else:
                     new = nbformat.v4.new_markdown_cell(body)
                 cells.append(new)

@@ -117,23 +117,27 @@ def paper_erase_changes(erase: Mapping[str, Mapping[str, float]] | None = None) 
 
 
 def erase_changes(by_relation: pd.DataFrame, ours: str, theirs: str = "paper",
-                  erase: Mapping[str, Mapping[str, float]] | None = None) -> pd.DataFrame:
+                  erase: Mapping[str, Mapping[str, float]] | None = None, same_relations: bool = True) -> pd.DataFrame:
     """Table 5's perplexity changes, ours and the paper's, stacked for a figure: one row per (source,
     relation, prompts) with ``change`` in percent. ``by_relation`` is the erase stage's ``by_relation``
-    table; the paper's rows come first and keep only the relations we erased too."""
+    table; the paper's rows come first and keep only the relations we erased too (``same_relations``;
+    False: all four of the paper's, for relations the two erase apart)."""
     mine = by_relation.melt(id_vars="relation", value_vars=["erased_ppl_change", "other_ppl_change"],
                             var_name="prompts", value_name="change")
     mine["prompts"] = mine["prompts"].str.replace("_ppl_change", "", regex=False)
     theirs_rows = paper_erase_changes(erase)
-    theirs_rows = theirs_rows[theirs_rows["relation"].isin(set(by_relation["relation"]))]
+    if same_relations:
+        theirs_rows = theirs_rows[theirs_rows["relation"].isin(set(by_relation["relation"]))]
     return pd.concat([theirs_rows.assign(source=theirs), mine.assign(source=ours)], ignore_index=True)[
         ["source", "relation", "prompts", "change"]]
 
 
-def table5(by_relation: pd.DataFrame, erase: Mapping[str, Mapping[str, float]] | None = None) -> pd.DataFrame:
+def table5(by_relation: pd.DataFrame, erase: Mapping[str, Mapping[str, float]] | None = None,
+           paper_columns: bool = True) -> pd.DataFrame:
     """Table 5 side by side: per erased relation the paper's and our perplexities "before → after" (on
     the relation's own prompts and the other relations'; 3 significant figures, ``large_number_text``,
-    "—" where the paper did not erase the relation), and our top-1 accuracy before → after."""
+    "—" where the paper did not erase the relation), and our top-1 accuracy before → after. Without
+    ``paper_columns`` (relations the paper did not erase): ours only, with the changes in %."""
     erase = paper.ERASE if erase is None else erase
 
     def arrow(before: float, after: float) -> str:
@@ -143,11 +147,14 @@ def table5(by_relation: pd.DataFrame, erase: Mapping[str, Mapping[str, float]] |
     for _, r in by_relation.iterrows():
         p = erase.get(r["relation"])
         row = {"relation": r["relation"]}
-        for scope, name in (("erased", "erased"), ("other", "other")):
+        for scope, name in (("erased", "erased"), ("other", "other")) if paper_columns else ():
             row[f"paper: {name} PPL before → after"] = (
                 arrow(p[f"{scope}_before"], p[f"{scope}_after"]) if p else "—")
         for scope, name in (("erased", "erased"), ("other", "other")):
             row[f"ours: {name} PPL before → after"] = arrow(r[f"{scope}_ppl_before"], r[f"{scope}_ppl_after"])
+        if not paper_columns:
+            for scope, name in (("erased", "erased"), ("other", "other")):
+                row[f"ours: {name} PPL change (%)"] = large_number_text(r[f"{scope}_ppl_change"])
         row["ours: erased accuracy before → after"] = (
             f"{r['erased_accuracy_before']:.0%} → {r['erased_accuracy_after']:.0%}")
         rows.append(row)

@@ -14,6 +14,7 @@ from typing import Callable
 
 import pandas as pd
 
+from ..run.results import ResultsNotFound
 from . import KNOWN_OFFICIAL, BookSample, known_facts_sample
 from .claim_tables import matched_tables, official_then_earlier, relations_with_kns
 from .claims import PAPER_METRIC, claims_by_sample, compare_designs
@@ -78,6 +79,21 @@ def _held_out(h: Headline) -> tuple[pd.DataFrame, pd.DataFrame]:
     return h.claims, held[held["ours"].notna()]
 
 
+def _sign_aware(h: Headline) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 6 with the paper's edit and with the sign-aware one, on the one run that has both (the small
+    uniform sample under the earlier readings): only the edit differs."""
+    from . import EARLIER_DEFINITIONS
+    from .claim_tables import load_table
+
+    small = BookSample(model=h.model, params=EARLIER_DEFINITIONS, **SMALL_RUNS[h.model])
+    try:
+        edits = {name: load_table(small, name) for name in ("update", "update_signed")}
+    except ResultsNotFound:
+        return h.claims, h.claims.iloc[:0]
+    out = [claims_by_sample({"the run": {"update": edits[name]}}, n_boot=h.n_boot, seed=h.seed) for name in edits]
+    return out[0], out[1]
+
+
 def _earlier(h: Headline) -> tuple[pd.DataFrame, pd.DataFrame]:
     from . import KNOWN_EARLIER
     from .verdict_map import KNOWN
@@ -98,6 +114,8 @@ OPTIONS = (
     Option("Figures 4-5 without the relations that have no knowledge neuron", "(a reading of the same run)",
            _without_empty_relations),
     Option("knowledge neurons chosen on half of each fact's prompts, measured on the other half", "kn held-out", _held_out),
+    Option("a sign-aware edit with λ2 = 2 (ours, for gated FFNs) instead of the paper's edit (uniform sample, earlier readings)",
+           "kn update --sign-aware yes --lambda2 2", _sign_aware),
 )
 WHAT_COLUMNS = ["option", "claims compared", "verdicts changed", "largest move"]
 CHANGED_COLUMNS = ["option", "claim", "headline", "with the option"]

@@ -132,28 +132,33 @@ def _row(item: MapClaim, model: str, name: str, table: pd.DataFrame, controls: p
 
 
 def verdict_map(claims: dict[str, pd.DataFrame], controls: pd.DataFrame, critiques: pd.DataFrame | None = None,
-                model_names: dict[str, str] | None = None) -> pd.DataFrame:
+                model_names: dict[str, str] | None = None, wheres: tuple[str, ...] | None = None) -> pd.DataFrame:
     """One row per ``MAP_CLAIMS`` entry and model of ``claims`` (model -> its claims table, e.g.
     ``best_design_claims``), then per ``CRITIQUE_CLAIMS`` entry and model of ``critiques`` (``critiques.
     critique_claims``): the claim in words, the model, our estimate with its 95% interval and the
     published value in the claim's unit, n with what it counts, the matched controls' reading (``controls.
-    control_claims``; "—" where the claim has no intervention to control) and the verdict."""
+    control_claims``; "—" where the claim has no intervention to control) and the verdict. ``wheres``
+    (e.g. ``("Table 6",)``): only the entries of those tables, figures or critiques (a chapter's rows)."""
     names = model_names or {}
+
+    def chosen(items: tuple[MapClaim, ...]) -> tuple[MapClaim, ...]:
+        return items if wheres is None else tuple(i for i in items if i.where in wheres)
+
     rows = []
-    for item in MAP_CLAIMS:
+    for item in chosen(MAP_CLAIMS):
         for model, table in claims.items():
             rows.append(_row(item, model, names.get(model, model), table, controls))
     if critiques is not None:
-        for item in CRITIQUE_CLAIMS:
+        for item in chosen(CRITIQUE_CLAIMS):
             for model, table in critiques.groupby("model", sort=False):
                 rows.append(_row(item, model, names.get(model, model), table, controls))
     return pd.DataFrame([r for r in rows if r is not None], columns=MAP_COLUMNS)
 
 
-def headline_map(n_boot: int, seed: int = 0, say=print) -> pd.DataFrame:
+def headline_map(n_boot: int, seed: int = 0, say=print, wheres: tuple[str, ...] | None = None) -> pd.DataFrame:
     """The verdict map of every model of ``SMALL_RUNS`` on its best design, with the committed matched
     controls and critiques, as the intro and the claims chapter show it (one function, so the two pages
-    cannot disagree)."""
+    cannot disagree); ``wheres``: a chapter's rows only (``verdict_map``), the verdict it opens with."""
     from ..models import short_name
     from . import controls as control_runs
     from . import critiques
@@ -161,9 +166,11 @@ def headline_map(n_boot: int, seed: int = 0, say=print) -> pd.DataFrame:
     claims = {model: best_design_claims(model, n_boot, seed, say) for model in SMALL_RUNS}
     control_tables, _ = control_runs.stored_control_tables()
     control_claims = control_runs.control_claims(control_tables, n_boot=n_boot, seed=seed)
-    critique_tables, _ = critiques.stored_critique_tables()
-    critique_claims = critiques.critique_claims(critique_tables, n_boot=n_boot, seed=seed)
-    return verdict_map(claims, control_claims, critique_claims, {m: short_name(m) for m in SMALL_RUNS})
+    critique_claims = None
+    if wheres is None or any(i.where in wheres for i in CRITIQUE_CLAIMS):
+        critique_tables, _ = critiques.stored_critique_tables()
+        critique_claims = critiques.critique_claims(critique_tables, n_boot=n_boot, seed=seed)
+    return verdict_map(claims, control_claims, critique_claims, {m: short_name(m) for m in SMALL_RUNS}, wheres)
 
 
 def map_reading(table: pd.DataFrame) -> str:

@@ -48,7 +48,8 @@ from .neuron_sets import random_like
 from .neuron_statistics import StatisticsConfig, StatisticsResult, neuron_statistics
 from .suppress_amplify import ManipulationConfig, ManipulationResult, change_ratio, suppress_and_amplify
 from .symmetric_edits import SymmetryConfig, SymmetryResult, SymmetrySummary, symmetric_edits
-from .update_facts import UpdateConfig, UpdateResult, update_facts
+from .update_facts import UpdateResult, update_facts
+from .update_plans import UpdateConfig
 
 __all__ = [
     "BingRelConfig", "BingRelResult", "bingrel_activation", "top_bottom_sentences",

@@ -7,7 +7,7 @@ score adds almost nothing. The knowledge-neuron claim is a localization claim to
 neurons, mostly in the top layers), so the same test applies. For each fact with knowledge neurons:
 
 1. one of its prompts the model answers correctly (``require_correct``), drawn per fact;
-2. a new answer t' (``update_facts.draw_new_object``: the object of another fact of the relation,
+2. a new answer t' (``update_plans.draw_new_object``: the object of another fact of the relation,
    single-token for the model);
 3. integrated-gradients scores of that prompt for the original answer, [n_layers, n_neurons];
 4. per layer l, its localization: the share of the positive attribution mass in l (``mass_share``) and
@@ -35,7 +35,7 @@ from .edit_localization_fit import kn_layer_advantage, layer_r2, r2_increment_in
 from .evaluation import FactPrompts, Prompt, SkipLog, answer_distribution, answered_correctly, seeded_rng, tag_of
 from .interventions import edited_value_slots, updated_value_slots
 from .neuron_sets import check_refined, neurons_by_fact
-from .update_facts import draw_new_object, single_token_ids
+from .update_plans import draw_new_object, single_token_ids
 
 __all__ = ["EditLocalizationConfig", "EditLocalizationResult", "EditLocalizationSummary", "edit_localization",
            "kn_layer_advantage", "layer_r2", "r2_increment_interval"]

@@ -28,7 +28,7 @@ def ablated_log_probs(adapter: ModelAdapter, prompt: EncodedPrompt, sets: Sequen
                       rows_per_pass: int = ROWS_PER_PASS) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(answer) [len(sets)] and whether the top-1 token is the answer [len(sets)] with each set's
     neurons zeroed at the answer position (an empty set: the unchanged model)."""
-    from ..attribution import _Batch
+    from ..attribution_batched import _Batch
 
     batch = _Batch(adapter, [prompt])
     log_p = torch.empty(len(sets), dtype=torch.float64)

@@ -5,7 +5,7 @@ with [X]" answer X, and does "Y shares a border with [X]" still? Their Table 1 s
 ``REVERSE``: P47 (shares border with), P530 (diplomatic relation), P190 (twinned administrative body) are
 symmetric, (X, r, Y) -> (Y, r, X); P36 (capital) and P1376 (capital of) inverse, (X, P36, Y) -> (Y, P1376, X)
 and back. Per fact: (1) a prompt drawn among those answered correctly; (2) Y' drawn as the update draws
-it (``update_facts.draw_new_object``), never X; (3) the reverse relation's prompts, subject Y' (*new
+it (``update_plans.draw_new_object``), never X; (3) the reverse relation's prompts, subject Y' (*new
 reverse*) and Y (*old reverse*), answer X; (4) section 5.1's value-slot update (-lambda1 Y + lambda2 Y') of
 *all* the fact's refined knowledge neurons (the official ``select_kn`` needs >= 20 searched facts per
 relation, which these relations' known facts lack), then of each matched control, weights restored each
@@ -28,7 +28,7 @@ from .controls import CONTROLS, matched_neurons, mean_answer_activations
 from .evaluation import FactPrompts, Prompt, SkipLog, answer_readouts, answered_correctly, seeded_rng, tag_of
 from .interventions import edited_value_slots, updated_value_slots
 from .neuron_sets import check_refined, neurons_by_fact
-from .update_facts import draw_new_object
+from .update_plans import draw_new_object
 
 REVERSE = {"P47": "P47", "P530": "P530", "P190": "P190", "P36": "P1376", "P1376": "P36"}
 TABLE_COLUMNS = [

@@ -3,9 +3,13 @@
 Modules, each importing only those listed before it (``tests/test_import_graph.py`` checks it):
 
 * ``store``: results on disk (Parquet shards, manifest, checksums, atomic writes, shard claims);
+* ``result_store``: ``ResultStore``, one results directory read, written and claimed under its lock;
+* ``partial``: the finished units of a shard that takes longer than a session (the erase's relations);
 * ``registry``: run settings, presets, the ``Stage`` type and the registry that stages register into
   (it imports no stage);
 * ``search_stages``: the knowledge-neuron search as two stages, ``attribute`` and ``refine``;
+* ``experiment_inputs``: what the experiments read besides their shards (refined neurons, every fact, bags);
+* ``experiment_definitions``: the paper's experiments (``Experiment``: options, config, how each runs);
 * ``experiment_stages``: the paper's experiments as stages (``statistics``, ``suppress-amplify``, ...);
 * ``coverage_stages``: ``coverage``, single-token coverage of every fact (the background chapter);
 * ``critique_stages``: the field's critiques (``edit-localization``, ``symmetry``, ``grammar``);
@@ -14,6 +18,7 @@ Modules, each importing only those listed before it (``tests/test_import_graph.p
 * ``held_out_stage``: ``held-out``, suppress/amplify of neurons chosen on half of each fact's prompts;
 * ``held_out_update_stage``: ``held-out-update``, Table 6's edit through those neurons, read on both halves;
 * ``results``: reading a stage's table back by preset and options (``results.load``, for the book);
+* ``backends``: where shards are computed (this process or Ray actors) and how each records it;
 * ``runner``: runs a stage's shards locally or on Ray, resuming finished ones;
 * ``cli``: the ``kn`` command.
 

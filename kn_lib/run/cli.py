@@ -210,7 +210,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from ..models import UnknownModel
     from .registry import KnUsageError, MissingInputs
     from .results import ResultsNotFound
-    from .runner import RayNotInstalled
+    from .backends import RayNotInstalled
 
     return (KnUsageError, UnknownModel, MissingInputs, RayNotInstalled, ResultsNotFound)
 
@@ -225,7 +225,8 @@ def _runtime_errors() -> tuple[type[BaseException], ...]:
 def _run(args: argparse.Namespace) -> int:
     from ..model_registry import check_model
     from .results import default_root
-    from .runner import check_writable, import_ray, resolve_device, run_stage
+    from .backends import import_ray, resolve_device
+    from .runner import check_writable, run_stage
     from .registry import PRESETS, settings_for
 
     root = args.out if args.out is not None else default_root()
@@ -269,7 +270,8 @@ def _info(out: Path | None, verify: bool) -> tuple[str, int]:
     from ..model_registry import describe_model, known_names
     from .registry import PRESETS, stage_registry
     from .partial import saved_units
-    from .store import DamagedManifest, default_root, provenance_mix, stores
+    from .result_store import stores
+    from .store import DamagedManifest, default_root, provenance_mix
 
     lines = []
     summary = data.relation_summary()

@@ -29,10 +29,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .experiment_stages import (
-    EXPERIMENTS, SEED_OPTION, Experiment, _experiment_seed, _option, _parquet_ready, _relations_of_all, _skipped_frame, _stage, _summary_frame,
-    all_facts, job_progress,
-)
+from .experiment_definitions import EXPERIMENTS, SEED_OPTION, Experiment, _experiment_seed, _option
+from .experiment_inputs import _relations_of_all, all_facts
+from .experiment_stages import _parquet_ready, _skipped_frame, _stage, _summary_frame, job_progress
 from .registry import Job, KnUsageError, Option, RunSettings, Stage, StageContext, common_key_settings, register_stage
 
 

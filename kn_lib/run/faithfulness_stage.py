@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .experiment_stages import SEED_OPTION, _bool, _skipped_frame, _experiment_seed, _missing_relations, _refine_store, _run_first, job_progress
+from .experiment_definitions import SEED_OPTION, _bool, _experiment_seed
+from .experiment_inputs import _missing_relations, _refine_store, _run_first
+from .experiment_stages import _skipped_frame, job_progress
 from .registry import Job, KnUsageError, MissingInputs, Option, RunSettings, Stage, StageContext, common_key_settings, register_stage
 from .store import cache_key
 

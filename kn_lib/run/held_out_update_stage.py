@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .experiment_stages import (
-    SEED_OPTION, _experiment_seed, _parquet_ready, _refine_store, _relations_of_all, _skipped_frame, all_facts, job_progress,
-    largest_bags,
-)
+from .experiment_definitions import SEED_OPTION, _experiment_seed
+from .experiment_inputs import _refine_store, _relations_of_all, all_facts, largest_bags
+from .experiment_stages import _parquet_ready, _skipped_frame, job_progress
 from .held_out_stage import selection_refined
 from .null_stages import _plan_per_relation, _refine_key
 from .registry import Job, Option, RunSettings, Stage, StageContext, common_key_settings, register_stage

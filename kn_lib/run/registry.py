@@ -104,7 +104,8 @@ def screen_key(model: str) -> str:
 
 def known_fact_ids(model: str, rule: str, relations: Sequence[str], root: str | Path | None = None) -> frozenset[str]:
     """Facts of ``relations`` with a single-token answer that the model's screen marks as known by ``rule``."""
-    from .store import ResultStore, default_root
+    from .result_store import ResultStore
+    from .store import default_root
 
     where = Path(root) if root is not None else default_root()
     store = ResultStore(where, model, "screen", screen_key(model))
@@ -122,7 +123,7 @@ def known_fact_ids(model: str, rule: str, relations: Sequence[str], root: str | 
 
 @lru_cache(maxsize=16)
 def _known_in_store(root: str, model: str, key: str, rule: str, relations: tuple[str, ...], _stamp: tuple[str, ...]) -> frozenset[str]:
-    from .store import ResultStore
+    from .result_store import ResultStore
 
     facts = ResultStore(root, model, "screen", key).read("facts", list(relations))
     return frozenset(facts.loc[facts["single_token"] & facts[KNOWN_RULES[rule]], "fact_id"])
@@ -278,7 +279,8 @@ class StageContext:
 
     def inputs(self, stage: str):
         """The results store of another stage for the same settings (e.g. refine reads attribute)."""
-        from .store import ResultStore, cache_key
+        from .result_store import ResultStore
+        from .store import cache_key
 
         spec = stage_registry()[stage]
         return ResultStore(self.root, self.settings.model, stage, cache_key(spec.key_settings(self.settings)))

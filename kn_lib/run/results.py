@@ -2,8 +2,8 @@
 
 ``load(model, stage, ...)`` concatenates a table over all finished shards in one call; ``manifest``
 returns a results directory's record. The files themselves (layout, checksums, atomic writes, claims)
-are ``kn_lib.run.store``'s, whose names are re-exported here so that ``results.ResultStore`` and
-``results.cache_key`` keep working.
+are ``kn_lib.run.store``'s and ``kn_lib.run.result_store``'s, whose names are re-exported here so that
+``results.ResultStore`` and ``results.cache_key`` keep working.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from .registry import settings_for, stage_registry
+from .result_store import ResultStore, ShardCheck, stores  # noqa: F401  (re-exported)
 from .store import (  # noqa: F401  (re-exported)
-    MANIFEST, CorruptShard, CorruptShardWarning, DamagedManifest, DamagedManifestWarning, ResultStore, ResultsNotFound, ShardCheck, cache_key, concat,
-    default_root, safe_name, sha256_file, stores, write_parquet_atomic,
+    MANIFEST, CorruptShard, CorruptShardWarning, DamagedManifest, DamagedManifestWarning, ResultsNotFound, cache_key, concat,
+    default_root, safe_name, sha256_file, write_parquet_atomic,
 )
 
 # stages whose shards may hold a larger sample than asked: loading by settings keeps the asked facts only

@@ -18,7 +18,9 @@
 5. returns a ``StageSummary`` (facts done, skipped with reasons, time per fact) whose ``line()`` the
    ``kn`` command prints.
 
-Ray is optional (``pip install ray``): imported only when ``backend="ray"``.
+The backends that compute the shards (this process, Ray actors) and what each shard records of how it
+was computed are ``kn_lib.run.backends``'s. Ray is optional (``pip install ray``): imported only when
+``backend="ray"``.
 """
 
 from __future__ import annotations
@@ -36,14 +38,12 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from . import store as results  # the store module; ``store`` names a ResultStore below
+from .backends import _run_local, _run_ray, resolve_device, runtime_provenance
 from .registry import Job, RunSettings, Stage, StageContext, holds_facts, stage_registry
+from .result_store import ResultStore, warn_corrupt
 
 # Seconds to wait after computing each shard, before writing it: lets tests kill a run mid-way.
 SHARD_DELAY_ENV = "KN_TEST_SHARD_DELAY"
-
-
-class RayNotInstalled(ImportError):
-    """``backend="ray"`` without the ray package."""
 
 
 class ClaimWaitWarning(UserWarning):
@@ -109,36 +109,6 @@ def check_writable(root: Path) -> None:
         raise KnUsageError(f"{root}: output directory is not writable ({err.strerror or err})") from None
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without CUDA is a ``KnUsageError``."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        from .registry import KnUsageError
-
-        raise KnUsageError(f"--device cuda: no CUDA device here (torch {torch.__version__}, "
-                           f"{'a CPU-only build' if torch.version.cuda is None else 'no GPU visible'}); use --device cpu or auto")
-    return device
-
-
-def runtime_provenance(device: str, adapter=None) -> dict[str, Any]:
-    """How a shard is computed, recorded in its manifest entry (not in the key): device, dtype of the
-    model's weights, torch CPU threads (scores differ in the 5th digit between 1 and 2 threads) and the
-    versions of torch, transformers and kn_lib. dtype and threads are None for a stage without a model."""
-    import torch
-    import transformers
-
-    from .. import __version__
-
-    dtype = None
-    if adapter is not None:
-        dtype = str(next(adapter.model.parameters()).dtype).removeprefix("torch.")
-    return {"device": device, "dtype": dtype, "threads": torch.get_num_threads() if adapter is not None else None,
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "kn_lib": __version__}}
-
-
 def run_stage(
     stage: str | Stage,
     settings: RunSettings,
@@ -165,7 +135,7 @@ def run_stage(
     started = time.perf_counter()
     key_settings = spec.key_settings(settings)
     key = results.cache_key(key_settings)
-    store = results.ResultStore(root, settings.model, spec.name, key)
+    store = ResultStore(root, settings.model, spec.name, key)
     ctx = StageContext(spec.name, settings, root)
     jobs = spec.plan(ctx)  # before anything is written: bad options and missing inputs fail here
     aside = store.create(key_settings)
@@ -186,7 +156,7 @@ def run_stage(
         if check.ok:
             summary.shards_reused += 1
         else:
-            results.warn_corrupt(store, job.shard, check.reason)
+            warn_corrupt(store, job.shard, check.reason)
             summary.shards_corrupt += 1
             todo.append(job)
 
@@ -238,7 +208,7 @@ def run_stage(
     return summary
 
 
-def _recover_shards(store: results.ResultStore, spec: Stage, jobs: list[Job]) -> int:
+def _recover_shards(store: ResultStore, spec: Stage, jobs: list[Job]) -> int:
     """After a damaged manifest: list again the shards whose files hold exactly the job's facts (every
     table with a ``fact_id`` column, together naming each fact: true of ``attribute``, whose prompts and
     skips cover every fact; other stages' shards are recomputed). Returns how many were recovered."""
@@ -259,7 +229,7 @@ def _recover_shards(store: results.ResultStore, spec: Stage, jobs: list[Job]) ->
 
 
 @contextlib.contextmanager
-def _heartbeat(store: results.ResultStore, claimed: set[str], owner: str) -> Iterator[None]:
+def _heartbeat(store: ResultStore, claimed: set[str], owner: str) -> Iterator[None]:
     """Renew this run's claims every ``store.claim_heartbeat()`` seconds, in a thread, while the body runs:
     a claim that stops being renewed (the run was killed, its host is gone) is taken over by others."""
     stop = threading.Event()
@@ -281,7 +251,7 @@ def _heartbeat(store: results.ResultStore, claimed: set[str], owner: str) -> Ite
         thread.join(timeout=10)
 
 
-def _claimed(store: results.ResultStore, spec: Stage, jobs: list[Job], owner: str, claimed: set[str],
+def _claimed(store: ResultStore, spec: Stage, jobs: list[Job], owner: str, claimed: set[str],
              summary: StageSummary, on_fact, poll: float = 0.5) -> Iterator[Job]:
     """The jobs this run computes, each claimed first. A job another live run has claimed is put back
     and tried again after the others (waiting ``poll`` seconds once every job left is someone else's,
@@ -310,7 +280,7 @@ def _claimed(store: results.ResultStore, spec: Stage, jobs: list[Job], owner: st
                 tried = 0
 
 
-def _tell_waiting(store: results.ResultStore, waiting: Iterable[Job], told: set[tuple[str, str]]) -> None:
+def _tell_waiting(store: ResultStore, waiting: Iterable[Job], told: set[tuple[str, str]]) -> None:
     """One line when the shards this run waits for, or their holders, change: which shards, whose claims."""
     holders = {job.shard: store.holder(job.shard) for job in waiting}
     now = {(shard, str((claim or {}).get("owner"))) for shard, claim in holders.items()}
@@ -324,7 +294,7 @@ def _tell_waiting(store: results.ResultStore, waiting: Iterable[Job], told: set[
                   f"(${results.CLAIM_STALE_ENV})", ClaimWaitWarning, stacklevel=2)
 
 
-def _missing_facts(store: results.ResultStore, spec: Stage, jobs: Iterable[Job], here: dict[str, Any],
+def _missing_facts(store: ResultStore, spec: Stage, jobs: Iterable[Job], here: dict[str, Any],
                    partial: dict[str, tuple[Job, dict]], on_fact) -> Iterator[Job]:
     """Each claimed job, or, when an intact finished entry of its shard holds some of its facts (a smaller
     sample's) and was computed exactly as this run computes (``here``: device, dtype, threads, versions),
@@ -368,7 +338,7 @@ def _merge_facts(job: Job, kept: dict, computed: dict) -> dict:
     return merged
 
 
-def _count_skips(summary: StageSummary, spec: Stage, store: results.ResultStore, jobs: list[Job]) -> None:
+def _count_skips(summary: StageSummary, spec: Stage, store: ResultStore, jobs: list[Job]) -> None:
     """Skip reasons over the whole sample (computed and reused shards), from the ``skipped`` tables."""
     if "skipped" not in spec.tables or not jobs:
         return
@@ -385,92 +355,6 @@ def _missing(value: Any) -> bool:
     import pandas as pd
 
     return value is None or bool(pd.isna(value))
-
-
-Output = Iterator[tuple[Job, dict, float, dict]]  # (job, tables, seconds, manifest extras)
-
-
-def _run_local(spec: Stage, ctx: StageContext, jobs: Iterable[Job], adapter, on_fact) -> Output:
-    device = resolve_device(ctx.settings.device)
-    for job in jobs:
-        if spec.needs_model and adapter is None:  # at the first job: none (all reused) loads nothing
-            from ..model_registry import load_adapter
-
-            adapter = load_adapter(ctx.settings.model, device)
-        t0 = time.perf_counter()
-        tables = spec.compute(ctx, job, adapter if spec.needs_model else None, on_fact)
-        yield job, tables, time.perf_counter() - t0, runtime_provenance(device if spec.needs_model else "cpu",
-                                                                        adapter if spec.needs_model else None)
-
-
-def import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise RayNotInstalled("--backend ray needs the ray package: pip install 'ray>=2.9' (or use --backend local)") from None
-    return ray
-
-
-class ShardWorker:
-    """A Ray actor: loads the model once, then computes shards of any model-based stage."""
-
-    def __init__(self, model: str, device: str) -> None:
-        from ..model_registry import load_adapter
-
-        self.device = device
-        self.adapter = load_adapter(model, device)
-
-    def run(self, spec: Stage, ctx: StageContext, job: Job) -> tuple[dict, float, dict]:
-        t0 = time.perf_counter()
-        tables = spec.compute(ctx, job, self.adapter, None)
-        return tables, time.perf_counter() - t0, {**runtime_provenance(self.device, self.adapter), "worker_pid": os.getpid()}
-
-
-def _run_ray(spec: Stage, ctx: StageContext, jobs: Iterable[Job], address: str | None, workers: int | None, on_fact,
-             n_jobs: int) -> Output:
-    """Shards as tasks on a pool of actors (one model each); results come back to this process, which
-    writes them, so workers need no shared filesystem. A stage without a model runs locally."""
-    if not spec.needs_model:
-        yield from _run_local(spec, ctx, jobs, None, on_fact)
-        return
-    if not n_jobs:
-        return
-    ray = import_ray()
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=address, **({} if address else {"include_dashboard": False}), logging_level="WARNING")
-    actors = []
-    try:
-        gpus = ray.cluster_resources().get("GPU", 0)
-        device = ctx.settings.device
-        use_gpu = device == "cuda" or (device == "auto" and gpus >= 1)
-        if use_gpu and gpus < 1:
-            from .registry import KnUsageError
-
-            raise KnUsageError("--device cuda: the Ray cluster has no GPU")
-        slots = int(gpus) if use_gpu else max(1, int(ray.cluster_resources().get("CPU", 1)))
-        n = max(1, min(workers or slots, n_jobs))
-        actor_class = ray.remote(num_gpus=1 if use_gpu else 0, num_cpus=1)(ShardWorker)
-        actors = [actor_class.remote(ctx.settings.model, "cuda" if use_gpu else "cpu") for _ in range(n)]
-        queue, pending = iter(jobs), {}  # jobs are claimed as they are taken
-        for actor in actors:
-            job = next(queue, None)
-            if job is not None:
-                pending[actor.run.remote(spec, ctx, job)] = (actor, job)
-        while pending:
-            (ref,), _ = ray.wait(list(pending), num_returns=1)
-            actor, job = pending.pop(ref)
-            tables, seconds, meta = ray.get(ref)
-            nxt = next(queue, None)
-            if nxt is not None:
-                pending[actor.run.remote(spec, ctx, nxt)] = (actor, nxt)
-            on_fact(len(job.facts))
-            yield job, tables, seconds, meta
-    finally:
-        for actor in actors:
-            ray.kill(actor)
-        if started_here:
-            ray.shutdown()
 
 
 def run_chain(stages: list[str], settings: RunSettings, root: Path | str | None = None, **kwargs) -> list[StageSummary]:

@@ -26,6 +26,7 @@ from .controls import CONTROL_SETS, KNOWLEDGE, beats_control, paired_differences
 # The known-facts samples with a committed ``kn held-out-update`` run: model -> facts per relation (None:
 # the preset's). Gemma 3 270M has none: with at most 8 bags per relation the official select_kn keeps no neuron.
 HELD_OUT_UPDATE_RUNS: dict[str, int | None] = {"smollm2-135m": None}
+EDITS_PER_RELATION = 30  # the known-facts preset's (``kn held-out-update --preset known-facts``), not Table 6's 10
 HALVES = {"selection": "in-sample", "held-out": "held-out"}  # the halves' names, as a reader reads them
 REACH_COLUMNS = ["model", "neuron_set", "half", "estimate", "ci_low", "ci_high", "n_edits", "n_relations"]
 RETENTION_COLUMNS = ["model", "in_sample", "held_out", "retained", "ci_low", "ci_high", "n_relations", "verdict"]
@@ -39,7 +40,7 @@ def stored_held_out_update(runs: dict[str, int | None] | None = None) -> tuple[d
 
     tables, missing = {}, []
     for model, size in (HELD_OUT_UPDATE_RUNS if runs is None else runs).items():
-        sample = known_facts_sample(model, size)
+        sample = known_facts_sample(model, size, (("edits_per_relation", EDITS_PER_RELATION),))
         paraphrases, why = sample.committed("held-out-update", "paraphrases")
         edits, _ = sample.committed("held-out-update")
         if paraphrases is None or edits is None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..models import short_name
 from .bootstrap import VERDICT_BOOT, bootstrap_ci, group_mean_ratio, row_mean
 from .claims import retention_verdict
 from .controls import CONTROL_SETS, KNOWLEDGE, beats_control, paired_differences
@@ -124,7 +125,7 @@ def reach_table(reach: pd.DataFrame) -> pd.DataFrame:
         by = g.set_index("half")
         cell = {h: (interval_text(*by.loc[h, ["estimate", "ci_low", "ci_high"]]) if h in by.index else "—") for h in HALVES}
         n = by.loc["held-out"] if "held-out" in by.index else by.iloc[0]
-        rows.append({"model": model, "neurons": SET_NAMES.get(name, name), "in-sample reach (%)": cell["selection"],
+        rows.append({"model": short_name(model), "neurons": SET_NAMES.get(name, name), "in-sample reach (%)": cell["selection"],
                      "held-out reach (%)": cell["held-out"], "edits": int(n["n_edits"]), "relations": int(n["n_relations"])})
     columns = ["model", "neurons", "in-sample reach (%)", "held-out reach (%)", "edits", "relations"]
     order = {name: i for i, name in enumerate(SET_NAMES.values())}
@@ -137,10 +138,10 @@ def retention_table(kept: pd.DataFrame, controls: pd.DataFrame) -> pd.DataFrame:
     minus each control on held-out prompts, each with its interval, n and verdict."""
     from .tables import interval_text
 
-    rows = [{"model": r.model, "comparison": "held-out reach ÷ in-sample reach (knowledge neurons)",
+    rows = [{"model": short_name(r.model), "comparison": "held-out reach ÷ in-sample reach (knowledge neurons)",
              "estimate [95% CI]": interval_text(r.retained, r.ci_low, r.ci_high), "relations": int(r.n_relations),
              "verdict": r.verdict} for r in kept.itertuples()]
-    rows += [{"model": r.model, "comparison": f"knowledge neurons minus {SET_NAMES.get(r.control, r.control)}, held-out (points)",
+    rows += [{"model": short_name(r.model), "comparison": f"knowledge neurons minus {SET_NAMES.get(r.control, r.control)}, held-out (points)",
               "estimate [95% CI]": interval_text(r.estimate, r.ci_low, r.ci_high, signed=True), "relations": int(r.n_relations),
               "verdict": r.verdict} for r in controls.itertuples()]
     return pd.DataFrame(rows, columns=["model", "comparison", "estimate [95% CI]", "relations", "verdict"])

@@ -106,17 +106,22 @@ def starter_code(source: str) -> str:
     """An implement cell as the student edition hands it out: every function's signature and docstring,
     its body the stub (what ``clear_solutions`` makes of ``wrap_function_bodies``); the book shows it in the
     exercise, above the hidden solution."""
+    return stubbed(wrap_function_bodies(source), CODE_STUB).strip() + "\n"
+
+
+def stubbed(source: str, stub: str) -> str:
+    """``source`` with each region between the solution delimiters replaced by ``stub``, at its indent."""
     kept, inside = [], False
-    for line in wrap_function_bodies(source).splitlines():
+    for line in source.splitlines():
         if BEGIN in line:
             inside = True
             indent = line[: len(line) - len(line.lstrip())]
-            kept += [indent + s for s in CODE_STUB.splitlines()]
+            kept += [indent + s for s in stub.splitlines()]
         elif END in line:
             inside = False
         elif not inside:
             kept.append(line)
-    return "\n".join(kept).strip() + "\n"
+    return "\n".join(kept)
 
 
 STARTER_LEAD = "**Start from** (the student edition's cell; the solution below fills it in):"
@@ -208,17 +213,7 @@ def clear_solutions(notebook):
         if not meta.get("solution"):
             continue
         stub = CODE_STUB if cell.cell_type == "code" else TEXT_STUB
-        lines, kept, inside = cell.source.splitlines(), [], False
-        for line in lines:
-            if BEGIN in line:
-                inside = True
-                indent = line[: len(line) - len(line.lstrip())]
-                kept += [indent + s for s in stub.splitlines()]
-            elif END in line:
-                inside = False
-            elif not inside:
-                kept.append(line)
-        cell.source = "\n".join(kept) if any(BEGIN in line for line in lines) else stub
+        cell.source = stubbed(cell.source, stub) if BEGIN in cell.source else stub
     return out
 
 

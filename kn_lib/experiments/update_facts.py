@@ -125,7 +125,7 @@ def update_facts(
     of editing again: every draw is seeded per relation and per edit number, and a resumed relation
     advances the edit number by its edits, so the result equals one uninterrupted run.
 
-    Held-out prompts (``run.held_out_stage``): ``edit_templates`` (fact -> template ids) limits the prompt
+    Held-out prompts (``run.held_out_update_stage``): ``edit_templates`` (fact -> template ids) limits the prompt
     each edit is drawn and judged on to those (a fact's selection half), so its other prompts include a
     half the neurons were never chosen on; ``avoid`` adds neurons no non-KN control may use besides the
     sample's knowledge neurons (those of other refinements)."""

@@ -55,6 +55,12 @@ def selection_refined(ctx: StageContext) -> tuple[pd.DataFrame, pd.DataFrame, di
     return pd.concat(refined, ignore_index=True), pd.concat(thresholds, ignore_index=True), split
 
 
+def every_knowledge_neuron(refined: pd.DataFrame, committed: pd.DataFrame) -> set[tuple[int, int]]:
+    """The (layer, neuron) pairs no non-KN control may use: the half-refined knowledge neurons of the sample
+    (``refined``) and the committed ones (``committed``) alike."""
+    return {(int(layer), int(neuron)) for frame in (refined, committed) for layer, neuron in zip(frame["layer"], frame["neuron"])}
+
+
 def _compute(ctx: StageContext, job: Job, adapter, on_fact=None) -> dict[str, pd.DataFrame]:
     from ..experiments.controls import NON_KN_CONTROLS, control_table
     from ..experiments.evaluation import SkipLog
@@ -64,8 +70,7 @@ def _compute(ctx: StageContext, job: Job, adapter, on_fact=None) -> dict[str, pd
     settings, seed = ctx.settings, _experiment_seed(ctx.settings)
     refined, thresholds, split = selection_refined(ctx)
     committed = _refine_store(ctx, settings.config.method).read("refined", settings.relation_ids())
-    avoid = set(zip(refined["layer"].astype(int), refined["neuron"].astype(int)))
-    avoid |= set(zip(committed["layer"].astype(int), committed["neuron"].astype(int)))
+    avoid = every_knowledge_neuron(refined, committed)
     own = refined[refined["relation"] == job.relation].reset_index(drop=True)
     facts, relations = list(job.facts), settings.load_relations()
     sets = {"knowledge": own}

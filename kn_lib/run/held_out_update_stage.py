@@ -23,7 +23,7 @@ import pandas as pd
 from .experiment_definitions import SEED_OPTION, _experiment_seed
 from .experiment_inputs import _refine_store, _relations_of_all, all_facts, largest_bags
 from .experiment_stages import _parquet_ready, _skipped_frame, job_progress
-from .held_out_stage import selection_refined
+from .held_out_stage import every_knowledge_neuron, selection_refined
 from .null_stages import _plan_per_relation, _refine_key
 from .registry import Job, Option, RunSettings, Stage, StageContext, common_key_settings, register_stage
 
@@ -35,8 +35,10 @@ def _key(settings: RunSettings) -> dict:
 
 
 def _edits(settings: RunSettings) -> int:
+    from ..experiments import UpdateConfig
+
     given = settings.param("edits_per_relation")
-    return 10 if given is None else int(given)
+    return UpdateConfig().facts_per_relation if given is None else int(given)  # default: Table 6's
 
 
 def _compute(ctx: StageContext, job: Job, adapter, on_fact=None) -> dict[str, pd.DataFrame]:
@@ -47,8 +49,7 @@ def _compute(ctx: StageContext, job: Job, adapter, on_fact=None) -> dict[str, pd
     settings = ctx.settings
     refined, _, split = selection_refined(ctx)
     committed = _refine_store(ctx, settings.config.method).read("refined", settings.relation_ids())
-    avoid = set(zip(refined["layer"].astype(int), refined["neuron"].astype(int)))
-    avoid |= set(zip(committed["layer"].astype(int), committed["neuron"].astype(int)))
+    avoid = every_knowledge_neuron(refined, committed)
     facts = list(job.facts)
     own = refined[refined["relation"] == job.relation].reset_index(drop=True)
     searched = pd.DataFrame({"fact_id": [f["fact_id"] for f in facts if f["fact_id"] in split], "relation": job.relation})
